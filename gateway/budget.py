@@ -1,0 +1,235 @@
+"""Budgets in Redis: reserve the worst case before forwarding, settle the truth after.
+
+One Lua script reserves on every applicable counter (project, API key, end user;
+day, month, lifetime windows) atomically on Redis time, all or nothing; a second
+replaces the reservation with the usage the provider reported. Both purge
+expired reservations first, so a crashed gateway's holds release themselves.
+All keys of a project share the hash tag ``{prj:<id>}``: one slot per script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.config import DIMENSIONS, WINDOWS, Cap, Project
+
+log = logging.getLogger("gateway.budget")
+
+_DIM_INDEX = {name: i for i, name in enumerate(DIMENSIONS)}
+_WINDOW_WORD = {"day": "daily", "month": "monthly", "lifetime": "lifetime"}
+
+
+def _script(name: str) -> str:
+    lua = resources.files("gateway") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / name).read_text()
+
+
+RESERVE_LUA = _script("reserve.lua")
+SETTLE_LUA = _script("settle.lua")
+
+
+class StoreUnavailable(Exception):
+    """The budget store did not answer in time or refused the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    input_tokens: int
+    output_tokens: int
+    cost_nano: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def encode(self) -> str:
+        return f"{self.input_tokens},{self.output_tokens},{self.total_tokens},{self.cost_nano}"
+
+    def get(self, dimension: str) -> int:
+        return (self.input_tokens, self.output_tokens, self.total_tokens, self.cost_nano)[
+            _DIM_INDEX[dimension]
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a reservation was refused: the first counter without room."""
+
+    scope: str  # "project" | "key" | "user"
+    window: str
+    dimension: str
+    limit: int
+    used: int
+    reserved: int
+    requested: int
+    window_id: str
+
+    def body(self) -> dict[str, Any]:
+        """The documented 402 body."""
+        scope_word = {"project": "", "key": "per-key ", "user": "per-user "}[self.scope]
+        verb = (
+            "reached" if self.used + self.reserved >= self.limit else "would be exceeded by this request"
+        )
+        return {
+            "error": "budget_exhausted",
+            "reason": f"{scope_word}{_WINDOW_WORD[self.window]} {self.dimension} cap {verb}",
+            "scope": self.scope,
+            "window": self.window,
+            "dimension": self.dimension,
+            "limit": self.limit,
+            "used": self.used,
+            "reserved": self.reserved,
+            "requested": self.requested,
+            "resets_at": resets_at(self.window_id),
+        }
+
+
+def resets_at(window_id: str) -> str | None:
+    """When the window named by a reserve script's window id ends (ISO 8601, UTC)."""
+    if window_id.startswith("d"):
+        start = datetime.strptime(window_id[1:], "%Y%m%d").replace(tzinfo=UTC)
+        end = datetime.fromordinal(start.toordinal() + 1).replace(tzinfo=UTC)
+    elif window_id.startswith("m"):
+        year, month = int(window_id[1:5]), int(window_id[5:7])
+        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    else:
+        return None
+    return end.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BudgetExceeded(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.body()["reason"])
+        self.refusal = refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    project_tag: str
+    counter_keys: tuple[str, ...]
+    amounts: Amounts
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One (scope, window) counter a request touches, with its caps pre-encoded."""
+
+    scope: str  # "project" | "key" | "user"
+    suffix: str  # "p", "k:<key id>", "u:<digest>"
+    window: str
+    caps: str  # "dim=limit,..." or "-"
+
+
+def _caps_arg(caps: Sequence[Cap]) -> str:
+    return ",".join(f"{_DIM_INDEX[c.dimension]}={c.limit}" for c in caps) or "-"
+
+
+def project_counters(project: Project, key_id: str | None, user: str | None) -> list[Counter]:
+    """Counters a request touches: the project's in every window (usage is always
+    tracked), the key's and the end user's only in windows where they have caps."""
+    counters: list[Counter] = []
+    for window in WINDOWS:
+        caps = [c for c in project.caps if c.scope == "project" and c.window == window]
+        counters.append(Counter("project", "p", window, _caps_arg(caps)))
+    for scope, ident, prefix in (("key", key_id, "k:"), ("user", user, "u:")):
+        if ident is None:
+            continue
+        if scope == "user":
+            # End-user ids come from clients: hash them into a bounded, safe key part.
+            ident = hashlib.sha256(ident.encode()).hexdigest()[:24]
+        for window in WINDOWS:
+            caps = [c for c in project.caps if c.scope == scope and c.window == window]
+            if caps:
+                counters.append(Counter(scope, prefix + ident, window, _caps_arg(caps)))
+    return counters
+
+
+class BudgetStore:
+    """Reserve and settle against Redis with tight timeouts; typed results."""
+
+    def __init__(
+        self, redis: Redis, key_prefix: str, timeout_s: float, reservation_ttl_s: int
+    ) -> None:
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.timeout_s = timeout_s
+        self.reservation_ttl_ms = reservation_ttl_s * 1000
+        self._reserve = redis.register_script(RESERVE_LUA)
+        self._settle = redis.register_script(SETTLE_LUA)
+
+    def _tag(self, project_id: str) -> str:
+        return f"{self.key_prefix}:{{prj:{project_id}}}:"
+
+    async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await script(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def reserve(
+        self,
+        project_id: str,
+        reservation_id: str,
+        counters: list[Counter],
+        amounts: Amounts,
+        now_ms: int | None = None,
+    ) -> Reservation:
+        """Hold ``amounts`` on every counter or raise BudgetExceeded (nothing held)."""
+        tag = self._tag(project_id)
+        args = [
+            tag,
+            reservation_id,
+            str(self.reservation_ttl_ms),
+            "" if now_ms is None else str(now_ms),
+            amounts.encode(),
+            str(len(counters)),
+        ]
+        for counter in counters:
+            args += (counter.suffix, counter.window, counter.caps)
+        result = await self._call(self._reserve, [tag + "rsv", tag + "rsvexp"], args)
+        if int(result[0]) == 1:
+            keys = tuple(k.decode() if isinstance(k, bytes) else k for k in result[1:])
+            return Reservation(reservation_id, tag, keys, amounts)
+        counter = counters[int(result[1]) - 1]
+        dimension = DIMENSIONS[int(result[2])]
+        window_id = result[6].decode() if isinstance(result[6], bytes) else result[6]
+        raise BudgetExceeded(
+            Refusal(
+                scope=counter.scope,
+                window=counter.window,
+                dimension=dimension,
+                limit=int(result[3]),
+                used=int(result[4]),
+                reserved=int(result[5]),
+                requested=amounts.get(dimension),
+                window_id=window_id,
+            )
+        )
+
+    async def settle(
+        self, reservation: Reservation, actual: Amounts, now_ms: int | None = None
+    ) -> bool:
+        """Replace the hold with ``actual``; False if the hold had already expired."""
+        tag = reservation.project_tag
+        keys = [tag + "rsv", tag + "rsvexp", *reservation.counter_keys]
+        args = [reservation.id, actual.encode(), "" if now_ms is None else str(now_ms)]
+        return int(await self._call(self._settle, keys, args)) == 1
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return bool(await self.redis.ping())
+        except (TimeoutError, RedisError, OSError):
+            return False

@@ -1,0 +1,420 @@
+"""Configuration: YAML files validated at start, every error listed.
+
+Layout of a config directory::
+
+    gateway.yaml          listen address, Redis, limits, providers, prices, orgs
+    projects/<slug>.yaml  one file per project
+    keys/*.yaml           optional: API key entries written by ``gateway keys new --save``
+
+Strings may use ``${VAR}`` and ``${VAR:-default}``, expanded from the environment.
+Secrets are never inlined: providers name the *environment variable* that holds
+their key (``api_key_env``), and so does the session-token secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+WINDOWS = ("day", "month", "lifetime")
+DIMENSIONS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd")
+SCOPES = ("read", "write", "admin")
+Window = Literal["day", "month", "lifetime"]
+Scope = Literal["read", "write", "admin"]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- gateway.yaml
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class RedisConfig(_Strict):
+    url: str = ""  # empty: start an embedded redis-server
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "gw"
+    timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 300
+    on_store_error: Literal["deny", "allow"] = "deny"
+    data_dir: str = ".gateway/redis"  # embedded server only: persistence directory
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
+    image_token_bound: Annotated[int, Field(ge=1)] = 1_600
+
+
+class SessionTokenConfig(_Strict):
+    secret_env: Annotated[str, Field(pattern=_ENV_NAME)] = "GATEWAY_SESSION_SECRET"
+    algorithms: tuple[Literal["HS256", "HS384", "HS512"], ...] = ("HS256",)
+    default_ttl_seconds: Annotated[int, Field(ge=30)] = 900
+    max_ttl_seconds: Annotated[int, Field(ge=30)] = 3600
+    leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 5
+
+
+class Timeouts(_Strict):
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    first_byte: Annotated[float, Field(gt=0)] = 60.0
+    idle: Annotated[float, Field(gt=0)] = 60.0
+    total: Annotated[float, Field(gt=0)] = 600.0
+
+
+class ProviderConfig(_Strict):
+    kind: Literal["openai", "demo"]
+    base_url: str = ""
+    api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    # demo provider only: delay between streamed chunks
+    chunk_delay_ms: Annotated[int, Field(ge=0)] = 20
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderConfig:
+        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http(s) URL for kind 'openai'")
+        return self
+
+
+def usd_to_nano(value: Any) -> int:
+    """A USD amount (decimal string or number) as exact integer nano-USD."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal amount: {value!r}") from exc
+    if amount < 0 or not amount.is_finite():
+        raise ValueError("must be a non-negative amount")
+    nano = amount * 1_000_000_000
+    if nano != nano.to_integral_value():
+        raise ValueError("more precision than one nano-USD")
+    return int(nano)
+
+
+class PriceConfig(_Strict):
+    """Prices in USD per million tokens of one upstream model."""
+
+    input: int
+    output: int
+    cached_input: int | None = None
+
+    @field_validator("input", "output", "cached_input", mode="before")
+    @classmethod
+    def _nano(cls, value: Any) -> int | None:
+        return None if value is None else usd_to_nano(value)
+
+
+class ApiKeyEntry(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    prefix: Annotated[str, Field(pattern=r"^kt_live_[0-9A-Za-z]{8}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    scopes: tuple[Scope, ...] = ("write",)
+    revoked: bool = False
+
+
+class OrgConfig(_Strict):
+    name: str = ""
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+
+
+class GatewayFile(_Strict):
+    listen: ListenConfig = ListenConfig()
+    redis: RedisConfig = RedisConfig()
+    limits: LimitsConfig = LimitsConfig()
+    session_tokens: SessionTokenConfig = SessionTokenConfig()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    orgs: dict[Annotated[str, Field(pattern=_SLUG)], OrgConfig] = Field(default_factory=dict)
+
+
+class KeysFile(_Strict):
+    """A ``keys/*.yaml`` file: extra API key entries per org."""
+
+    orgs: dict[str, tuple[ApiKeyEntry, ...]]
+
+
+# --------------------------------------------------------------------------- projects/*.yaml
+
+
+class Route(_Strict):
+    provider: str
+    model: str
+
+
+class ModelAlias(_Strict):
+    routes: tuple[Route, ...]
+
+
+CapSet = dict[Literal["input_tokens", "output_tokens", "total_tokens", "cost_usd"], Any]
+
+
+class BudgetScope(_Strict):
+    day: CapSet = Field(default_factory=dict)
+    month: CapSet = Field(default_factory=dict)
+    lifetime: CapSet = Field(default_factory=dict)
+
+    @field_validator("day", "month", "lifetime", mode="after")
+    @classmethod
+    def _amounts(cls, caps: dict[str, Any]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for dim, value in caps.items():
+            if dim == "cost_usd":
+                out[dim] = usd_to_nano(value)  # caps on money are integer nano-USD
+            else:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{dim}: must be a non-negative integer")
+                out[dim] = value
+        return out
+
+
+class Budgets(_Strict):
+    project: BudgetScope = BudgetScope()
+    per_key: BudgetScope = BudgetScope()
+    per_user: BudgetScope = BudgetScope()
+
+
+class ProjectFile(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    org: str
+    enabled: bool = True
+    wire_profile: Literal["karta", "openai"] = "karta"
+    default_model: str = "default"
+    models: dict[str, ModelAlias]
+    max_output_tokens: Annotated[int, Field(ge=1)] = 4096
+    budgets: Budgets = Budgets()
+    # BYOK: provider name -> environment variable holding the project's own key
+    provider_keys: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = Field(
+        default_factory=dict
+    )
+
+
+# --------------------------------------------------------------------------- loaded config
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    scope: Literal["project", "key", "user"]
+    window: Window
+    dimension: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Project:
+    slug: str
+    file: ProjectFile
+    caps: tuple[Cap, ...]
+
+    @property
+    def id(self) -> str:
+        return self.file.id
+
+    @property
+    def org(self) -> str:
+        return self.file.org
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    org: str
+    entry: ApiKeyEntry
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs, validated and indexed once at load time."""
+
+    directory: Path
+    gateway: GatewayFile
+    projects: dict[str, Project]  # by slug
+    projects_by_id: dict[str, Project]
+    keys_by_prefix: dict[str, tuple[KeyRecord, ...]]
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def project(self, ref: str) -> Project | None:
+        return self.projects.get(ref) or self.projects_by_id.get(ref)
+
+    def secret(self, env_name: str | None) -> str:
+        """The value of an environment-held secret ("" when unset)."""
+        return self.env.get(env_name, "") if env_name else ""
+
+
+@dataclass
+class ConfigError(Exception):
+    """Raised with every problem found; ``problems`` are (file, path, reason)."""
+
+    problems: list[tuple[str, str, str]]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{f}: {p}: {r}" if p else f"{f}: {r}" for f, p, r in self.problems)
+
+
+def _expand(value: Any, env: dict[str, str], path: str, missing: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            missing.append((path, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+    return value
+
+
+def _read_yaml(path: Path, env: dict[str, str], problems: list[tuple[str, str, str]]) -> Any:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append((str(path), "", f"cannot read: {exc.strerror}"))
+        return None
+    except yaml.YAMLError as exc:
+        problems.append((str(path), "", f"invalid YAML: {exc}"))
+        return None
+    if raw is None:
+        raw = {}
+    missing: list[tuple[str, str]] = []
+    expanded = _expand(raw, env, "", missing)
+    problems.extend((str(path), p, r) for p, r in missing)
+    return expanded
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(
+    model: type[M], data: Any, path: Path, problems: list[tuple[str, str, str]]
+) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append((str(path), loc, msg))
+        return None
+
+
+def _caps(budgets: Budgets) -> tuple[Cap, ...]:
+    caps: list[Cap] = []
+    for scope_name, scope in (
+        ("project", budgets.project),
+        ("key", budgets.per_key),
+        ("user", budgets.per_user),
+    ):
+        for window in WINDOWS:
+            for dim, limit in getattr(scope, window).items():
+                caps.append(Cap(scope_name, window, dim, limit))  # type: ignore[arg-type]
+    return tuple(caps)
+
+
+def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config directory; raise ConfigError listing every problem."""
+    env = dict(os.environ) if env is None else env
+    root = Path(directory)
+    problems: list[tuple[str, str, str]] = []
+    gw_path = root / "gateway.yaml"
+    gateway = _validate(GatewayFile, _read_yaml(gw_path, env, problems), gw_path, problems)
+
+    keys: dict[str, list[KeyRecord]] = {}
+    if gateway is not None:
+        for org_name, org in gateway.orgs.items():
+            for entry in org.api_keys:
+                keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
+    for key_path in sorted((root / "keys").glob("*.yaml")):
+        key_file = _validate(KeysFile, _read_yaml(key_path, env, problems), key_path, problems)
+        if key_file is None:
+            continue
+        for org_name, entries in key_file.orgs.items():
+            if gateway is not None and org_name not in gateway.orgs:
+                problems.append((str(key_path), f"orgs.{org_name}", "unknown org"))
+            for entry in entries:
+                keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
+    seen_ids: set[str] = set()
+    for records in keys.values():
+        for rec in records:
+            if rec.entry.id in seen_ids:
+                problems.append((str(gw_path), f"api key {rec.entry.id}", "duplicate key id"))
+            seen_ids.add(rec.entry.id)
+
+    projects: dict[str, Project] = {}
+    by_id: dict[str, Project] = {}
+    project_dir = root / "projects"
+    for path in sorted(project_dir.glob("*.yaml")):
+        slug = path.stem
+        if not re.match(_SLUG, slug):
+            problems.append((str(path), "", "file name must be a project slug ([a-z0-9-])"))
+            continue
+        pf = _validate(ProjectFile, _read_yaml(path, env, problems), path, problems)
+        if pf is None:
+            continue
+        _check_project(pf, gateway, path, problems)
+        if pf.id in by_id:
+            problems.append((str(path), "id", f"duplicate project id {pf.id!r}"))
+        project = Project(slug=slug, file=pf, caps=_caps(pf.budgets))
+        projects[slug] = project
+        by_id[pf.id] = project
+
+    if problems:
+        raise ConfigError(problems)
+    assert gateway is not None
+    return Config(
+        directory=root,
+        gateway=gateway,
+        projects=projects,
+        projects_by_id=by_id,
+        keys_by_prefix={k: tuple(v) for k, v in keys.items()},
+        env=env,
+    )
+
+
+def _check_project(
+    pf: ProjectFile, gw: GatewayFile | None, path: Path, problems: list[tuple[str, str, str]]
+) -> None:
+    file = str(path)
+    if pf.default_model not in pf.models:
+        problems.append((file, "default_model", f"{pf.default_model!r} is not a model alias"))
+    if gw is None:
+        return
+    if pf.org not in gw.orgs:
+        problems.append((file, "org", f"unknown org {pf.org!r}"))
+    for alias, spec in pf.models.items():
+        for i, route in enumerate(spec.routes):
+            where = f"models.{alias}.routes.{i}"
+            if route.provider not in gw.providers:
+                problems.append((file, f"{where}.provider", f"unknown provider {route.provider!r}"))
+            elif gw.providers[route.provider].kind != "demo" and route.model not in gw.prices:
+                problems.append((file, f"{where}.model", f"no price for model {route.model!r}"))
+    for provider in pf.provider_keys:
+        if provider not in gw.providers:
+            problems.append((file, f"provider_keys.{provider}", "unknown provider"))

@@ -1,0 +1,85 @@
+-- Reserve a request's worst case on every applicable counter: all or nothing.
+--
+-- KEYS[1]  reservation records (hash)      KEYS[2]  reservation expiries (zset)
+-- ARGV[1]  counter key prefix, hash tag included, e.g. "gw:{prj:p1}:"
+-- ARGV[2]  reservation id
+-- ARGV[3]  reservation ttl in ms
+-- ARGV[4]  clock override in ms, "" for Redis server time (tests move the clock)
+-- ARGV[5]  amounts "input,output,total,cost"
+-- ARGV[6]  counter count N, then per counter three values:
+--          scope suffix ("p", "k:<key id>", "u:<user hash>"), window ("day"|"month"|"lifetime"),
+--          caps "dim=limit,dim=limit" (dim 0..3; may be "-" for none)
+-- Returns  {1, key1, ..., keyN}                                   admitted
+--          {0, counter index, dim, limit, used, reserved, window id}  refused (402)
+
+local now = now_ms(ARGV[4])
+purge_expired(KEYS[1], KEYS[2], now)
+
+-- Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local y, m, d = civil(math.floor(now / 86400000))
+local window_ids = {
+  day = string.format('d%04d%02d%02d', y, m, d),
+  month = string.format('m%04d%02d', y, m),
+  lifetime = 'all',
+}
+-- Counters outlive their window so usage stays readable for a while.
+local window_ttl = { day = 40 * 86400, month = 400 * 86400 }
+
+local amounts = split(ARGV[5], ',')
+local amount_n = {}
+for i = 1, 4 do amount_n[i] = tonumber(amounts[i]) end
+
+local n = tonumber(ARGV[6])
+local keys = {}
+for c = 1, n do
+  local base = 6 + (c - 1) * 3
+  local window = ARGV[base + 2]
+  local key = ARGV[1] .. ARGV[base + 1] .. ':' .. window_ids[window]
+  keys[c] = key
+  local caps = ARGV[base + 3]
+  if caps ~= '-' then
+    local state = redis.call('HMGET', key, 'u0', 'u1', 'u2', 'u3', 'r0', 'r1', 'r2', 'r3')
+    for _, cap in ipairs(split(caps, ',')) do
+      local eq = string.find(cap, '=', 1, true)
+      local dim = tonumber(string.sub(cap, 1, eq - 1))
+      local limit = tonumber(string.sub(cap, eq + 1))
+      local used = tonumber(state[dim + 1] or '0')
+      local reserved = tonumber(state[dim + 5] or '0')
+      if used + reserved + amount_n[dim + 1] > limit then
+        return {0, c, dim, string.format('%d', limit), string.format('%d', used),
+                string.format('%d', reserved), window_ids[window]}
+      end
+    end
+  end
+end
+
+for c = 1, n do
+  local key = keys[c]
+  for d = 1, 4 do
+    if amounts[d] ~= '0' then redis.call('HINCRBY', key, 'r' .. (d - 1), amounts[d]) end
+  end
+  local ttl = window_ttl[ARGV[6 + (c - 1) * 3 + 2]]
+  if ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|'))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+
+local out = {1}
+for c = 1, n do out[c + 1] = keys[c] end
+return out

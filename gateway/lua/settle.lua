@@ -1,0 +1,28 @@
+-- Replace a reservation with the usage actually consumed.
+--
+-- KEYS[1]  reservation records (hash)      KEYS[2]  reservation expiries (zset)
+-- KEYS[3..] the counter keys the reservation returned (its windows, even if they ended since)
+-- ARGV[1]  reservation id
+-- ARGV[2]  actual amounts "input,output,total,cost"
+-- ARGV[3]  clock override in ms, "" for Redis server time
+-- Returns  1 if the reservation was still held, 0 if it had expired and was released already
+--          (the usage is charged either way: never bill less than the truth).
+
+purge_expired(KEYS[1], KEYS[2], now_ms(ARGV[3]))
+
+local held = 0
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if record then
+  release(record)
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  held = 1
+end
+
+local actual = split(ARGV[2], ',')
+for i = 3, #KEYS do
+  for d = 1, 4 do
+    if actual[d] ~= '0' then redis.call('HINCRBY', KEYS[i], 'u' .. (d - 1), actual[d]) end
+  end
+end
+return held

@@ -1,0 +1,67 @@
+"""What every provider adapter offers, and the failures it reports.
+
+An adapter turns the gateway's OpenAI-shaped chat request into the provider's
+request, and the provider's answer back into OpenAI shapes: a ``chat.completion``
+dict for unary calls, ``chat.completion.chunk`` dicts for streams. Failures
+before the first byte raise a GatewayError with the documented status; failures
+after it raise UpstreamStreamError, which the relay turns into an error event.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import Timeouts
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """One call to one route: the body is OpenAI-shaped, already rewritten for the route."""
+
+    body: dict[str, Any]
+    api_key: str
+    timeouts: Timeouts
+    request_id: str
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamStreamError(Exception):
+    """The stream failed after its first byte: becomes the mid-stream error event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ChunkStream(ABC):
+    """An open upstream stream: iterate chunk dicts, always ``aclose()``."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self.chunks()
+
+    @abstractmethod
+    def chunks(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the upstream (closes the connection if the stream did not finish)."""
+
+
+class Provider(ABC):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+        """A unary chat completion, OpenAI-shaped, ``usage`` included when known."""
+
+    @abstractmethod
+    async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
+        """Send the request; return once the upstream answered 200 (raise otherwise)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release pooled connections."""

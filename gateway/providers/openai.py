@@ -1,0 +1,190 @@
+"""OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq, Together, ...).
+
+The request is already OpenAI-shaped; this adapter sends it with the provider's
+key (never the client's credential), maps failures before the first byte to the
+gateway's statuses and parses the SSE stream into chunk dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ProviderConfig
+from gateway.errors import (
+    ByokKeyRejected,
+    GatewayError,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamTimeout,
+    ValidationFailed,
+)
+from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.sse import SSEParser
+
+# Provider messages can quote a (partly masked) key: scrub anything key-shaped.
+_SECRETISH = re.compile(r"(sk-|kt_live_|Bearer\s+)[A-Za-z0-9_\-*.]{4,}")
+
+
+def scrub(message: str, limit: int = 500) -> str:
+    return _SECRETISH.sub("[redacted]", message)[:limit]
+
+
+def _provider_message(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return scrub(error["message"])
+    if isinstance(error, str):
+        return scrub(error)
+    return ""
+
+
+def error_for_status(provider: str, status: int, body: bytes, headers: Any) -> GatewayError:
+    """The gateway's answer to a non-200 upstream status (before any byte reached the client)."""
+    if status in (401, 403):
+        return ByokKeyRejected(provider)
+    if status == 429:
+        retry_after = headers.get("Retry-After", "1") if headers is not None else "1"
+        return RateLimited.detail(
+            f"provider {provider} is rate limiting this project", {"Retry-After": retry_after}
+        )
+    if status in (400, 422):
+        message = _provider_message(body) or "the provider rejected the request"
+        return ValidationFailed(f"provider {provider}: {message}", None)
+    return UpstreamFailed.detail(f"provider {provider} failed (HTTP {status})")
+
+
+class OpenAIStream(ChunkStream):
+    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+        self.provider = provider
+        self.response = response
+        self.finished = False
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        parser = SSEParser()
+        saw_finish = False
+        try:
+            async for piece in self.response.content.iter_any():
+                for event in parser.feed(piece):
+                    chunk = self._decode(event.event, event.data)
+                    if chunk is None:
+                        self.finished = True
+                        return
+                    if not saw_finish:
+                        saw_finish = any(c.get("finish_reason") for c in chunk.get("choices") or ())
+                    yield chunk
+            for event in parser.close():
+                chunk = self._decode(event.event, event.data)
+                if chunk is None:
+                    self.finished = True
+                    return
+                yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
+        if not saw_finish:
+            raise UpstreamStreamError("upstream_error", "the provider stream ended early")
+        self.finished = True
+
+    def _decode(self, event: str | None, data: bytes) -> dict[str, Any] | None:
+        if data == b"[DONE]":
+            return None
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamStreamError("upstream_error", "the provider sent invalid JSON") from exc
+        if not isinstance(chunk, dict):
+            raise UpstreamStreamError("upstream_error", "the provider sent an invalid chunk")
+        if event == "error" or "error" in chunk:
+            error = chunk.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamStreamError(
+                "upstream_error", scrub(message) if isinstance(message, str) else "provider error"
+            )
+        return chunk
+
+    async def aclose(self) -> None:
+        if self.finished:
+            self.response.release()  # back to the pool for keep-alive
+        else:
+            self.response.close()  # drop the connection: stops generation upstream
+
+
+class OpenAIProvider(Provider):
+    def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(name)
+        self.config = config
+        self.session = session
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        timeouts = config.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+        )
+
+    def _headers(self, request: UpstreamRequest) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if request.body.get("stream") else "application/json",
+            "X-Request-Id": request.request_id,
+            **self.config.headers,
+            **request.extra_headers,
+        }
+        if request.api_key:
+            headers["Authorization"] = f"Bearer {request.api_key}"
+        return headers
+
+    async def _send(self, request: UpstreamRequest, first_byte: float) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(first_byte):
+                response = await self.session.post(
+                    self.url,
+                    data=orjson.dumps(request.body),
+                    headers=self._headers(request),
+                    timeout=self.client_timeout,
+                )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
+        if response.status != 200:
+            try:
+                async with asyncio.timeout(first_byte):
+                    body = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                body = b""
+            finally:
+                response.release()
+            raise error_for_status(self.name, response.status, body, response.headers)
+        return response
+
+    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+        response = await self._send(request, self.config.timeouts.total)
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} connection failed") from exc
+        finally:
+            response.release()
+        try:
+            completion = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
+        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+            raise UpstreamFailed.detail(f"provider {self.name} sent an invalid completion")
+        return completion
+
+    async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
+        response = await self._send(request, self.config.timeouts.first_byte)
+        return OpenAIStream(self.name, response)

@@ -1,0 +1,147 @@
+"""Pure server-sent events (``text/event-stream``) parsing and encoding.
+
+No I/O here: :class:`SSEParser` turns byte chunks into :class:`SSEEvent` values,
+:func:`encode_event` turns an event back into bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SSEEvent", "SSEParser", "encode_event"]
+
+_BOM = b"\xef\xbb\xbf"
+_COLON = 0x3A  # b":"[0]
+_LF = 0x0A  # b"\n"[0]
+
+
+@dataclass(slots=True, frozen=True)
+class SSEEvent:
+    """One dispatched event.
+
+    ``event`` is the last ``event:`` value (``None`` when absent or empty, i.e. the
+    default "message" type); ``data`` is the ``data:`` lines joined with ``b"\\n"``;
+    ``id`` is the last event ID in effect (it persists across events, per spec;
+    ``None`` when never set or reset by an empty ``id:``).
+    """
+
+    event: str | None
+    data: bytes
+    id: str | None = None
+
+
+class SSEParser:
+    """Incremental parser following the WHATWG event-stream rules.
+
+    Lines may end in CRLF, LF or a lone CR (a CRLF split across two chunks is one
+    line ending). Comments, ``retry`` and unknown fields are ignored; a UTF-8 BOM at
+    the very start of the stream is skipped. Unlike the spec, :meth:`close`
+    dispatches a final event that lacks its terminating blank line.
+    """
+
+    __slots__ = ("_bom_head", "_data", "_event", "_last_id", "_skip_lf", "_tail")
+
+    def __init__(self) -> None:
+        self._tail: list[bytes] = []  # pieces of the incomplete last line
+        self._skip_lf = False  # previous chunk ended in CR: drop a leading LF
+        self._bom_head: bytes | None = b""  # bytes seen before the BOM check; None once done
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self._last_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume ``chunk``; return the events it completed (possibly none)."""
+        if self._bom_head is not None:
+            head = self._bom_head + chunk
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._bom_head = head  # could still become a BOM: wait for more
+                return []
+            self._bom_head = None
+            chunk = head[len(_BOM) :] if head.startswith(_BOM) else head
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == _LF:
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        has_cr = b"\r" in chunk
+        if not has_cr and b"\n" not in chunk:
+            self._tail.append(chunk)
+            return []
+        if self._tail:
+            self._tail.append(chunk)
+            chunk = b"".join(self._tail)
+            self._tail.clear()
+        if has_cr:
+            self._skip_lf = chunk[-1] == 0x0D
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._tail.append(rest)
+        return self._process(lines)
+
+    def close(self) -> list[SSEEvent]:
+        """Signal end of input; return the last event if it had data but no blank line.
+
+        The parser is reset afterwards and can be reused for a new stream.
+        """
+        lines: list[bytes] = []
+        if self._bom_head:  # an incomplete BOM prefix is ordinary content
+            lines.append(self._bom_head)
+        if self._tail:
+            lines.append(b"".join(self._tail))
+        if lines:
+            lines = [b"".join(lines)]
+        lines.append(b"")  # treat end of input as a final blank line
+        events = self._process(lines)
+        self._tail.clear()
+        self._skip_lf = False
+        self._bom_head = b""
+        self._data = []
+        self._event = None
+        self._last_id = None
+        return events
+
+    def _process(self, lines: list[bytes]) -> list[SSEEvent]:
+        """Apply complete lines (without terminators) to the parser state."""
+        events: list[SSEEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:  # blank line: dispatch
+                if data:
+                    events.append(SSEEvent(self._event, b"\n".join(data), self._last_id))
+                    data = self._data = []
+                self._event = None
+                continue
+            if line[0] == _COLON:  # comment
+                continue
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                self._event = value.decode("utf-8", "replace") or None
+            elif field == b"id" and b"\x00" not in value:  # ids containing NUL are ignored
+                self._last_id = value.decode("utf-8", "replace") or None
+            # "retry" and unknown fields are ignored.
+        return events
+
+
+def encode_event(data: bytes, event: str | None = None) -> bytes:
+    """Encode one event: optional ``event:`` line, one ``data:`` line per line of ``data``.
+
+    Raises ValueError if ``data`` contains CR or ``event`` contains CR/LF, which the
+    format cannot carry.
+    """
+    if b"\r" in data:
+        raise ValueError("SSE data cannot contain CR")
+    body = b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+    if not event:
+        return body
+    if "\n" in event or "\r" in event:
+        raise ValueError("SSE event name cannot contain CR or LF")
+    return b"event: " + event.encode() + b"\n" + body

@@ -1,0 +1,122 @@
+"""Token usage, pure: the worst-case bound reserved before a request, the usage a
+provider reports after it, and its cost in integer nano-USD (always rounded up).
+
+The input bound relies on byte-level BPE tokenizers (OpenAI's and most open
+models'): every token covers at least one UTF-8 byte, so the byte count of the
+text plus a per-message allowance for the chat template's special tokens is an
+upper bound. Images get a configured per-image bound instead of their bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.config import PriceConfig
+
+PER_MESSAGE_TOKENS = 8  # role markers and separators of chat templates (OpenAI: 3-4)
+PER_REQUEST_TOKENS = 16  # priming of the assistant reply, tool-definition wrappers
+MILLION = 1_000_000
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one request, by type; ``estimated`` when the provider sent none."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_bytes(value: Any) -> int:
+    return len(orjson.dumps(value))
+
+
+def _content_bound(content: Any, image_bound: int) -> int:
+    if isinstance(content, str):
+        return _text_bytes(content)
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            total += _text_bytes(part["text"])
+        elif kind == "image_url":
+            total += image_bound
+        else:  # audio, files, refusals: their serialized size bounds them
+            total += _json_bytes(part)
+    return total
+
+
+def input_token_bound(body: dict[str, Any], image_bound: int) -> int:
+    """An upper bound of the prompt tokens a validated chat request can consume."""
+    total = PER_REQUEST_TOKENS
+    for message in body["messages"]:
+        total += PER_MESSAGE_TOKENS + _text_bytes(message["role"])
+        total += _content_bound(message.get("content"), image_bound)
+        if message.get("name"):
+            total += _text_bytes(message["name"])
+        if message.get("tool_calls"):
+            total += _json_bytes(message["tool_calls"])
+        if message.get("tool_call_id"):
+            total += _text_bytes(message["tool_call_id"])
+    for extra in ("tools", "functions", "response_format", "tool_choice"):
+        value = body.get(extra)
+        if value is not None and not isinstance(value, str):
+            total += _json_bytes(value)
+    return total
+
+
+def output_ceiling(requested: int | None, project_ceiling: int, n: int = 1) -> int:
+    """Max output tokens per choice: the request's, clamped to the project's ceiling."""
+    per_choice = project_ceiling if requested is None else min(requested, project_ceiling)
+    return per_choice * max(n, 1)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
+    """Cost in nano-USD, rounded up; prices are nano-USD per million tokens."""
+    if price is None:
+        return 0
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    numerator = (
+        (usage.input_tokens - cached) * price.input
+        + cached * cached_price
+        + usage.output_tokens * price.output
+    )
+    return _ceil_div(numerator, MILLION)
+
+
+def from_openai(usage: Any) -> Usage | None:
+    """Usage from an OpenAI ``usage`` object (unary body or stream chunk)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )

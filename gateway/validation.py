@@ -1,0 +1,161 @@
+"""Chat-completion request validation, pure: a parsed JSON body in, a ChatRequest out.
+
+Checks types of the parameters the gateway knows (and passes them on); unknown
+parameters pass through untouched so new OpenAI parameters keep working.
+Every failure raises ValidationFailed naming the offending field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import ValidationFailed
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]  # the validated body, as received
+    model: str | None  # alias asked for (None: project default)
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    max_tokens: int | None  # max_completion_tokens or max_tokens
+    n: int
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed(f"{name} must be a number", name)
+    if not lo <= value <= hi:
+        raise ValidationFailed(f"{name} must be between {lo:g} and {hi:g}", name)
+
+
+def _integer(body: dict[str, Any], name: str, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(f"{name} must be an integer", name)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValidationFailed(f"{name} must be {bound}", name)
+    return value
+
+
+def _typed(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise ValidationFailed(f"{name} must be {what}", name)
+
+
+def _content(content: Any, where: str, role: str) -> None:
+    if isinstance(content, str):
+        return
+    if content is None:
+        if role in ("assistant", "function"):
+            return  # assistant turns that only carry tool_calls
+        raise ValidationFailed(f"{where}.content is required", f"{where}.content")
+    if not isinstance(content, list):
+        raise ValidationFailed(
+            f"{where}.content must be a string or an array of content parts", f"{where}.content"
+        )
+    for j, part in enumerate(content):
+        pwhere = f"{where}.content[{j}]"
+        if not isinstance(part, dict):
+            raise ValidationFailed(f"{pwhere} must be an object", pwhere)
+        kind = part.get("type")
+        if kind not in PART_TYPES:
+            raise ValidationFailed(f"{pwhere}.type must be one of {sorted(PART_TYPES)}", f"{pwhere}.type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise ValidationFailed(f"{pwhere}.text must be a string", f"{pwhere}.text")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise ValidationFailed(f"{pwhere}.image_url.url must be a string", f"{pwhere}.image_url")
+
+
+def _messages(messages: Any) -> None:
+    if messages is None:
+        raise ValidationFailed("messages is required", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValidationFailed("messages must be a non-empty array", "messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ValidationFailed(f"{where} must be an object", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValidationFailed(f"{where}.role must be one of {sorted(ROLES)}", f"{where}.role")
+        if "content" not in message and not message.get("tool_calls"):
+            raise ValidationFailed(f"{where}.content is required", f"{where}.content")
+        _content(message.get("content"), where, role)
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ValidationFailed(f"{where}.name must be a string", f"{where}.name")
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise ValidationFailed(f"{where}.tool_calls must be an array", f"{where}.tool_calls")
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise ValidationFailed(f"{where}.tool_call_id is required", f"{where}.tool_call_id")
+
+
+def validate_chat_request(body: Any) -> ChatRequest:
+    """Validate a decoded chat-completions body; raise ValidationFailed on the first problem."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object", None)
+    _messages(body.get("messages"))
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ValidationFailed("model must be a non-empty string", "model")
+    _typed(body, "stream", bool, "a boolean")
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise ValidationFailed("stream_options must be an object", "stream_options")
+        if "include_usage" in options and not isinstance(options["include_usage"], bool):
+            raise ValidationFailed(
+                "stream_options.include_usage must be a boolean", "stream_options.include_usage"
+            )
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    max_tokens = _integer(body, "max_tokens", 1)
+    max_completion = _integer(body, "max_completion_tokens", 1)
+    n = _integer(body, "n", 1, 16) or 1
+    _integer(body, "seed", -(2**63), 2**63 - 1)
+    _integer(body, "top_logprobs", 0, 20)
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise ValidationFailed("stop must be a string or an array of up to 4 strings", "stop")
+    _typed(body, "tools", list, "an array")
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict):
+            raise ValidationFailed(f"tools[{i}] must be an object", f"tools[{i}]")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise ValidationFailed("tool_choice must be a string or an object", "tool_choice")
+    _typed(body, "response_format", dict, "an object")
+    _typed(body, "user", str, "a string")
+    _typed(body, "logprobs", bool, "a boolean")
+    _typed(body, "parallel_tool_calls", bool, "a boolean")
+    _typed(body, "logit_bias", dict, "an object")
+    _typed(body, "metadata", dict, "an object")
+    stream = body.get("stream") is True
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=stream and bool(options and options.get("include_usage")),
+        max_tokens=max_completion if max_completion is not None else max_tokens,
+        n=n,
+    )
