@@ -78,7 +78,9 @@ class Refusal:
         """The documented 402 body."""
         scope_word = {"project": "", "key": "per-key ", "user": "per-user "}[self.scope]
         verb = (
-            "reached" if self.used + self.reserved >= self.limit else "would be exceeded by this request"
+            "reached"
+            if self.used + self.reserved >= self.limit
+            else "would be exceeded by this request"
         )
         return {
             "error": "budget_exhausted",

@@ -204,9 +204,7 @@ class ProjectFile(_Strict):
     max_output_tokens: Annotated[int, Field(ge=1)] = 4096
     budgets: Budgets = Budgets()
     # BYOK: provider name -> environment variable holding the project's own key
-    provider_keys: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = Field(
-        default_factory=dict
-    )
+    provider_keys: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- loaded config
@@ -284,7 +282,9 @@ def _expand(value: Any, env: dict[str, str], path: str, missing: list[tuple[str,
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
+        return {
+            k: _expand(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_expand(v, env, f"{path}[{i}]", missing) for i, v in enumerate(value)]
     return value

@@ -111,7 +111,9 @@ class ServiceUnavailable(GatewayError):
     status = 503
 
 
-def json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+def json_error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         body=orjson.dumps(body),

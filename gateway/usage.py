@@ -120,3 +120,14 @@ def from_openai(usage: Any) -> Usage | None:
         cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
+
+
+def estimate(input_bound: int, output_ceiling: int, produced_bytes: int, finished: bool) -> Usage:
+    """Usage to bill when the upstream reported none: never below the truth.
+
+    Input is billed at its upper bound. Output is bounded by the bytes produced
+    (byte-level BPE) when the stream finished; when it was cut, the tokens the
+    upstream may have generated unseen are unknown, so the whole ceiling is billed.
+    """
+    output = min(produced_bytes, output_ceiling) if finished else output_ceiling
+    return Usage(input_tokens=input_bound, output_tokens=output, estimated=True)

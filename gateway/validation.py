@@ -71,13 +71,17 @@ def _content(content: Any, where: str, role: str) -> None:
             raise ValidationFailed(f"{pwhere} must be an object", pwhere)
         kind = part.get("type")
         if kind not in PART_TYPES:
-            raise ValidationFailed(f"{pwhere}.type must be one of {sorted(PART_TYPES)}", f"{pwhere}.type")
+            raise ValidationFailed(
+                f"{pwhere}.type must be one of {sorted(PART_TYPES)}", f"{pwhere}.type"
+            )
         if kind == "text" and not isinstance(part.get("text"), str):
             raise ValidationFailed(f"{pwhere}.text must be a string", f"{pwhere}.text")
         if kind == "image_url":
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
-                raise ValidationFailed(f"{pwhere}.image_url.url must be a string", f"{pwhere}.image_url")
+                raise ValidationFailed(
+                    f"{pwhere}.image_url.url must be a string", f"{pwhere}.image_url"
+                )
 
 
 def _messages(messages: Any) -> None:

@@ -31,10 +31,13 @@ class UpstreamRequest:
 class UpstreamStreamError(Exception):
     """The stream failed after its first byte: becomes the mid-stream error event."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, declared: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # True when the provider itself sent an error frame (as opposed to a cut or a
+        # timeout, after which it may have generated tokens nobody saw).
+        self.declared = declared
 
 
 class ChunkStream(ABC):

@@ -109,7 +109,9 @@ class OpenAIStream(ChunkStream):
             error = chunk.get("error")
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamStreamError(
-                "upstream_error", scrub(message) if isinstance(message, str) else "provider error"
+                "upstream_error",
+                scrub(message) if isinstance(message, str) else "provider error",
+                declared=True,
             )
         return chunk
 

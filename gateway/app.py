@@ -1,0 +1,129 @@
+"""The aiohttp application: middleware chain, routes, long-lived resources.
+
+    root:  errors -> observe -> /healthz /readyz /metrics
+    /v1:   auth -> parse+validate -> budget -> chat_completions
+
+The root app's middlewares wrap the ``/v1`` sub-app's, so every answer, errors
+included, is rendered as JSON and observed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gateway.budget import BudgetStore
+from gateway.config import Config, ConfigError, load_config
+from gateway.context import STATE, GatewayState
+from gateway.errors import error_middleware, json_error
+from gateway.metrics import Metrics
+from gateway.middleware.auth import auth_middleware
+from gateway.middleware.budget import budget_middleware
+from gateway.middleware.observe import add_request_id, observe_middleware
+from gateway.middleware.parse import parse_middleware
+from gateway.providers.base import Provider
+from gateway.providers.demo import DemoProvider
+from gateway.providers.openai import OpenAIProvider
+from gateway.proxy import chat_completions
+
+log = logging.getLogger("gateway.app")
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+
+
+def build_providers(config: Config, session: aiohttp.ClientSession) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for name, spec in config.gateway.providers.items():
+        if spec.kind == "demo":
+            providers[name] = DemoProvider(name, spec)
+        else:
+            providers[name] = OpenAIProvider(name, spec, session)
+    return providers
+
+
+def redis_client(url: str, timeout_s: float) -> Redis:
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    store_ok = await state.store.ping()
+    if state.ready and store_ok:
+        return web.json_response({"status": "ready"})
+    checks = {"budget_store": "ok" if store_ok else "unreachable", "accepting": state.ready}
+    return json_error(503, {"detail": "not ready", "checks": checks}, {"Retry-After": "1"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def reload_config(app: web.Application) -> bool:
+    """Re-read the config directory; keep serving the old one if the new one is invalid.
+
+    In-flight requests keep the project objects they resolved, so they are unaffected.
+    """
+    state = app[STATE]
+    try:
+        new = load_config(state.config.directory, state.config.env)
+    except ConfigError as exc:
+        log.error(
+            "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
+        )
+        return False
+    state.providers = build_providers(new, app[HTTP_SESSION])
+    state.config = new
+    log.info("config reloaded", extra={"projects": len(new.projects)})
+    return True
+
+
+def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -> web.Application:
+    """The gateway application, using the Redis at ``redis_url``."""
+    gw = config.gateway
+    app = web.Application(
+        middlewares=[error_middleware, observe_middleware],
+        client_max_size=gw.limits.max_body_bytes,
+    )
+    timeout_s = gw.redis.timeout_ms / 1000
+    redis = redis_client(redis_url, timeout_s)
+    store = BudgetStore(redis, gw.redis.key_prefix, timeout_s, gw.limits.reservation_ttl_seconds)
+    state = GatewayState(config=config, store=store, providers={}, metrics=metrics or Metrics())
+    app[STATE] = state
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        app[HTTP_SESSION] = session
+        state.providers = build_providers(state.config, session)
+        yield
+        state.ready = False
+        await session.close()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(resources)
+    app.on_response_prepare.append(add_request_id)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+
+    v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])
+    v1.router.add_post("/projects/{project_ref}/chat/completions", chat_completions)
+    app.add_subapp("/v1/", v1)
+    return app

@@ -1,0 +1,241 @@
+"""The ``gateway`` command: serve, check-config, keys new, token mint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.credentials import generate_key, mint_session_token
+
+DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
+
+
+def _load(directory: str) -> Config:
+    try:
+        return load_config(directory)
+    except ConfigError as exc:
+        print(f"config invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for file, path, reason in exc.problems:
+            print(f"  {file}: {path or '-'}: {reason}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------ serve
+
+
+def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app, reload_config
+    from gateway.logs import setup_logging
+
+    setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - non-Linux platforms
+        pass
+    config = _load(config_dir)
+    app = create_app(config, redis_url)
+
+    async def on_startup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_config, app)
+
+    app.on_startup.append(on_startup)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        access_log=None,
+        print=lambda *_: None,
+        shutdown_timeout=config.gateway.limits.reservation_ttl_seconds,
+    )
+
+
+def _port_free(host: str, port: int) -> int:
+    if port:
+        return port
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    gw = config.gateway
+    host = args.host or gw.listen.host
+    port = _port_free(host, args.port if args.port is not None else gw.listen.port)
+    embedded = None
+    redis_url = gw.redis.url
+    if not redis_url:
+        from gateway.embedded_redis import EmbeddedRedis
+
+        embedded = EmbeddedRedis(gw.redis.data_dir)
+        redis_url = embedded.start()
+        print(f"embedded redis-server at {redis_url}", file=sys.stderr)
+    print(f"gateway listening on http://{host}:{port} ({args.workers} worker(s))", file=sys.stderr)
+    try:
+        if args.workers <= 1:
+            _run_worker(args.config, host, port, redis_url, reuse_port=False)
+        else:
+            _supervise(args, host, port, redis_url)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -> None:
+    """Run N workers sharing the port (SO_REUSEPORT); restart any that dies."""
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=_run_worker, args=(args.config, host, port, redis_url, True))
+        p.start()
+        return p
+
+    workers = [start() for _ in range(args.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for p in workers:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while not stopping:
+        for i, p in enumerate(workers):
+            if not p.is_alive() and not stopping:
+                print(f"worker {p.pid} exited ({p.exitcode}); restarting", file=sys.stderr)
+                workers[i] = start()
+        time.sleep(0.5)
+    for p in workers:
+        p.join()
+
+
+# ------------------------------------------------------------------------ other commands
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    keys = sum(len(v) for v in config.keys_by_prefix.values())
+    print(f"config OK: {len(config.projects)} project(s), {keys} API key(s)")
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    bad = [s for s in scopes if s not in ("read", "write", "admin")]
+    if bad or not scopes:
+        print(f"invalid scopes: {', '.join(bad) or '(none)'}", file=sys.stderr)
+        return 2
+    key = generate_key()
+    key_id = args.id or "key_" + key.prefix[-8:].lower()
+    entry = {"id": key_id, "prefix": key.prefix, "sha256": key.sha256, "scopes": scopes}
+    if args.save:
+        path = Path(args.config) / "keys" / f"{key_id}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({"orgs": {args.org: [entry]}}, sort_keys=False))
+        print(f"# saved to {path}", file=sys.stderr)
+    else:
+        print(f"# add under orgs.{args.org}.api_keys in gateway.yaml:", file=sys.stderr)
+        print(yaml.safe_dump([entry], sort_keys=False), file=sys.stderr)
+    print("# the key (shown once, store it now):", file=sys.stderr)
+    print(key.secret)
+    return 0
+
+
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    project = config.project(args.project)
+    if project is None:
+        print(f"unknown project {args.project!r}", file=sys.stderr)
+        return 2
+    sessions = config.gateway.session_tokens
+    secret = config.secret(sessions.secret_env)
+    if not secret:
+        print(f"{sessions.secret_env} is not set", file=sys.stderr)
+        return 2
+    ttl = args.ttl or sessions.default_ttl_seconds
+    if ttl > sessions.max_ttl_seconds:
+        print(f"ttl over the maximum of {sessions.max_ttl_seconds}s", file=sys.stderr)
+        return 2
+    token = mint_session_token(
+        secret,
+        org_id=project.org,
+        project_id=project.id,
+        project_slug=project.slug,
+        scope=args.scope,
+        ttl_seconds=ttl,
+        sub=args.sub,
+        algorithm=sessions.algorithms[0],
+    )
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="config directory (default: config/)"
+    )
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
+    check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new = keys.add_parser("new", parents=[common], help="generate a kt_live_ key")
+    new.add_argument("--org", required=True)
+    new.add_argument("--scopes", default="read,write")
+    new.add_argument("--id", help="key id (default: derived from the prefix)")
+    new.add_argument(
+        "--save", action="store_true", help="write the entry to <config>/keys/<id>.yaml"
+    )
+    new.set_defaults(func=cmd_keys_new)
+
+    token = sub.add_parser("token", help="session tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    mint = token.add_parser("mint", parents=[common], help="mint a session JWT for one project")
+    mint.add_argument("--project", required=True)
+    mint.add_argument("--sub", help="end user id")
+    mint.add_argument("--ttl", type=int, help="seconds (default from config)")
+    mint.add_argument("--scope", default="write")
+    mint.set_defaults(func=cmd_token_mint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

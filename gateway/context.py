@@ -1,0 +1,77 @@
+"""Typed state shared along the request path.
+
+The application holds one :class:`GatewayState` (swapped config on reload, the
+budget store, providers, metrics). Each request carries a :class:`Principal`
+(set by auth) and a :class:`CallContext` (set by parse, filled by the relay),
+read by the budget middleware to settle after the handler returns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.budget import BudgetStore, Reservation
+from gateway.config import Config, PriceConfig, Project, ProviderConfig, Route
+from gateway.credentials import SessionClaims
+from gateway.metrics import Metrics
+from gateway.providers.base import Provider
+from gateway.usage import Usage
+from gateway.validation import ChatRequest
+
+
+@dataclass
+class GatewayState:
+    config: Config
+    store: BudgetStore
+    providers: dict[str, Provider]
+    metrics: Metrics
+    ready: bool = True  # false while draining on shutdown
+
+    def provider_config(self, name: str) -> ProviderConfig:
+        return self.config.gateway.providers[name]
+
+
+@dataclass(slots=True)
+class Principal:
+    """Who is calling: an org-wide API key or a project-pinned session token."""
+
+    org: str
+    scopes: frozenset[str]
+    key_id: str | None = None
+    key_prefix: str | None = None
+    session: SessionClaims | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.session.sub if self.session else None
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One chat call: what was asked, where it goes, what it may and did cost."""
+
+    project: Project
+    chat: ChatRequest
+    alias: str
+    route: Route
+    price: PriceConfig | None
+    input_bound: int
+    output_ceiling: int
+    reservation: Reservation | None = None
+    # Set by the handler: the usage to bill (reported, or estimated never below the
+    # truth); None means nothing was consumed upstream.
+    billed: Usage | None = None
+    upstream_seconds: float = 0.0
+    first_token_at: float | None = None
+    stream_outcome: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+STATE = web.AppKey("gateway_state", GatewayState)
+PRINCIPAL = web.RequestKey("principal", Principal)
+CALL = web.RequestKey("call", CallContext)
+REQUEST_ID = web.RequestKey("request_id", str)
+PROJECT = web.RequestKey("project", Project)

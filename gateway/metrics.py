@@ -1,0 +1,103 @@
+"""Prometheus metrics (prometheus-client), one registry per application.
+
+Label values come from configuration only (project slugs, model aliases,
+provider names, fixed reason words), never from raw client input, so every
+label set is bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Chat requests answered, by project, model alias and HTTP status.",
+            ["project", "model", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to response finished.",
+            ["project"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway added: request duration minus time waiting on the upstream.",
+            ["project"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time spent waiting on the upstream provider.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streaming: time from request received to the first content chunk sent.",
+            ["project"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens billed, by type (input, output, cached_input, reasoning).",
+            ["project", "model", "type"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "gateway_cost_nano_usd",
+            "Cost billed in nano-USD.",
+            ["project", "model"],
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "gateway_budget_rejections",
+            "Requests refused with 402, by the cap that refused them.",
+            ["project", "scope", "window", "dimension"],
+            registry=r,
+        )
+        self.estimated_usage = Counter(
+            "gateway_estimated_usage",
+            "Requests billed on an estimate because the upstream reported no usage.",
+            ["project", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Requests being served.", registry=r)
+        self.open_streams = Gauge("gateway_open_streams", "SSE streams being relayed.", registry=r)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures by provider and reason.",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Budget store (Redis) failures by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.unmetered = Counter(
+            "gateway_unmetered_requests",
+            "Requests admitted without a reservation (store down, on_store_error: allow).",
+            ["project"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Rejected credentials by reason.", ["reason"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,78 @@
+"""Auth: who is calling (API key or session token), then which project they may use.
+
+Authenticates before the project is looked up, so unauthenticated callers cannot
+probe which projects exist; a project of another org is 404 (default deny).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.config import Config
+from gateway.context import PRINCIPAL, PROJECT, STATE, Principal
+from gateway.credentials import TokenInvalid, match_key, verify_session_token
+from gateway.errors import Forbidden, NotFound, Unauthorized
+from gateway.metrics import Metrics
+
+# Scope a route needs, by HTTP method: calling a model spends budget, so it needs "write".
+REQUIRED_SCOPE = {"POST": "write", "GET": "read"}
+
+
+def authenticate(header: str | None, config: Config) -> Principal:
+    """Resolve the Authorization header to a principal or raise Unauthorized(reason)."""
+    if not header:
+        raise Unauthorized("missing")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("malformed")
+    if token.startswith("kt_"):
+        record = match_key(token, config.keys_by_prefix)
+        if record is None:
+            raise Unauthorized("unknown_key")
+        if record.entry.revoked:
+            raise Unauthorized("revoked")
+        return Principal(
+            org=record.org,
+            scopes=frozenset(record.entry.scopes),
+            key_id=record.entry.id,
+            key_prefix=record.entry.prefix,
+        )
+    sessions = config.gateway.session_tokens
+    try:
+        claims = verify_session_token(
+            token, config.secret(sessions.secret_env), sessions.algorithms, sessions.leeway_seconds
+        )
+    except TokenInvalid as exc:
+        raise Unauthorized(exc.reason) from exc
+    return Principal(org=claims.org_id, scopes=claims.scopes, session=claims)
+
+
+def _fail(metrics: Metrics, exc: Unauthorized) -> Unauthorized:
+    metrics.auth_failures.labels(exc.reason).inc()
+    return exc
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.config_dict[STATE]
+    config = state.config
+    try:
+        principal = authenticate(request.headers.get("Authorization"), config)
+    except Unauthorized as exc:
+        raise _fail(state.metrics, exc) from None
+    request[PRINCIPAL] = principal
+
+    project = config.project(request.match_info.get("project_ref", ""))
+    if project is None or project.org != principal.org:
+        raise NotFound.detail("project not found")
+    if principal.session is not None and principal.session.project_id != project.id:
+        state.metrics.auth_failures.labels("wrong_project").inc()
+        raise Forbidden.detail("this session token is valid for another project")
+    needed = REQUIRED_SCOPE.get(request.method, "admin")
+    if needed not in principal.scopes and "admin" not in principal.scopes:
+        state.metrics.auth_failures.labels("insufficient_scope").inc()
+        raise Forbidden.detail(f"this credential lacks the {needed!r} scope")
+    request[PROJECT] = project
+    return await handler(request)

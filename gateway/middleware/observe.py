@@ -1,0 +1,92 @@
+"""Observe: request id, timing, in-flight gauge, request metrics and one JSON log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, STATE
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    metrics = request.config_dict[STATE].metrics
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except GatewayError as exc:
+        status = exc.status
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        _record(request, status, elapsed)
+
+
+def _record(request: web.Request, status: int, elapsed: float) -> None:
+    state = request.config_dict[STATE]
+    metrics = state.metrics
+    call = request.get(CALL)
+    project = request.get(PROJECT)
+    if project is None:
+        if not request.path.startswith("/v1/"):
+            return  # /metrics, /healthz: not counted as requests
+        slug, model = "-", "-"
+    else:
+        slug, model = project.slug, call.alias if call else "-"
+    metrics.requests.labels(slug, model, str(status)).inc()
+    metrics.request_duration.labels(slug).observe(elapsed)
+    fields: dict[str, object] = {
+        "request_id": request[REQUEST_ID],
+        "method": request.method,
+        "route": request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "-",
+        "project": slug,
+        "model": model,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+    }
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        fields["org"] = principal.org
+        fields["key_prefix"] = principal.key_prefix
+        fields["auth"] = "session" if principal.session else "key"
+    if call is not None:
+        metrics.overhead.labels(slug).observe(max(elapsed - call.upstream_seconds, 0.0))
+        fields["stream"] = call.chat.stream
+        fields["upstream_ms"] = round(call.upstream_seconds * 1000, 3)
+        fields["overhead_ms"] = round(max(elapsed - call.upstream_seconds, 0.0) * 1000, 3)
+        if call.stream_outcome:
+            fields["stream_outcome"] = call.stream_outcome
+        if call.billed is not None:
+            fields["input_tokens"] = call.billed.input_tokens
+            fields["output_tokens"] = call.billed.output_tokens
+            fields["estimated"] = call.billed.estimated
+    log.info("request", extra={"fields": fields})
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, errors and streams included, names its request."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id

@@ -1,0 +1,50 @@
+"""Parse and validate: the JSON body, the model alias and its route, the worst case.
+
+Runs after auth (the project is known) and before the budget middleware, which
+reserves the ``input_bound`` and ``output_ceiling`` computed here.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.context import CALL, PROJECT, STATE, CallContext
+from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.usage import input_token_bound, output_ceiling
+from gateway.validation import validate_chat_request
+
+
+@web.middleware
+async def parse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method != "POST":
+        return await handler(request)
+    state = request.config_dict[STATE]
+    project = request[PROJECT]
+    if not project.file.enabled:
+        raise Conflict.detail("project is disabled")
+    raw = await request.read()  # over client_max_size: 413 from aiohttp, rendered as JSON
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValidationFailed("request body is not valid JSON", None) from None
+    chat = validate_chat_request(body)
+    alias = chat.model or project.file.default_model
+    spec = project.file.models.get(alias)
+    if spec is None:
+        raise NotFound.detail(f"model {alias!r} is not configured for this project")
+    if not spec.routes:
+        raise Conflict.detail(f"model {alias!r} has no active route")
+    route = spec.routes[0]
+    limits = state.config.gateway.limits
+    request[CALL] = CallContext(
+        project=project,
+        chat=chat,
+        alias=alias,
+        route=route,
+        price=state.config.gateway.prices.get(route.model),
+        input_bound=input_token_bound(body, limits.image_token_bound),
+        output_ceiling=output_ceiling(chat.max_tokens, project.file.max_output_tokens, chat.n),
+    )
+    return await handler(request)
