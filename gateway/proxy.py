@@ -8,6 +8,7 @@ call context what to bill.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -181,10 +182,8 @@ async def _stream(
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConnectionResetError, ConnectionError):
         await response.write(data)
-    except (ConnectionResetError, ConnectionError):
-        pass
 
 
 class _Relay:

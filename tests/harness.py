@@ -1,0 +1,199 @@
+"""Test harness: a config directory per test, wired to a real Redis and a real fake upstream.
+
+``write_config`` lays out gateway.yaml, projects and keys the way an operator would
+(keys as digests only), and returns the plaintext credentials the tests use.
+Every test gets its own Redis key prefix, so tests never see each other's budgets.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.credentials import generate_key, mint_session_token
+
+SESSION_SECRET = "test-session-secret-" + "x" * 24
+PROVIDER_KEY = "sk-test-provider-key-DO-NOT-LEAK-0123456789"
+BYOK_KEY = "sk-test-byok-key-DO-NOT-LEAK-9876543210"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server on a free port (used when REDIS_URL is unset)."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir = Path(f"/tmp/gw-test-redis-{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from gateway.embedded_redis import find_redis_server
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.dir), *self.extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("test redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Credentials:
+    config_dir: Path
+    key: str  # org acme, scopes read+write
+    key_id: str
+    read_key: str  # org acme, read only
+    revoked_key: str  # org acme, revoked
+    other_org_key: str  # org globex
+    env: dict[str, str]
+
+    def session(self, project: str = "alpha", sub: str | None = "user-1", **kw: Any) -> str:
+        ids = {"alpha": "prj_alpha", "beta": "prj_beta", "gamma": "prj_gamma"}
+        return mint_session_token(
+            SESSION_SECRET,
+            org_id=kw.pop("org_id", "acme"),
+            project_id=kw.pop("project_id", ids.get(project, project)),
+            project_slug=project,
+            sub=sub,
+            **kw,
+        )
+
+
+def _project(pid: str, org: str, **over: Any) -> dict[str, Any]:
+    project: dict[str, Any] = {
+        "id": pid,
+        "org": org,
+        "models": {
+            "default": {"routes": [{"provider": "upstream", "model": "gpt-4o-mini"}]},
+            "smart": {"routes": [{"provider": "upstream", "model": "gpt-4o"}]},
+        },
+        "max_output_tokens": 100,
+        "budgets": {"project": {"month": {"total_tokens": 10_000_000}}},
+    }
+    project.update(over)
+    return project
+
+
+def write_config(
+    root: Path,
+    upstream_url: str,
+    redis_url: str,
+    *,
+    projects: dict[str, dict[str, Any]] | None = None,
+    gateway: dict[str, Any] | None = None,
+) -> Credentials:
+    """Write a config directory under ``root``; ``projects`` entries override the defaults."""
+    keys = {name: generate_key() for name in ("key", "read", "revoked", "other")}
+    gw: dict[str, Any] = {
+        "redis": {
+            "url": redis_url,
+            "key_prefix": "t" + uuid.uuid4().hex[:12],
+            "timeout_ms": 300,
+        },
+        "limits": {"reservation_ttl_seconds": 60},
+        "providers": {
+            "upstream": {
+                "kind": "openai",
+                "base_url": upstream_url,
+                "api_key_env": "TEST_PROVIDER_KEY",
+                "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10},
+            },
+            "demo": {"kind": "demo", "chunk_delay_ms": 0},
+        },
+        "prices": {
+            "gpt-4o-mini": {"input": "0.15", "output": "0.60", "cached_input": "0.075"},
+            "gpt-4o": {"input": "2.50", "output": "10.00"},
+        },
+        "orgs": {
+            "acme": {
+                "api_keys": [
+                    {"id": "key_main", "prefix": keys["key"].prefix, "sha256": keys["key"].sha256, "scopes": ["read", "write"]},
+                    {"id": "key_read", "prefix": keys["read"].prefix, "sha256": keys["read"].sha256, "scopes": ["read"]},
+                    {"id": "key_revoked", "prefix": keys["revoked"].prefix, "sha256": keys["revoked"].sha256, "scopes": ["write"], "revoked": True},
+                ]
+            },
+            "globex": {
+                "api_keys": [
+                    {"id": "key_globex", "prefix": keys["other"].prefix, "sha256": keys["other"].sha256, "scopes": ["write"]},
+                ]
+            },
+        },
+    }  # fmt: skip
+    for section, values in (gateway or {}).items():
+        if isinstance(values, dict) and isinstance(gw.get(section), dict):
+            gw[section] = {**gw[section], **values}
+        else:
+            gw[section] = values
+    all_projects = {
+        "alpha": _project("prj_alpha", "acme"),
+        "beta": _project("prj_beta", "acme", wire_profile="openai"),
+        "gamma": _project("prj_gamma", "globex"),
+        "sleepy": _project("prj_sleepy", "acme", enabled=False),
+    }
+    for slug, over in (projects or {}).items():
+        base = copy.deepcopy(all_projects.get(slug) or _project(f"prj_{slug}", "acme"))
+        base.update(over)
+        all_projects[slug] = base
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "projects").mkdir(exist_ok=True)
+    (root / "gateway.yaml").write_text(yaml.safe_dump(gw, sort_keys=False))
+    for slug, body in all_projects.items():
+        (root / "projects" / f"{slug}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    env = {
+        **os.environ,
+        "GATEWAY_SESSION_SECRET": SESSION_SECRET,
+        "TEST_PROVIDER_KEY": PROVIDER_KEY,
+        "TEST_BYOK_KEY": BYOK_KEY,
+    }
+    return Credentials(
+        config_dir=root,
+        key=keys["key"].secret,
+        key_id="key_main",
+        read_key=keys["read"].secret,
+        revoked_key=keys["revoked"].secret,
+        other_org_key=keys["other"].secret,
+        env=env,
+    )
+
+
+def chat_body(text: str = "Hello", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], **extra}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
