@@ -9,6 +9,7 @@ included, is rendered as JSON and observed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -27,11 +28,12 @@ from gateway.metrics import Metrics
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.budget import budget_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
-from gateway.middleware.parse import parse_middleware
+from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
 from gateway.providers.base import Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
+from gateway.sessions import mint_token
 
 log = logging.getLogger("gateway.app")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -114,6 +116,8 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         state.providers = build_providers(state.config, session)
         yield
         state.ready = False
+        if state.background:  # pending settle retries finish before the store closes
+            await asyncio.wait(state.background, timeout=10)
         await session.close()
         await redis.aclose()
 
@@ -124,6 +128,9 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
     app.router.add_get("/metrics", metrics_endpoint)
 
     v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])
-    v1.router.add_post("/projects/{project_ref}/chat/completions", chat_completions)
+    v1.router.add_post(
+        "/projects/{project_ref}/chat/completions", chat_completions, name=CHAT_ROUTE
+    )
+    v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
     app.add_subapp("/v1/", v1)
     return app

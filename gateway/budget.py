@@ -223,9 +223,17 @@ class BudgetStore:
     async def settle(
         self, reservation: Reservation, actual: Amounts, now_ms: int | None = None
     ) -> bool:
-        """Replace the hold with ``actual``; False if the hold had already expired."""
+        """Replace the hold with ``actual``; False if the hold had already expired.
+
+        Exactly once per reservation: a retry after an unanswered call changes nothing.
+        """
         tag = reservation.project_tag
-        keys = [tag + "rsv", tag + "rsvexp", *reservation.counter_keys]
+        keys = [
+            tag + "rsv",
+            tag + "rsvexp",
+            f"{tag}done:{reservation.id}",
+            *reservation.counter_keys,
+        ]
         args = [reservation.id, actual.encode(), "" if now_ms is None else str(now_ms)]
         return int(await self._call(self._settle, keys, args)) == 1
 

@@ -8,6 +8,7 @@ read by the budget middleware to settle after the handler returns.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ class GatewayState:
     providers: dict[str, Provider]
     metrics: Metrics
     ready: bool = True  # false while draining on shutdown
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # settle retries
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]

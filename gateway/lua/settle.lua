@@ -1,12 +1,16 @@
 -- Replace a reservation with the usage actually consumed.
 --
 -- KEYS[1]  reservation records (hash)      KEYS[2]  reservation expiries (zset)
--- KEYS[3..] the counter keys the reservation returned (its windows, even if they ended since)
+-- KEYS[3]  settled marker of this reservation (string; makes a retried settle a no-op)
+-- KEYS[4..] the counter keys the reservation returned (its windows, even if they ended since)
 -- ARGV[1]  reservation id
 -- ARGV[2]  actual amounts "input,output,total,cost"
 -- ARGV[3]  clock override in ms, "" for Redis server time
 -- Returns  1 if the reservation was still held, 0 if it had expired and was released already
---          (the usage is charged either way: never bill less than the truth).
+--          (the usage is charged either way: never bill less than the truth),
+--          2 if this reservation was settled before (nothing changes: retries are safe).
+
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 86400) then return 2 end
 
 purge_expired(KEYS[1], KEYS[2], now_ms(ARGV[3]))
 
@@ -20,7 +24,7 @@ if record then
 end
 
 local actual = split(ARGV[2], ',')
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   for d = 1, 4 do
     if actual[d] ~= '0' then redis.call('HINCRBY', KEYS[i], 'u' .. (d - 1), actual[d]) end
   end

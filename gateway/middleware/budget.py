@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -35,8 +36,9 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
     worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
     counters = project_counters(call.project, principal.key_id, principal.user)
     try:
+        # The reservation id is ours, never the client's X-Request-Id: ids must not collide.
         call.reservation = await state.store.reserve(
-            call.project.id, request[REQUEST_ID], counters, worst
+            call.project.id, uuid.uuid4().hex, counters, worst
         )
     except BudgetExceeded as exc:
         r = exc.refusal
@@ -58,24 +60,47 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         await asyncio.shield(_settle(state, call, request[REQUEST_ID]))
 
 
+SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
 async def _settle(state: GatewayState, call: CallContext, request_id: str) -> None:
     billed = call.billed or Usage()
     _count(state, call, billed)
     if call.reservation is None:
         return
+    actual = amounts_for(billed, call)
     try:
-        await state.store.settle(call.reservation, amounts_for(billed, call))
+        await state.store.settle(call.reservation, actual)
     except StoreUnavailable:
-        # The reservation stays held until it expires; the usage is logged for reconciliation.
         state.metrics.store_errors.labels("settle").inc()
-        log.error(
-            "settle failed",
-            extra={
-                "request_id": request_id,
-                "input_tokens": billed.input_tokens,
-                "output_tokens": billed.output_tokens,
-            },
-        )
+        # Settling is idempotent, so retry in the background rather than hold the answer.
+        task = asyncio.create_task(_settle_later(state, call, actual, request_id))
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+
+
+async def _settle_later(
+    state: GatewayState, call: CallContext, actual: Amounts, request_id: str
+) -> None:
+    assert call.reservation is not None
+    for delay in SETTLE_RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            await state.store.settle(call.reservation, actual)
+            return
+        except StoreUnavailable:
+            state.metrics.store_errors.labels("settle").inc()
+    # Still down: the hold releases at its expiry; log what to reconcile (no secrets here).
+    log.error(
+        "settle failed; usage not recorded",
+        extra={
+            "request_id": request_id,
+            "project": call.project.slug,
+            "input_tokens": actual.input_tokens,
+            "output_tokens": actual.output_tokens,
+            "cost_nano_usd": actual.cost_nano,
+        },
+    )
 
 
 def _count(state: GatewayState, call: CallContext, billed: Usage) -> None:

@@ -15,10 +15,12 @@ from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.usage import input_token_bound, output_ceiling
 from gateway.validation import validate_chat_request
 
+CHAT_ROUTE = "chat_completions"
+
 
 @web.middleware
 async def parse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method != "POST":
+    if request.match_info.route.name != CHAT_ROUTE:
         return await handler(request)
     state = request.config_dict[STATE]
     project = request[PROJECT]
