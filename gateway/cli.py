@@ -59,6 +59,9 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         host=host,
         port=port,
         reuse_port=reuse_port,
+        # Cancel the handler when the client disconnects: the upstream is stopped at once
+        # (the relay and the budget settlement handle the cancellation).
+        handler_cancellation=True,
         access_log=None,
         print=lambda *_: None,
         shutdown_timeout=config.gateway.limits.reservation_ttl_seconds,

@@ -8,6 +8,7 @@ call context what to bill.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -98,6 +99,11 @@ async def _unary(
     except GatewayError as exc:
         _upstream_failed(state, name, exc, call)
         raise
+    except asyncio.CancelledError:
+        # The client left while the provider was working: it may still bill us in full.
+        call.billed = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
+        state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
+        raise
     finally:
         call.upstream_seconds = time.perf_counter() - started
         state.metrics.upstream_duration.labels(name).observe(call.upstream_seconds)
@@ -168,6 +174,10 @@ async def _stream(
             await _write_quietly(response, profile.error_event(exc.code, name, exc.message))
         except (ConnectionResetError, ConnectionError):
             outcome = "client_disconnected"
+        except asyncio.CancelledError:
+            # handler_cancellation: the client went away while we waited on the upstream.
+            call.stream_outcome = "client_disconnected"
+            raise
         finally:
             metrics.open_streams.dec()
         call.stream_outcome = outcome

@@ -77,7 +77,9 @@ def make_gateway(
         url = overrides.pop("redis_url", redis_url)
         creds = write_config(tmp_path / f"config{counter}", upstream.base_url, url, **overrides)
         config = load_config(creds.config_dir, creds.env)
-        client = await aiohttp_client(create_app(config, url))
+        client = await aiohttp_client(
+            create_app(config, url), server_kwargs={"handler_cancellation": True}
+        )
         return client, config, creds
 
     return factory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -35,6 +36,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # client closed the connection before the answer finished
         raise
     finally:
         metrics.in_flight.dec()
