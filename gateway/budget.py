@@ -116,11 +116,36 @@ class BudgetExceeded(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A per-minute limit (GCRA): ``per_token`` limits cost the request's tokens."""
+
+    suffix: str  # "rl:rpm", "rl:tpm:k:<key id>", ...
+    per_minute: int
+    per_token: bool
+    scope: str  # "project" | "key"
+
+    @property
+    def us_per_unit(self) -> int:
+        return -(-60_000_000 // self.per_minute)
+
+    def units(self, amounts: Amounts) -> int:
+        return amounts.total_tokens if self.per_token else 1
+
+
+class RateLimitExceeded(Exception):
+    def __init__(self, limit: RateLimit, retry_after_ms: int) -> None:
+        super().__init__(f"{limit.suffix} rate limit")
+        self.limit = limit
+        self.retry_after_ms = retry_after_ms
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     id: str
     project_tag: str
     counter_keys: tuple[str, ...]
     amounts: Amounts
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +182,31 @@ def project_counters(project: Project, key_id: str | None, user: str | None) -> 
     return counters
 
 
+def org_counters(caps: Sequence[Cap]) -> list[Counter]:
+    """An org's counters, in the windows where it has caps (none: no org step at all)."""
+    return [
+        Counter("org", "o", window, _caps_arg([c for c in caps if c.window == window]))
+        for window in WINDOWS
+        if any(c.window == window for c in caps)
+    ]
+
+
+def project_rate_limits(project: Project, key_id: str | None) -> list[RateLimit]:
+    limits = project.file.rate_limits
+    out: list[RateLimit] = []
+    if limits.requests_per_minute:
+        out.append(RateLimit("rl:rpm", limits.requests_per_minute, False, "project"))
+    if limits.tokens_per_minute:
+        out.append(RateLimit("rl:tpm", limits.tokens_per_minute, True, "project"))
+    if key_id is not None:
+        per_key = limits.per_key
+        if per_key.requests_per_minute:
+            out.append(RateLimit(f"rl:rpm:k:{key_id}", per_key.requests_per_minute, False, "key"))
+        if per_key.tokens_per_minute:
+            out.append(RateLimit(f"rl:tpm:k:{key_id}", per_key.tokens_per_minute, True, "key"))
+    return out
+
+
 class BudgetStore:
     """Reserve and settle against Redis with tight timeouts; typed results."""
 
@@ -170,8 +220,12 @@ class BudgetStore:
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
 
-    def _tag(self, project_id: str) -> str:
-        return f"{self.key_prefix}:{{prj:{project_id}}}:"
+    def _tag(self, owner_id: str, kind: str = "prj") -> str:
+        return f"{self.key_prefix}:{{{kind}:{owner_id}}}:"
+
+    def tag(self, owner_id: str, kind: str = "prj") -> str:
+        """The key prefix, hash tag included, of a project's (or an org's) keys."""
+        return self._tag(owner_id, kind)
 
     async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
@@ -187,9 +241,14 @@ class BudgetStore:
         counters: list[Counter],
         amounts: Amounts,
         now_ms: int | None = None,
+        *,
+        rate_limits: Sequence[RateLimit] = (),
+        kind: str = "prj",
     ) -> Reservation:
-        """Hold ``amounts`` on every counter or raise BudgetExceeded (nothing held)."""
-        tag = self._tag(project_id)
+        """Hold ``amounts`` on every counter and rate limit, or hold nothing and raise
+        BudgetExceeded (402) or RateLimitExceeded (429). ``kind`` "org" reserves on an
+        org's counters (its own hash tag)."""
+        tag = self._tag(project_id, kind)
         args = [
             tag,
             reservation_id,
@@ -200,10 +259,16 @@ class BudgetStore:
         ]
         for counter in counters:
             args += (counter.suffix, counter.window, counter.caps)
+        args.append(str(len(rate_limits)))
+        for limit in rate_limits:
+            args += (limit.suffix, str(limit.us_per_unit), str(limit.units(amounts)))
         result = await self._call(self._reserve, [tag + "rsv", tag + "rsvexp"], args)
-        if int(result[0]) == 1:
+        status = int(result[0])
+        if status == 1:
             keys = tuple(k.decode() if isinstance(k, bytes) else k for k in result[1:])
-            return Reservation(reservation_id, tag, keys, amounts)
+            return Reservation(reservation_id, tag, keys, amounts, tuple(rate_limits))
+        if status == 2:
+            raise RateLimitExceeded(rate_limits[int(result[1]) - 1], int(result[2]))
         counter = counters[int(result[1]) - 1]
         dimension = DIMENSIONS[int(result[2])]
         window_id = result[6].decode() if isinstance(result[6], bytes) else result[6]
@@ -221,7 +286,13 @@ class BudgetStore:
         )
 
     async def settle(
-        self, reservation: Reservation, actual: Amounts, now_ms: int | None = None
+        self,
+        reservation: Reservation,
+        actual: Amounts,
+        now_ms: int | None = None,
+        *,
+        ledger: dict[str, str] | None = None,
+        ledger_max_events: int = 0,
     ) -> bool:
         """Replace the hold with ``actual``; False if the hold had already expired.
 
@@ -232,10 +303,33 @@ class BudgetStore:
             tag + "rsv",
             tag + "rsvexp",
             f"{tag}done:{reservation.id}",
+            tag + "ledger",
             *reservation.counter_keys,
         ]
         args = [reservation.id, actual.encode(), "" if now_ms is None else str(now_ms)]
+        # Token rate limits were charged the worst case: give back the difference.
+        refunds = [
+            (
+                tag + limit.suffix,
+                (limit.units(reservation.amounts) - limit.units(actual)) * limit.us_per_unit,
+            )
+            for limit in reservation.rate_limits
+            if limit.per_token
+        ]
+        args.append(str(len(refunds)))
+        for key, micros in refunds:
+            args += (key, str(max(micros, 0)))
+        if ledger and ledger_max_events > 0:
+            args.append(str(ledger_max_events))
+            for field, value in ledger.items():
+                args += (field, value)
+        else:
+            args.append("0")
         return int(await self._call(self._settle, keys, args)) == 1
+
+    async def release(self, reservation: Reservation) -> None:
+        """Undo a reservation that will not be used (a later step was refused)."""
+        await self.settle(reservation, Amounts(0, 0, 0))
 
     async def ping(self) -> bool:
         try:

@@ -104,7 +104,7 @@ def usd_to_nano(value: Any) -> int:
         amount = Decimal(str(value))
     except InvalidOperation as exc:
         raise ValueError(f"not a decimal amount: {value!r}") from exc
-    if amount < 0 or not amount.is_finite():
+    if not amount.is_finite() or amount < 0:
         raise ValueError("must be a non-negative amount")
     nano = amount * 1_000_000_000
     if nano != nano.to_integral_value():
@@ -123,47 +123,6 @@ class PriceConfig(_Strict):
     @classmethod
     def _nano(cls, value: Any) -> int | None:
         return None if value is None else usd_to_nano(value)
-
-
-class ApiKeyEntry(_Strict):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    prefix: Annotated[str, Field(pattern=r"^kt_live_[0-9A-Za-z]{8}$")]
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    scopes: tuple[Scope, ...] = ("write",)
-    revoked: bool = False
-
-
-class OrgConfig(_Strict):
-    name: str = ""
-    api_keys: tuple[ApiKeyEntry, ...] = ()
-
-
-class GatewayFile(_Strict):
-    listen: ListenConfig = ListenConfig()
-    redis: RedisConfig = RedisConfig()
-    limits: LimitsConfig = LimitsConfig()
-    session_tokens: SessionTokenConfig = SessionTokenConfig()
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    prices: dict[str, PriceConfig] = Field(default_factory=dict)
-    orgs: dict[Annotated[str, Field(pattern=_SLUG)], OrgConfig] = Field(default_factory=dict)
-
-
-class KeysFile(_Strict):
-    """A ``keys/*.yaml`` file: extra API key entries per org."""
-
-    orgs: dict[str, tuple[ApiKeyEntry, ...]]
-
-
-# --------------------------------------------------------------------------- projects/*.yaml
-
-
-class Route(_Strict):
-    provider: str
-    model: str
-
-
-class ModelAlias(_Strict):
-    routes: tuple[Route, ...]
 
 
 CapSet = dict[Literal["input_tokens", "output_tokens", "total_tokens", "cost_usd"], Any]
@@ -188,6 +147,66 @@ class BudgetScope(_Strict):
         return out
 
 
+class ApiKeyEntry(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    prefix: Annotated[str, Field(pattern=r"^kt_live_[0-9A-Za-z]{8}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    scopes: tuple[Scope, ...] = ("write",)
+    revoked: bool = False
+
+
+class OrgConfig(_Strict):
+    name: str = ""
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+    budgets: BudgetScope = Field(default_factory=lambda: BudgetScope())
+
+
+class LedgerConfig(_Strict):
+    """Usage events: one per admitted request, in a Redis Stream per project."""
+
+    max_events: Annotated[int, Field(ge=0)] = 100_000  # approximate bound; 0 disables
+
+
+class GatewayFile(_Strict):
+    listen: ListenConfig = ListenConfig()
+    redis: RedisConfig = RedisConfig()
+    limits: LimitsConfig = LimitsConfig()
+    session_tokens: SessionTokenConfig = SessionTokenConfig()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    orgs: dict[Annotated[str, Field(pattern=_SLUG)], OrgConfig] = Field(default_factory=dict)
+    ledger: LedgerConfig = LedgerConfig()
+
+
+class KeysFile(_Strict):
+    """A ``keys/*.yaml`` file: extra API key entries per org."""
+
+    orgs: dict[str, tuple[ApiKeyEntry, ...]]
+
+
+# --------------------------------------------------------------------------- projects/*.yaml
+
+
+class Route(_Strict):
+    provider: str
+    model: str
+
+
+class ModelAlias(_Strict):
+    routes: tuple[Route, ...]
+
+
+class RateLimitSet(_Strict):
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+
+
+class RateLimits(RateLimitSet):
+    """Per project, and ``per_key`` for each API key on this project."""
+
+    per_key: RateLimitSet = RateLimitSet()
+
+
 class Budgets(_Strict):
     project: BudgetScope = BudgetScope()
     per_key: BudgetScope = BudgetScope()
@@ -203,6 +222,7 @@ class ProjectFile(_Strict):
     models: dict[str, ModelAlias]
     max_output_tokens: Annotated[int, Field(ge=1)] = 4096
     budgets: Budgets = Budgets()
+    rate_limits: RateLimits = RateLimits()
     # BYOK: provider name -> environment variable holding the project's own key
     provider_keys: dict[str, Annotated[str, Field(pattern=_ENV_NAME)]] = Field(default_factory=dict)
 
@@ -212,7 +232,7 @@ class ProjectFile(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Cap:
-    scope: Literal["project", "key", "user"]
+    scope: Literal["project", "key", "user", "org"]
     window: Window
     dimension: str
     limit: int
@@ -326,12 +346,18 @@ def _validate(
 
 
 def _caps(budgets: Budgets) -> tuple[Cap, ...]:
+    return _scope_caps(
+        (("project", budgets.project), ("key", budgets.per_key), ("user", budgets.per_user))
+    )
+
+
+def org_caps(org: OrgConfig) -> tuple[Cap, ...]:
+    return _scope_caps((("org", org.budgets),))
+
+
+def _scope_caps(scopes: tuple[tuple[str, BudgetScope], ...]) -> tuple[Cap, ...]:
     caps: list[Cap] = []
-    for scope_name, scope in (
-        ("project", budgets.project),
-        ("key", budgets.per_key),
-        ("user", budgets.per_user),
-    ):
+    for scope_name, scope in scopes:
         for window in WINDOWS:
             for dim, limit in getattr(scope, window).items():
                 caps.append(Cap(scope_name, window, dim, limit))  # type: ignore[arg-type]
@@ -344,7 +370,8 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
     root = Path(directory)
     problems: list[tuple[str, str, str]] = []
     gw_path = root / "gateway.yaml"
-    gateway = _validate(GatewayFile, _read_yaml(gw_path, env, problems), gw_path, problems)
+    gw_raw = _read_yaml(gw_path, env, problems)
+    gateway = None if gw_raw is None else _validate(GatewayFile, gw_raw, gw_path, problems)
 
     keys: dict[str, list[KeyRecord]] = {}
     if gateway is not None:
@@ -352,7 +379,8 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
             for entry in org.api_keys:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
     for key_path in sorted((root / "keys").glob("*.yaml")):
-        key_file = _validate(KeysFile, _read_yaml(key_path, env, problems), key_path, problems)
+        key_raw = _read_yaml(key_path, env, problems)
+        key_file = None if key_raw is None else _validate(KeysFile, key_raw, key_path, problems)
         if key_file is None:
             continue
         for org_name, entries in key_file.orgs.items():
@@ -375,7 +403,8 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         if not re.match(_SLUG, slug):
             problems.append((str(path), "", "file name must be a project slug ([a-z0-9-])"))
             continue
-        pf = _validate(ProjectFile, _read_yaml(path, env, problems), path, problems)
+        raw = _read_yaml(path, env, problems)
+        pf = None if raw is None else _validate(ProjectFile, raw, path, problems)
         if pf is None:
             continue
         _check_project(pf, gateway, path, problems)

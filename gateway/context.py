@@ -63,6 +63,7 @@ class CallContext:
     input_bound: int
     output_ceiling: int
     reservation: Reservation | None = None
+    org_reservation: Reservation | None = None
     # Set by the handler: the usage to bill (reported, or estimated never below the
     # truth); None means nothing was consumed upstream.
     billed: Usage | None = None

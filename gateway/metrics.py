@@ -69,6 +69,12 @@ class Metrics:
             ["project", "scope", "window", "dimension"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused with 429 by a gateway rate limit.",
+            ["project", "scope", "kind"],
+            registry=r,
+        )
         self.estimated_usage = Counter(
             "gateway_estimated_usage",
             "Requests billed on an estimate because the upstream reported no usage.",

@@ -9,8 +9,12 @@
 -- ARGV[6]  counter count N, then per counter three values:
 --          scope suffix ("p", "k:<key id>", "u:<user hash>"), window ("day"|"month"|"lifetime"),
 --          caps "dim=limit,dim=limit" (dim 0..3; may be "-" for none)
+--          then rate limit count R, then per limit three values (GCRA over a 60 s window):
+--          key suffix, microseconds per unit (60e6 / limit per minute), units this request costs
 -- Returns  {1, key1, ..., keyN}                                   admitted
 --          {0, counter index, dim, limit, used, reserved, window id}  refused (402)
+--          {2, rate limit index, retry after ms}                   rate limited (429)
+-- Nothing is written unless every rate limit and every cap has room.
 
 local now = now_ms(ARGV[4])
 purge_expired(KEYS[1], KEYS[2], now)
@@ -45,6 +49,28 @@ local amount_n = {}
 for i = 1, 4 do amount_n[i] = tonumber(amounts[i]) end
 
 local n = tonumber(ARGV[6])
+
+-- Rate limits (GCRA): each key holds a theoretical arrival time in microseconds; a
+-- request is allowed while that time stays within one minute ahead of now.
+local WINDOW_US = 60000000
+local now_us = now * 1000
+local r_base = 7 + n * 3
+local r_n = tonumber(ARGV[r_base] or '0')
+local new_tats = {}
+for i = 1, r_n do
+  local b = r_base + (i - 1) * 3
+  local key = ARGV[1] .. ARGV[b + 1]
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now_us then tat = now_us end
+  local new_tat = tat + tonumber(ARGV[b + 2]) * tonumber(ARGV[b + 3])
+  if new_tat - now_us > WINDOW_US then
+    local wait_ms = math.ceil((new_tat - now_us - WINDOW_US) / 1000)
+    if wait_ms > 60000 then wait_ms = 60000 end
+    return {2, i, wait_ms}
+  end
+  new_tats[i] = {key, new_tat}
+end
+
 local keys = {}
 for c = 1, n do
   local base = 6 + (c - 1) * 3
@@ -75,6 +101,10 @@ for c = 1, n do
   end
   local ttl = window_ttl[ARGV[6 + (c - 1) * 3 + 2]]
   if ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+for _, t in ipairs(new_tats) do
+  redis.call('SET', t[1], string.format('%.0f', t[2]), 'PX', math.ceil((t[2] - now_us) / 1000) + 1000)
 end
 
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|'))

@@ -56,6 +56,8 @@ def _fail(metrics: Metrics, exc: Unauthorized) -> Unauthorized:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route or method: 404/405, nothing to check
     state = request.config_dict[STATE]
     config = state.config
     try:

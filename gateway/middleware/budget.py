@@ -1,25 +1,42 @@
 """Budget: reserve the worst case before the handler, settle what was used after it.
 
+Steps: the org's caps (own hash tag, only when the org has caps), then the
+project's counters, its key and end-user sub-caps and its rate limits in one
+script. A refused later step releases the earlier one, so nothing leaks.
+
 aiohttp returns from a streaming handler only when the stream is finished, so
 the settlement here sees the usage the relay recorded, also when the client left
-or the upstream failed. Settling is shielded from cancellation.
+or the upstream failed. Settling is shielded from cancellation, idempotent, and
+retried in the background if the store does not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.budget import Amounts, BudgetExceeded, StoreUnavailable, project_counters
-from gateway.context import CALL, PRINCIPAL, REQUEST_ID, STATE, CallContext, GatewayState
-from gateway.errors import BudgetExhausted, ServiceUnavailable
+from gateway.budget import (
+    Amounts,
+    BudgetExceeded,
+    RateLimitExceeded,
+    Reservation,
+    StoreUnavailable,
+    org_counters,
+    project_counters,
+    project_rate_limits,
+)
+from gateway.config import org_caps
+from gateway.context import CALL, PRINCIPAL, REQUEST_ID, STATE, CallContext, GatewayState, Principal
+from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 from gateway.usage import Usage, cost_nano
 
 log = logging.getLogger("gateway.budget")
+SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def amounts_for(usage: Usage, call: CallContext) -> Amounts:
@@ -33,19 +50,8 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     state = request.config_dict[STATE]
     principal = request[PRINCIPAL]
-    worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
-    counters = project_counters(call.project, principal.key_id, principal.user)
     try:
-        # The reservation id is ours, never the client's X-Request-Id: ids must not collide.
-        call.reservation = await state.store.reserve(
-            call.project.id, uuid.uuid4().hex, counters, worst
-        )
-    except BudgetExceeded as exc:
-        r = exc.refusal
-        state.metrics.budget_rejections.labels(
-            call.project.slug, r.scope, r.window, r.dimension
-        ).inc()
-        raise BudgetExhausted(r.body()) from None
+        await _reserve(state, call, principal)
     except StoreUnavailable:
         state.metrics.store_errors.labels("reserve").inc()
         if state.config.gateway.redis.on_store_error == "deny":
@@ -53,40 +59,157 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "budget store unavailable", {"Retry-After": "1"}
             ) from None
         state.metrics.unmetered.labels(call.project.slug).inc()
-        log.warning("admitted unmetered", extra={"request_id": request[REQUEST_ID]})
+        log.warning(
+            "admitted unmetered: budget store unavailable",
+            extra={"request_id": request[REQUEST_ID], "project": call.project.slug},
+        )
+    status = 500
     try:
-        return await handler(request)
+        response = await handler(request)
+        status = response.status
+        return response
+    except GatewayError as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499
+        raise
     finally:
-        await asyncio.shield(_settle(state, call, request[REQUEST_ID]))
+        outcome = _Outcome(request[REQUEST_ID], principal, status)
+        await asyncio.shield(_settle(state, call, outcome))
 
 
-SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+async def _reserve(state: GatewayState, call: CallContext, principal: Principal) -> None:
+    store = state.store
+    project = call.project
+    worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
+    org = state.config.gateway.orgs.get(project.org)
+    counters = org_counters(org_caps(org)) if org is not None else []
+    try:
+        if counters:
+            call.org_reservation = await store.reserve(
+                project.org, uuid.uuid4().hex, counters, worst, kind="org"
+            )
+        # The reservation id is ours, never the client's X-Request-Id: ids must not collide.
+        call.reservation = await store.reserve(
+            project.id,
+            uuid.uuid4().hex,
+            project_counters(project, principal.key_id, principal.user),
+            worst,
+            rate_limits=project_rate_limits(project, principal.key_id),
+        )
+    except BudgetExceeded as exc:
+        await _undo_org_step(state, call)
+        r = exc.refusal
+        state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
+        raise BudgetExhausted(r.body()) from None
+    except RateLimitExceeded as exc:
+        await _undo_org_step(state, call)
+        limit = exc.limit
+        kind = "tokens" if limit.per_token else "requests"
+        state.metrics.rate_limited.labels(project.slug, limit.scope, kind).inc()
+        retry_after = str(max(1, -(-exc.retry_after_ms // 1000)))
+        raise RateLimited.detail(
+            f"{'per-key ' if limit.scope == 'key' else ''}{kind} per minute limit "
+            f"({limit.per_minute}) reached",
+            {"Retry-After": retry_after},
+        ) from None
+    except StoreUnavailable:
+        await _undo_org_step(state, call)
+        raise
 
 
-async def _settle(state: GatewayState, call: CallContext, request_id: str) -> None:
+async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
+    if call.org_reservation is None:
+        return
+    try:
+        await state.store.release(call.org_reservation)
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("release").inc()  # expires by itself
+    call.org_reservation = None
+
+
+class _Outcome:
+    __slots__ = ("finished_at", "principal", "request_id", "status")
+
+    def __init__(self, request_id: str, principal: Principal, status: int) -> None:
+        self.request_id = request_id
+        self.principal = principal
+        self.status = status
+        self.finished_at = time.time()
+
+
+def _ledger_event(
+    call: CallContext, outcome: _Outcome, billed: Usage, actual: Amounts
+) -> dict[str, str]:
+    p = outcome.principal
+    return {
+        "request_id": outcome.request_id,
+        "ts": f"{outcome.finished_at:.3f}",
+        "org": call.project.org,
+        "project": call.project.slug,
+        "key_id": p.key_id or "",
+        "user": p.user or "",
+        "model": call.alias,
+        "provider": call.route.provider,
+        "upstream_model": call.route.model,
+        "status": str(outcome.status),
+        "stream": "1" if call.chat.stream else "0",
+        "outcome": call.stream_outcome or "",
+        "input_tokens": str(billed.input_tokens),
+        "output_tokens": str(billed.output_tokens),
+        "cached_input_tokens": str(billed.cached_input_tokens),
+        "reasoning_tokens": str(billed.reasoning_tokens),
+        "cost_nano_usd": str(actual.cost_nano),
+        "estimated": "1" if billed.estimated else "0",
+        "duration_ms": f"{(time.perf_counter() - call.started) * 1000:.1f}",
+        "upstream_ms": f"{call.upstream_seconds * 1000:.1f}",
+    }
+
+
+async def _settle(state: GatewayState, call: CallContext, outcome: _Outcome) -> None:
     billed = call.billed or Usage()
     _count(state, call, billed)
-    if call.reservation is None:
-        return
     actual = amounts_for(billed, call)
+    ledger = _ledger_event(call, outcome, billed, actual)
+    await _settle_one(state, call.reservation, actual, outcome.request_id, ledger)
+    await _settle_one(state, call.org_reservation, actual, outcome.request_id, None)
+
+
+async def _settle_one(
+    state: GatewayState,
+    reservation: Reservation | None,
+    actual: Amounts,
+    request_id: str,
+    ledger: dict[str, str] | None,
+) -> None:
+    if reservation is None:
+        return
+    max_events = state.config.gateway.ledger.max_events
     try:
-        await state.store.settle(call.reservation, actual)
+        await state.store.settle(reservation, actual, ledger=ledger, ledger_max_events=max_events)
     except StoreUnavailable:
         state.metrics.store_errors.labels("settle").inc()
         # Settling is idempotent, so retry in the background rather than hold the answer.
-        task = asyncio.create_task(_settle_later(state, call, actual, request_id))
+        task = asyncio.create_task(_settle_later(state, reservation, actual, request_id, ledger))
         state.background.add(task)
         task.add_done_callback(state.background.discard)
 
 
 async def _settle_later(
-    state: GatewayState, call: CallContext, actual: Amounts, request_id: str
+    state: GatewayState,
+    reservation: Reservation,
+    actual: Amounts,
+    request_id: str,
+    ledger: dict[str, str] | None,
 ) -> None:
-    assert call.reservation is not None
+    max_events = state.config.gateway.ledger.max_events
     for delay in SETTLE_RETRY_DELAYS:
         await asyncio.sleep(delay)
         try:
-            await state.store.settle(call.reservation, actual)
+            await state.store.settle(
+                reservation, actual, ledger=ledger, ledger_max_events=max_events
+            )
             return
         except StoreUnavailable:
             state.metrics.store_errors.labels("settle").inc()
@@ -95,7 +218,6 @@ async def _settle_later(
         "settle failed; usage not recorded",
         extra={
             "request_id": request_id,
-            "project": call.project.slug,
             "input_tokens": actual.input_tokens,
             "output_tokens": actual.output_tokens,
             "cost_nano_usd": actual.cost_nano,
