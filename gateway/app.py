@@ -17,10 +17,11 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from gateway.budget import BudgetStore
+from gateway.budget import BudgetStore, RedisLike
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import STATE, GatewayState
 from gateway.errors import error_middleware, json_error
@@ -34,6 +35,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
 from gateway.sessions import mint_token
+from gateway.usage_report import get_usage
 
 log = logging.getLogger("gateway.app")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -49,7 +51,20 @@ def build_providers(config: Config, session: aiohttp.ClientSession) -> dict[str,
     return providers
 
 
-def redis_client(url: str, timeout_s: float) -> Redis:
+def redis_client(url: str, timeout_s: float) -> RedisLike:
+    """A Redis client with tight timeouts and no hidden retries.
+
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) selects Redis Cluster: the
+    node given is a seed; every budget script touches one slot (one project's hash tag).
+    """
+    if "+cluster://" in url.split("?", 1)[0]:
+        return RedisCluster.from_url(
+            url.replace("+cluster://", "://", 1),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            cluster_error_retry_attempts=1,
+        )
     return Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -132,5 +147,6 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         "/projects/{project_ref}/chat/completions", chat_completions, name=CHAT_ROUTE
     )
     v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
+    v1.router.add_get("/projects/{project_ref}/usage", get_usage)
     app.add_subapp("/v1/", v1)
     return app

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Project
@@ -36,6 +37,9 @@ def _script(name: str) -> str:
 
 RESERVE_LUA = _script("reserve.lua")
 SETTLE_LUA = _script("settle.lua")
+
+
+RedisLike = Redis | RedisCluster
 
 
 class StoreUnavailable(Exception):
@@ -211,7 +215,7 @@ class BudgetStore:
     """Reserve and settle against Redis with tight timeouts; typed results."""
 
     def __init__(
-        self, redis: Redis, key_prefix: str, timeout_s: float, reservation_ttl_s: int
+        self, redis: RedisLike, key_prefix: str, timeout_s: float, reservation_ttl_s: int
     ) -> None:
         self.redis = redis
         self.key_prefix = key_prefix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
@@ -194,6 +195,58 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from gateway.app import redis_client
+    from gateway.budget import BudgetStore, StoreUnavailable
+    from gateway.embedded_redis import EmbeddedRedis
+    from gateway.usage_report import usage_report
+
+    config = _load(args.config)
+    project = config.project(args.project)
+    if project is None:
+        print(f"unknown project {args.project!r}", file=sys.stderr)
+        return 2
+    gw = config.gateway
+    url = gw.redis.url or EmbeddedRedis(gw.redis.data_dir).url
+    timeout = max(gw.redis.timeout_ms / 1000, 1.0)
+
+    async def report() -> dict[str, object]:
+        redis = redis_client(url, timeout)
+        try:
+            store = BudgetStore(
+                redis, gw.redis.key_prefix, timeout, gw.limits.reservation_ttl_seconds
+            )
+            return await usage_report(store, config, project, args.key, args.user)
+        finally:
+            await redis.aclose()
+
+    try:
+        data = asyncio.run(report())
+    except StoreUnavailable:
+        print(
+            f"budget store unreachable ({'REDIS_URL' if gw.redis.url else 'embedded'})",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"project {data['project']} ({data['project_id']}, org {data['org']})")
+    print(
+        f"{'scope':<8} {'window':<9} {'dimension':<15} {'used':>14} {'reserved':>12} {'cap':>14}  resets_at"
+    )
+    for row in data["counters"]:  # type: ignore[attr-defined]
+        scope = row["scope"] + (
+            f":{row.get('id') or row.get('user')}" if row["scope"] != "project" else ""
+        )
+        for dim, v in row["dimensions"].items():
+            cap = "-" if v["cap"] is None else str(v["cap"])
+            print(
+                f"{scope:<8} {row['window']:<9} {dim:<15} {v['used']:>14} {v['reserved']:>12} {cap:>14}  {row['resets_at'] or '-'}"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -222,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", action="store_true", help="write the entry to <config>/keys/<id>.yaml"
     )
     new.set_defaults(func=cmd_keys_new)
+
+    usage = sub.add_parser("usage", parents=[common], help="show a project's budget usage")
+    usage.add_argument("--project", required=True)
+    usage.add_argument("--key", help="also show this API key id's counters")
+    usage.add_argument("--user", help="also show this end user's counters")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_usage)
 
     token = sub.add_parser("token", help="session tokens").add_subparsers(
         dest="token_command", required=True

@@ -1,0 +1,114 @@
+"""Reading usage: per window and dimension, used, reserved in flight, cap, reset time.
+
+Served at ``GET /v1/projects/{ref}/usage`` (a credential with ``read`` scope) and by
+``gateway usage --project SLUG``. One Redis round trip for the clock, one pipeline
+for the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.budget import BudgetStore, StoreUnavailable, resets_at
+from gateway.config import DIMENSIONS, WINDOWS, Cap, Config, Project, org_caps
+from gateway.context import PRINCIPAL, PROJECT, STATE
+from gateway.errors import ServiceUnavailable
+
+
+def window_ids(now_s: float) -> dict[str, str]:
+    day = datetime.fromtimestamp(now_s, UTC)
+    return {"day": day.strftime("d%Y%m%d"), "month": day.strftime("m%Y%m"), "lifetime": "all"}
+
+
+def _user_part(user: str) -> str:
+    return hashlib.sha256(user.encode()).hexdigest()[:24]
+
+
+async def usage_report(
+    store: BudgetStore,
+    config: Config,
+    project: Project,
+    key_id: str | None = None,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """Counters of the project (every window), the key and user (capped windows), the org."""
+    rows: list[tuple[str, str | None, str, str, list[Cap]]] = []  # scope, who, tag, suffix, caps
+    ptag = store.tag(project.id)
+    for window in WINDOWS:
+        caps = [c for c in project.caps if c.scope == "project" and c.window == window]
+        rows.append(("project", None, ptag, f"p:{window}", caps))
+    scoped = (("key", key_id, "k:" + (key_id or "")), ("user", user, "u:" + _user_part(user or "")))
+    for scope, who, suffix in scoped:
+        if who is None:
+            continue
+        for window in WINDOWS:
+            caps = [c for c in project.caps if c.scope == scope and c.window == window]
+            if caps:
+                rows.append((scope, who, ptag, f"{suffix}:{window}", caps))
+    org = config.gateway.orgs.get(project.org)
+    if org is not None:
+        caps_all = org_caps(org)
+        otag = store.tag(project.org, "org")
+        for window in WINDOWS:
+            caps = [c for c in caps_all if c.window == window]
+            if caps:
+                rows.append(("org", project.org, otag, f"o:{window}", caps))
+    try:
+        async with asyncio.timeout(store.timeout_s * 3):
+            seconds, _micros = await store.redis.time()
+            ids = window_ids(float(seconds))
+            pipe = store.redis.pipeline(transaction=False)
+            for _scope, _who, tag, suffix, _caps in rows:
+                head, _, window = suffix.rpartition(":")
+                pipe.hgetall(f"{tag}{head}:{ids[window]}")
+            results = await pipe.execute()
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
+    counters = []
+    for (scope, who, _tag, suffix, caps), state in zip(rows, results, strict=True):
+        window = suffix.rpartition(":")[2]
+        values = {k.decode(): int(v) for k, v in state.items()}
+        limits = {c.dimension: c.limit for c in caps}
+        dims = {}
+        for i, dim in enumerate(DIMENSIONS):
+            name = "cost_nano_usd" if dim == "cost_usd" else dim
+            dims[name] = {
+                "used": values.get(f"u{i}", 0),
+                "reserved": max(values.get(f"r{i}", 0), 0),
+                "cap": limits.get(dim),
+            }
+        entry: dict[str, Any] = {
+            "scope": scope,
+            "window": window,
+            "window_id": ids[window],
+            "resets_at": resets_at(ids[window]),
+            "dimensions": dims,
+        }
+        if who is not None:
+            entry["id" if scope != "user" else "user"] = who
+        counters.append(entry)
+    return {
+        "project": project.slug,
+        "project_id": project.id,
+        "org": project.org,
+        "counters": counters,
+    }
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    state = request.config_dict[STATE]
+    principal = request[PRINCIPAL]
+    try:
+        report = await usage_report(
+            state.store, state.config, request[PROJECT], principal.key_id, principal.user
+        )
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("usage").inc()
+        raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
+    return web.json_response(report)
