@@ -30,6 +30,7 @@ from gateway.middleware.auth import auth_middleware
 from gateway.middleware.budget import budget_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
 from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
@@ -46,6 +47,8 @@ def build_providers(config: Config, session: aiohttp.ClientSession) -> dict[str,
     for name, spec in config.gateway.providers.items():
         if spec.kind == "demo":
             providers[name] = DemoProvider(name, spec)
+        elif spec.kind == "anthropic":
+            providers[name] = AnthropicProvider(name, spec, session)
         else:
             providers[name] = OpenAIProvider(name, spec, session)
     return providers

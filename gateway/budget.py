@@ -297,6 +297,7 @@ class BudgetStore:
         *,
         ledger: dict[str, str] | None = None,
         ledger_max_events: int = 0,
+        refund_rate_limits: bool = True,
     ) -> bool:
         """Replace the hold with ``actual``; False if the hold had already expired.
 
@@ -318,7 +319,7 @@ class BudgetStore:
                 (limit.units(reservation.amounts) - limit.units(actual)) * limit.us_per_unit,
             )
             for limit in reservation.rate_limits
-            if limit.per_token
+            if limit.per_token and refund_rate_limits
         ]
         args.append(str(len(refunds)))
         for key, micros in refunds:
@@ -332,8 +333,9 @@ class BudgetStore:
         return int(await self._call(self._settle, keys, args)) == 1
 
     async def release(self, reservation: Reservation) -> None:
-        """Undo a reservation that will not be used (a later step was refused)."""
-        await self.settle(reservation, Amounts(0, 0, 0))
+        """Undo a reservation that will not be used (a later step was refused, or the
+        request moved to another reservation, which keeps the rate-limit charge)."""
+        await self.settle(reservation, Amounts(0, 0, 0), refund_rate_limits=False)
 
     async def ping(self) -> bool:
         try:

@@ -83,7 +83,7 @@ class Timeouts(_Strict):
 
 
 class ProviderConfig(_Strict):
-    kind: Literal["openai", "demo"]
+    kind: Literal["openai", "anthropic", "demo"]
     base_url: str = ""
     api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -93,8 +93,8 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _needs_url(self) -> ProviderConfig:
-        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must be an http(s) URL for kind 'openai'")
+        if self.kind != "demo" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL for kind {self.kind!r}")
         return self
 
 
@@ -117,9 +117,10 @@ class PriceConfig(_Strict):
 
     input: int
     output: int
-    cached_input: int | None = None
+    cached_input: int | None = None  # cache reads (default: the input price)
+    cache_write: int | None = None  # cache writes, e.g. Anthropic's (default: input price)
 
-    @field_validator("input", "output", "cached_input", mode="before")
+    @field_validator("input", "output", "cached_input", "cache_write", mode="before")
     @classmethod
     def _nano(cls, value: Any) -> int | None:
         return None if value is None else usd_to_nano(value)
@@ -167,6 +168,24 @@ class LedgerConfig(_Strict):
     max_events: Annotated[int, Field(ge=0)] = 100_000  # approximate bound; 0 disables
 
 
+class RetryConfig(_Strict):
+    attempts_per_target: Annotated[int, Field(ge=1, le=10)] = 2
+    backoff_base_ms: Annotated[int, Field(ge=0)] = 100
+    backoff_max_ms: Annotated[int, Field(ge=0)] = 2000
+    retry_after_max_seconds: Annotated[float, Field(ge=0)] = 10.0  # longer: fall back instead
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
+    half_open_probes: Annotated[int, Field(ge=1)] = 1
+
+
+class ResilienceConfig(_Strict):
+    retries: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+
+
 class GatewayFile(_Strict):
     listen: ListenConfig = ListenConfig()
     redis: RedisConfig = RedisConfig()
@@ -176,6 +195,7 @@ class GatewayFile(_Strict):
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     orgs: dict[Annotated[str, Field(pattern=_SLUG)], OrgConfig] = Field(default_factory=dict)
     ledger: LedgerConfig = LedgerConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
 
 
 class KeysFile(_Strict):
@@ -190,6 +210,9 @@ class KeysFile(_Strict):
 class Route(_Strict):
     provider: str
     model: str
+    # Targets with a weight share the first slot by weighted choice; the rest follow
+    # in order as fallbacks.
+    weight: Annotated[int, Field(ge=1)] | None = None
 
 
 class ModelAlias(_Strict):

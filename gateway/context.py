@@ -9,11 +9,14 @@ read by the budget middleware to settle after the handler returns.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.breaker import CircuitBreaker
 from gateway.budget import BudgetStore, Reservation
 from gateway.config import Config, PriceConfig, Project, ProviderConfig, Route
 from gateway.credentials import SessionClaims
@@ -31,9 +34,22 @@ class GatewayState:
     metrics: Metrics
     ready: bool = True  # false while draining on shutdown
     background: set[asyncio.Task[None]] = field(default_factory=set)  # settle retries
+    breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]
+
+    def breaker(self, route: Route) -> CircuitBreaker:
+        """This process's circuit breaker for one target (provider + model)."""
+        key = (route.provider, route.model)
+        found = self.breakers.get(key)
+        if found is None:
+            cfg = self.config.gateway.resilience.breaker
+            found = self.breakers[key] = CircuitBreaker(
+                cfg.failure_threshold, cfg.cooldown_seconds, cfg.half_open_probes
+            )
+        return found
 
 
 @dataclass(slots=True)
@@ -58,8 +74,9 @@ class CallContext:
     project: Project
     chat: ChatRequest
     alias: str
-    route: Route
-    price: PriceConfig | None
+    route: Route  # the target being tried
+    targets: list[Route]  # every target of the alias, in the order to try them
+    price: PriceConfig | None  # of the current target's model
     input_bound: int
     output_ceiling: int
     reservation: Reservation | None = None
@@ -71,6 +88,29 @@ class CallContext:
     first_token_at: float | None = None
     stream_outcome: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    # Set by the budget middleware: moves the reservation to another target's price.
+    rebudget: Callable[[Route], Awaitable[None]] | None = None
+
+    def add_billed(self, usage: Usage) -> None:
+        """Add one attempt's usage to what the request is billed."""
+        if self.billed is None:
+            self.billed = usage
+            return
+        b = self.billed
+        self.billed = Usage(
+            b.input_tokens + usage.input_tokens,
+            b.output_tokens + usage.output_tokens,
+            b.cached_input_tokens + usage.cached_input_tokens,
+            b.reasoning_tokens + usage.reasoning_tokens,
+            b.cache_creation_input_tokens + usage.cache_creation_input_tokens,
+            b.estimated or usage.estimated,
+        )
+
+    async def switch_route(self, route: Route) -> None:
+        """Fall back to another target; the budget follows (a pricier one re-checks caps)."""
+        if self.rebudget is not None:
+            await self.rebudget(route)
+        self.route = route
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -9,7 +9,8 @@
     ├── ValidationFailed    422       request body invalid (names the field)
     ├── ByokKeyRejected     422       the provider rejected the provider key
     ├── BudgetExhausted     402       a cap would be crossed
-    ├── RateLimited         429       too many requests (upstream or local)
+    ├── RateLimited         429       too many requests (gateway rate limit)
+    │   └── UpstreamRateLimited       the provider's 429 (retryable)
     ├── UpstreamFailed      502       upstream error before the first byte
     ├── UpstreamTimeout     504       upstream timed out before the first byte
     └── ServiceUnavailable  503       budget store unreachable
@@ -32,6 +33,10 @@ log = logging.getLogger("gateway.errors")
 
 class GatewayError(Exception):
     status = 500
+    # True for upstream failures before the first byte that another attempt may fix.
+    retryable = False
+    # True when the provider did the work although we lost its answer (bill it).
+    billable = False
 
     def __init__(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         super().__init__(body.get("detail") or body.get("message") or body.get("error"))
@@ -99,12 +104,20 @@ class RateLimited(GatewayError):
     status = 429
 
 
+class UpstreamRateLimited(RateLimited):
+    """The provider answered 429: retried (honouring Retry-After), then relayed."""
+
+    retryable = True
+
+
 class UpstreamFailed(GatewayError):
     status = 502
+    retryable = True
 
 
 class UpstreamTimeout(GatewayError):
     status = 504
+    retryable = True
 
 
 class ServiceUnavailable(GatewayError):

@@ -89,6 +89,18 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Retries of an upstream target before the first byte.",
+            ["provider"],
+            registry=r,
+        )
+        self.upstream_fallbacks = Counter(
+            "gateway_upstream_fallbacks",
+            "Fallbacks from a target to the next one of the same model alias.",
+            ["provider"],
+            registry=r,
+        )
         self.store_errors = Counter(
             "gateway_store_errors",
             "Budget store (Redis) failures by operation.",

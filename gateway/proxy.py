@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.config import Route
 from gateway.context import CALL, REQUEST_ID, STATE, CallContext, GatewayState
-from gateway.errors import GatewayError, UpstreamFailed
-from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.routing import backoff_seconds
 from gateway.usage import Usage, estimate, from_openai
 from gateway.wire import PROFILES, WireProfile
 
@@ -47,66 +56,106 @@ def upstream_body(call: CallContext, max_tokens_param: str) -> dict[str, Any]:
     return body
 
 
-def _provider_key(state: GatewayState, call: CallContext) -> str:
-    byok = call.project.file.provider_keys.get(call.route.provider)
+def _provider_key(state: GatewayState, route: Route, call: CallContext) -> str:
+    byok = call.project.file.provider_keys.get(route.provider)
     if byok:
         return state.config.secret(byok)
-    return state.config.secret(state.provider_config(call.route.provider).api_key_env)
+    return state.config.secret(state.provider_config(route.provider).api_key_env)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Try the alias's targets in order: retry each with backoff, fall back to the next,
+    skip those whose circuit is open, all only while nothing reached the client."""
     state = request.config_dict[STATE]
     call = request[CALL]
-    provider = state.providers[call.route.provider]
-    provider_config = state.provider_config(call.route.provider)
+    retries = state.config.gateway.resilience.retries
+    last_error: GatewayError | None = None
+    for route in call.targets:
+        breaker = state.breaker(route)
+        for attempt in range(1, retries.attempts_per_target + 1):
+            if not breaker.allow(time.monotonic()):
+                break
+            if route is not call.route:
+                await call.switch_route(route)  # re-checks the cost cap (402)
+            try:
+                response = await _attempt(request, state, call, route)
+            except GatewayError as exc:
+                if not exc.retryable:
+                    raise
+                breaker.failure(time.monotonic())
+                last_error = exc
+                if attempt == retries.attempts_per_target:
+                    break
+                hint = (
+                    exc.headers.get("Retry-After") if isinstance(exc, UpstreamRateLimited) else None
+                )
+                wait = backoff_seconds(attempt, retries, state.rng, hint)
+                if wait is None:
+                    break
+                state.metrics.upstream_retries.labels(route.provider).inc()
+                await asyncio.sleep(wait)
+                continue
+            breaker.success()
+            return response
+        if route is not call.targets[-1]:
+            state.metrics.upstream_fallbacks.labels(route.provider).inc()
+    if last_error is not None:
+        raise last_error
+    wait = min(state.breaker(r).retry_after(time.monotonic()) for r in call.targets)
+    raise ServiceUnavailable.detail(
+        "every upstream of this model is unavailable (circuit open)",
+        {"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+async def _attempt(
+    request: web.Request, state: GatewayState, call: CallContext, route: Route
+) -> web.StreamResponse:
+    provider = state.providers[route.provider]
+    provider_config = state.provider_config(route.provider)
     upstream = UpstreamRequest(
         body=upstream_body(call, "max_completion_tokens"),
-        api_key=_provider_key(state, call),
+        api_key=_provider_key(state, route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],
     )
     gateway_id = "chatcmpl_" + request[REQUEST_ID]
     profile = PROFILES[call.project.file.wire_profile]
     if not call.chat.stream:
-        return await _unary(state, call, provider.name, provider, upstream, gateway_id, profile)
-    return await _stream(
-        request, state, call, provider.name, provider, upstream, gateway_id, profile
-    )
-
-
-def _upstream_failed(
-    state: GatewayState, provider: str, exc: GatewayError, call: CallContext
-) -> None:
-    state.metrics.upstream_errors.labels(provider, f"http_{exc.status}").inc()
-    if exc.status == 504:
-        # The provider may have worked on the request before timing out: bill the worst case.
-        call.billed = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
-        state.metrics.estimated_usage.labels(call.project.slug, "timeout").inc()
+        return await _unary(state, call, provider, upstream, gateway_id, profile)
+    return await _stream(request, state, call, provider, upstream, gateway_id, profile)
 
 
 async def _unary(
     state: GatewayState,
     call: CallContext,
-    name: str,
-    provider: Any,
+    provider: Provider,
     upstream: UpstreamRequest,
     gateway_id: str,
     profile: WireProfile,
 ) -> web.StreamResponse:
+    name = provider.name
     started = time.perf_counter()
     try:
         completion = await provider.complete(upstream)
     except GatewayError as exc:
-        _upstream_failed(state, name, exc, call)
+        state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
+        if isinstance(exc, UpstreamTimeout) or exc.billable:
+            # The provider may have done (timeout) or did (answer lost after its 200) the
+            # whole job: bill the worst case, and do not pay for it twice by retrying.
+            call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+            state.metrics.estimated_usage.labels(call.project.slug, "timeout").inc()
+            exc.retryable = False
         raise
     except asyncio.CancelledError:
         # The client left while the provider was working: it may still bill us in full.
-        call.billed = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
+        call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
         state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
         raise
     finally:
-        call.upstream_seconds = time.perf_counter() - started
-        state.metrics.upstream_duration.labels(name).observe(call.upstream_seconds)
+        elapsed = time.perf_counter() - started
+        call.upstream_seconds += elapsed
+        state.metrics.upstream_duration.labels(name).observe(elapsed)
     usage = from_openai(completion.get("usage"))
     if usage is None:
         produced = sum(
@@ -115,7 +164,7 @@ async def _unary(
         )
         usage = estimate(call.input_bound, call.output_ceiling, produced, finished=True)
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
-    call.billed = usage
+    call.add_billed(usage)
     body = profile.unary(completion, gateway_id, call.alias, usage)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -124,18 +173,25 @@ async def _stream(
     request: web.Request,
     state: GatewayState,
     call: CallContext,
-    name: str,
-    provider: Any,
+    provider: Provider,
     upstream: UpstreamRequest,
     gateway_id: str,
     profile: WireProfile,
 ) -> web.StreamResponse:
+    name = provider.name
     started = time.perf_counter()
     try:
         stream: ChunkStream = await provider.open_stream(upstream)
+    except asyncio.CancelledError:
+        # The client left after the request went out: the provider may be generating.
+        call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+        state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
+        raise
     except GatewayError as exc:
-        call.upstream_seconds = time.perf_counter() - started
-        _upstream_failed(state, name, exc, call)
+        # Before any byte: nothing was generated that we could see or the provider bills
+        # (a first-byte timeout on a stream means the request was not even accepted).
+        call.upstream_seconds += time.perf_counter() - started
+        state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
         raise
     relay = _Relay(call, gateway_id, profile)
     chunks = stream.chunks()
@@ -143,15 +199,18 @@ async def _stream(
     metrics = state.metrics
     try:
         # Nothing reaches the client before the first upstream chunk: failures up to
-        # here are still plain HTTP errors.
+        # here are still plain HTTP errors, and may be retried.
         try:
             first = await anext(chunks)
         except (UpstreamStreamError, StopAsyncIteration) as exc:
-            call.upstream_seconds = time.perf_counter() - started
-            metrics.upstream_errors.labels(name, "stream_error").inc()
+            call.upstream_seconds += time.perf_counter() - started
+            code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"
+            metrics.upstream_errors.labels(name, code).inc()
             relay.declined = isinstance(exc, UpstreamStreamError) and exc.declared
+            if code == "upstream_timeout":
+                raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
             raise UpstreamFailed.detail(f"provider {name} failed before the first byte") from exc
-        call.upstream_seconds = time.perf_counter() - started
+        call.upstream_seconds += time.perf_counter() - started
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         metrics.open_streams.inc()
@@ -184,7 +243,9 @@ async def _stream(
         return response
     finally:
         await stream.aclose()
-        call.billed = relay.billed(state, call)
+        billed = relay.billed(state, call)
+        if billed is not None:
+            call.add_billed(billed)
         if call.first_token_at is not None:
             metrics.time_to_first_token.labels(call.project.slug).observe(
                 call.first_token_at - call.started
@@ -220,15 +281,16 @@ class _Relay:
         else:
             for choice in choices:
                 delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content:
-                    self.produced_bytes += len(content.encode())
+                for field, value in delta.items():
+                    # Every generated field counts toward the estimate (content, refusal,
+                    # reasoning, tool-call arguments, non-standard ones), the role does not.
+                    if field == "role" or not value:
+                        continue
+                    self.produced_bytes += (
+                        len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
+                    )
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
-                for call in delta.get("tool_calls") or ():
-                    args = (call.get("function") or {}).get("arguments")
-                    if args:
-                        self.produced_bytes += len(args.encode())
                 if choice.get("finish_reason"):
                     self.finished = True
         chunk["id"] = self.gateway_id

@@ -19,6 +19,7 @@ from gateway.config import PriceConfig
 PER_MESSAGE_TOKENS = 8  # role markers and separators of chat templates (OpenAI: 3-4)
 PER_REQUEST_TOKENS = 16  # priming of the assistant reply, tool-definition wrappers
 MILLION = 1_000_000
+_COUNTED_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 
 @dataclass(slots=True)
@@ -27,8 +28,9 @@ class Usage:
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_input_tokens: int = 0
-    reasoning_tokens: int = 0
+    cached_input_tokens: int = 0  # cache reads, included in input_tokens
+    reasoning_tokens: int = 0  # included in output_tokens
+    cache_creation_input_tokens: int = 0  # cache writes, included in input_tokens
     estimated: bool = False
 
     @property
@@ -73,6 +75,10 @@ def input_token_bound(body: dict[str, Any], image_bound: int) -> int:
             total += _json_bytes(message["tool_calls"])
         if message.get("tool_call_id"):
             total += _text_bytes(message["tool_call_id"])
+        for key, value in message.items():
+            # Anything else the model reads as prompt (function_call, refusal, future fields).
+            if key not in _COUNTED_MESSAGE_KEYS and value is not None:
+                total += _text_bytes(value) if isinstance(value, str) else _json_bytes(value)
     for extra in ("tools", "functions", "response_format", "tool_choice"):
         value = body.get(extra)
         if value is not None and not isinstance(value, str):
@@ -95,10 +101,13 @@ def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
     if price is None:
         return 0
     cached = min(usage.cached_input_tokens, usage.input_tokens)
+    written = min(usage.cache_creation_input_tokens, usage.input_tokens - cached)
     cached_price = price.input if price.cached_input is None else price.cached_input
+    write_price = price.input if price.cache_write is None else price.cache_write
     numerator = (
-        (usage.input_tokens - cached) * price.input
+        (usage.input_tokens - cached - written) * price.input
         + cached * cached_price
+        + written * write_price
         + usage.output_tokens * price.output
     )
     return _ceil_div(numerator, MILLION)
@@ -119,6 +128,8 @@ def from_openai(usage: Any) -> Usage | None:
         output_tokens=completion,
         cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        # Not OpenAI's: the Anthropic adapter reports cache writes here.
+        cache_creation_input_tokens=int(prompt_details.get("cache_creation_tokens") or 0),
     )
 
 

@@ -25,9 +25,16 @@ def _usage_openai(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": _prompt_details(usage),
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
+
+
+def _prompt_details(usage: Usage) -> dict[str, int]:
+    details = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_creation_input_tokens:
+        details["cache_creation_tokens"] = usage.cache_creation_input_tokens
+    return details
 
 
 def _usage_karta(usage: Usage) -> dict[str, Any]:
@@ -37,7 +44,7 @@ def _usage_karta(usage: Usage) -> dict[str, Any]:
         "total_tokens": usage.total_tokens,
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": _prompt_details(usage),
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

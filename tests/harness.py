@@ -126,6 +126,9 @@ def write_config(
             "timeout_ms": 300,
         },
         "limits": {"reservation_ttl_seconds": 60},
+        # One attempt per target unless a test asks for retries: a scripted failure
+        # must reach the client, not be retried away.
+        "resilience": {"retries": {"attempts_per_target": 1, "backoff_base_ms": 10}},
         "providers": {
             "upstream": {
                 "kind": "openai",

@@ -13,6 +13,7 @@ retried in the background if the store does not answer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -30,7 +31,7 @@ from gateway.budget import (
     project_counters,
     project_rate_limits,
 )
-from gateway.config import org_caps
+from gateway.config import Route, org_caps
 from gateway.context import CALL, PRINCIPAL, REQUEST_ID, STATE, CallContext, GatewayState, Principal
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 from gateway.usage import Usage, cost_nano
@@ -50,6 +51,11 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     state = request.config_dict[STATE]
     principal = request[PRINCIPAL]
+
+    async def rebudget(route: Route) -> None:
+        await _rebudget(state, call, principal, route)
+
+    call.rebudget = rebudget
     try:
         await _reserve(state, call, principal)
     except StoreUnavailable:
@@ -117,6 +123,43 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
     except StoreUnavailable:
         await _undo_org_step(state, call)
         raise
+
+
+async def _rebudget(
+    state: GatewayState, call: CallContext, principal: Principal, route: Route
+) -> None:
+    """Before a fallback to another model: if its worst case costs more than what is
+    reserved, reserve that instead (402 if the cost cap has no room), then let go of
+    the old hold. Token amounts do not change with the model."""
+    price = state.config.gateway.prices.get(route.model)
+    old = call.reservation
+    call.price = price
+    if old is None:
+        return
+    worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
+    if worst.cost_nano <= old.amounts.cost_nano:
+        return
+    project = call.project
+    try:
+        new = await state.store.reserve(
+            project.id,
+            uuid.uuid4().hex,
+            project_counters(project, principal.key_id, principal.user),
+            worst,
+        )
+    except BudgetExceeded as exc:
+        r = exc.refusal
+        state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
+        raise BudgetExhausted(r.body()) from None
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("reserve").inc()
+        raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
+    # The rate limits stay charged once, on the reservation that will be settled.
+    call.reservation = dataclasses.replace(new, rate_limits=old.rate_limits)
+    try:
+        await state.store.release(old)
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("release").inc()  # expires by itself
 
 
 async def _undo_org_step(state: GatewayState, call: CallContext) -> None:

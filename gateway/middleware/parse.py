@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.context import CALL, PROJECT, STATE, CallContext
 from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.routing import plan_targets
 from gateway.usage import input_token_bound, output_ceiling
 from gateway.validation import validate_chat_request
 
@@ -38,13 +39,15 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise NotFound.detail(f"model {alias!r} is not configured for this project")
     if not spec.routes:
         raise Conflict.detail(f"model {alias!r} has no active route")
-    route = spec.routes[0]
+    targets = plan_targets(spec.routes, state.rng)
+    route = targets[0]
     limits = state.config.gateway.limits
     request[CALL] = CallContext(
         project=project,
         chat=chat,
         alias=alias,
         route=route,
+        targets=targets,
         price=state.config.gateway.prices.get(route.model),
         input_bound=input_token_bound(body, limits.image_token_bound),
         output_ceiling=output_ceiling(chat.max_tokens, project.file.max_output_tokens, chat.n),

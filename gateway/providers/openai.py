@@ -19,53 +19,68 @@ from gateway.config import ProviderConfig
 from gateway.errors import (
     ByokKeyRejected,
     GatewayError,
-    RateLimited,
     UpstreamFailed,
+    UpstreamRateLimited,
     UpstreamTimeout,
     ValidationFailed,
 )
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.sse import SSEParser
 
-# Provider messages can quote a (partly masked) key: scrub anything key-shaped.
-_SECRETISH = re.compile(r"(sk-|kt_live_|Bearer\s+)[A-Za-z0-9_\-*.]{4,}")
+# Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
+# any fragment of the key actually used, whatever its format.
+_SECRETISH = re.compile(r"(sk-|sk_|gsk_|kt_live_|Bearer\s+)[A-Za-z0-9_\-*.]{4,}")
+_WORDS = re.compile(r"[A-Za-z0-9_\-]{8,}")
 
 
-def scrub(message: str, limit: int = 500) -> str:
+def scrub(message: str, secret: str = "", limit: int = 500) -> str:
+    """A provider's message made safe to relay: no key, no fragment of ``secret``."""
+    if secret:
+        message = message.replace(secret, "[redacted]")
+
+        def fragment(match: re.Match[str]) -> str:
+            word = match.group(0)
+            leaks = word in secret or word[:8] in secret or word[-8:] in secret
+            return "[redacted]" if leaks else word
+
+        message = _WORDS.sub(fragment, message)
     return _SECRETISH.sub("[redacted]", message)[:limit]
 
 
-def _provider_message(body: bytes) -> str:
+def _provider_message(body: bytes, secret: str) -> str:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return ""
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return scrub(error["message"])
+        return scrub(error["message"], secret)
     if isinstance(error, str):
-        return scrub(error)
+        return scrub(error, secret)
     return ""
 
 
-def error_for_status(provider: str, status: int, body: bytes, headers: Any) -> GatewayError:
+def error_for_status(
+    provider: str, status: int, body: bytes, headers: Any, secret: str = ""
+) -> GatewayError:
     """The gateway's answer to a non-200 upstream status (before any byte reached the client)."""
     if status in (401, 403):
         return ByokKeyRejected(provider)
     if status == 429:
         retry_after = headers.get("Retry-After", "1") if headers is not None else "1"
-        return RateLimited.detail(
+        return UpstreamRateLimited.detail(
             f"provider {provider} is rate limiting this project", {"Retry-After": retry_after}
         )
     if status in (400, 422):
-        message = _provider_message(body) or "the provider rejected the request"
+        message = _provider_message(body, secret) or "the provider rejected the request"
         return ValidationFailed(f"provider {provider}: {message}", None)
     return UpstreamFailed.detail(f"provider {provider} failed (HTTP {status})")
 
 
 class OpenAIStream(ChunkStream):
-    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
         self.provider = provider
+        self.secret = secret
         self.response = response
         self.finished = False
 
@@ -110,7 +125,7 @@ class OpenAIStream(ChunkStream):
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamStreamError(
                 "upstream_error",
-                scrub(message) if isinstance(message, str) else "provider error",
+                scrub(message, self.secret) if isinstance(message, str) else "provider error",
                 declared=True,
             )
         return chunk
@@ -166,17 +181,24 @@ class OpenAIProvider(Provider):
                 body = b""
             finally:
                 response.release()
-            raise error_for_status(self.name, response.status, body, response.headers)
+            raise error_for_status(
+                self.name, response.status, body, response.headers, request.api_key
+            )
         return response
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, self.config.timeouts.total)
         try:
             body = await response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} connection failed") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The provider answered 200: it did the work, we lost the answer.
+            lost: GatewayError
+            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+                lost = UpstreamTimeout.detail(f"provider {self.name} timed out")
+            else:
+                lost = UpstreamFailed.detail(f"provider {self.name} connection failed")
+            lost.billable, lost.retryable = True, False
+            raise lost from exc
         finally:
             response.release()
         try:
@@ -189,4 +211,4 @@ class OpenAIProvider(Provider):
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         response = await self._send(request, self.config.timeouts.first_byte)
-        return OpenAIStream(self.name, response)
+        return OpenAIStream(self.name, response, request.api_key)

@@ -1,0 +1,674 @@
+"""Anthropic Messages API upstreams (``POST {base_url}/messages``).
+
+Pure translation first, unit-tested on dicts and bytes:
+
+* :func:`translate_request`: the gateway's OpenAI chat body -> a Messages body
+  (system prompt, alternating turns of content blocks, tool_use / tool_result,
+  tools and tool_choice, stop sequences, the required ``max_tokens``).
+* :func:`translate_response`: a Messages answer -> an OpenAI ``chat.completion``.
+* :class:`StreamTranslator`: Messages SSE bytes -> OpenAI ``chat.completion.chunk``
+  dicts, ending with a ``choices: []`` usage chunk.
+
+Usage is reported in OpenAI's shape, which :func:`gateway.usage.from_openai` reads:
+``prompt_tokens`` counts every input token (uncached + cache writes + cache reads),
+``prompt_tokens_details.cached_tokens`` the cache reads and
+``prompt_tokens_details.cache_creation_tokens`` the cache writes, so each is priced
+with its own price. In streams ``message_start`` carries the input side and
+``message_delta`` the *cumulative* output count: the last value wins, nothing is summed.
+
+Then the adapter: same structure, timeouts and error mapping as the OpenAI one,
+with the provider key sent as ``x-api-key`` (never ``Authorization``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ProviderConfig
+from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, ValidationFailed
+from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.providers.openai import error_for_status, scrub
+from gateway.sse import SSEEvent, SSEParser
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "AnthropicProvider",
+    "AnthropicStream",
+    "StreamTranslator",
+    "anthropic_error_for_status",
+    "finish_reason",
+    "openai_usage",
+    "translate_request",
+    "translate_response",
+]
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # only if the gateway set none (it always clamps one in)
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Headers the adapter owns: an operator's or caller's value never replaces them.
+_OWNED_HEADERS = frozenset({"authorization", "x-api-key", "content-type", "accept"})
+
+
+# --------------------------------------------------------------------------- request
+
+
+def _invalid(message: str, param: str) -> ValidationFailed:
+    return ValidationFailed(f"provider anthropic: {message}", param)
+
+
+def _text_of(content: Any) -> str:
+    """The text of a system/developer message (a string or text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _base64_source(url: str, param: str) -> dict[str, Any]:
+    """``data:<media type>;base64,<data>`` as an Anthropic base64 source."""
+    header, sep, data = url.removeprefix("data:").partition(",")
+    media_type, *params = header.split(";")
+    if not url.startswith("data:") or not sep or "base64" not in params or not media_type:
+        raise _invalid("data URLs must be base64 encoded (data:<type>;base64,...)", param)
+    return {"type": "base64", "media_type": media_type, "data": data}
+
+
+def _image_block(url: str, where: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        return {"type": "image", "source": _base64_source(url, f"{where}.image_url.url")}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise _invalid("image URLs must be data: or http(s) URLs", f"{where}.image_url.url")
+
+
+def _file_block(part: dict[str, Any], where: str) -> dict[str, Any]:
+    file = part.get("file")
+    data_url = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data_url, str):
+        raise _invalid("file parts need file_data (a base64 data URL)", f"{where}.file")
+    return {"type": "document", "source": _base64_source(data_url, f"{where}.file.file_data")}
+
+
+def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    """Content (a string or content parts) as Anthropic content blocks; empty text dropped."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        pwhere = f"{where}.content[{j}]"
+        kind = part.get("type")
+        block: dict[str, Any]
+        if kind in ("text", "refusal"):
+            text = part.get("text") if kind == "text" else part.get("refusal")
+            if not isinstance(text, str) or not text:
+                continue
+            block = {"type": "text", "text": text}
+        elif kind == "image_url":
+            block = _image_block(part["image_url"]["url"], pwhere)
+        elif kind == "file":
+            block = _file_block(part, pwhere)
+        else:
+            raise _invalid(f"content parts of type {kind!r} are not supported", f"{pwhere}.type")
+        if isinstance(part.get("cache_control"), dict):  # prompt caching, passed through
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _tool_use_blocks(calls: list[Any], where: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for j, call in enumerate(calls):
+        cwhere = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _invalid("tool calls need function.name", cwhere)
+        if not isinstance(call.get("id"), str):
+            raise _invalid("tool calls need an id", f"{cwhere}.id")
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise _invalid(
+                "tool call arguments must be a JSON object", f"{cwhere}.function.arguments"
+            )
+        blocks.append(
+            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+        )
+    return blocks
+
+
+def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message["tool_call_id"]}
+    content = message.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif isinstance(content, list):
+        block["content"] = _blocks(content, where)
+    return block
+
+
+def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The system prompt, and the turns, strictly alternating user/assistant."""
+    system: list[str] = []
+    turns: list[tuple[str, list[dict[str, Any]]]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        role = message["role"]
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = _text_of(content)
+            if text:
+                system.append(text)
+            continue
+        if role == "user":
+            turns.append(("user", _blocks(content, where)))
+        elif role == "assistant":
+            blocks = _blocks(content, where)
+            blocks += _tool_use_blocks(message.get("tool_calls") or [], where)
+            turns.append(("assistant", blocks))
+        elif role == "tool":
+            turns.append(("user", [_tool_result_block(message, where)]))
+        else:  # "function": legacy function calling has no call ids to pair results with
+            raise _invalid("legacy function messages are not supported; use tools", where)
+    merged: list[dict[str, Any]] = []
+    for role, blocks in turns:
+        if not blocks:
+            continue  # Anthropic rejects empty turns
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"].extend(blocks)
+        else:
+            merged.append({"role": role, "content": list(blocks)})
+    for turn in merged:
+        if turn["role"] == "user":
+            # tool_result blocks must open the user turn that answers the tool calls.
+            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    if not merged:
+        raise _invalid("at least one user or assistant message with content is needed", "messages")
+    return "\n\n".join(system), merged
+
+
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise _invalid("only function tools are supported", f"tools[{i}]")
+        name = function.get("name")
+        if not isinstance(name, str):
+            raise _invalid("tools need function.name", f"tools[{i}].function.name")
+        schema = function.get("parameters")
+        spec: dict[str, Any] = {
+            "name": name,
+            "input_schema": schema
+            if isinstance(schema, dict)
+            else {"type": "object", "properties": {}},
+        }
+        if isinstance(function.get("description"), str):
+            spec["description"] = function["description"]
+        if isinstance(tool.get("cache_control"), dict):
+            spec["cache_control"] = tool["cache_control"]
+        out.append(spec)
+    return out
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    out: dict[str, Any] | None
+    if choice is None:
+        out = None
+    elif choice == "auto":
+        out = {"type": "auto"}
+    elif choice == "none":
+        out = {"type": "none"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+        and isinstance(choice["function"].get("name"), str)
+    ):
+        out = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise _invalid(
+            'tool_choice must be "auto", "none", "required" or a function', "tool_choice"
+        )
+    if parallel is False and (out is None or out["type"] != "none"):
+        out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return out
+
+
+def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The gateway's (validated, route-rewritten) OpenAI chat body as a Messages body.
+
+    Parameters Anthropic has no equivalent for (seed, penalties, logprobs,
+    response_format, ...) are dropped; ones that cannot be honoured raise
+    ValidationFailed (422) naming the field.
+    """
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        raise _invalid("n > 1 is not supported", "n")
+    system, messages = _messages(body["messages"])
+    out: dict[str, Any] = {"model": body["model"], "messages": messages}
+    if system:
+        out["system"] = system
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    out["max_tokens"] = max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        out["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        out["stop_sequences"] = list(stop)
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)  # OpenAI 0..2, Anthropic 0..1
+    if body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = _tools(tools)
+        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice is not None:
+            out["tool_choice"] = choice
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    if body.get("stream") is True:
+        out["stream"] = True
+    return out
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic usage in OpenAI's shape (plus the gateway's cache_creation_tokens)."""
+    cache_write = _count(usage.get("cache_creation_input_tokens"))
+    cache_read = _count(usage.get("cache_read_input_tokens"))
+    prompt = _count(usage.get("input_tokens")) + cache_write + cache_read
+    completion = _count(usage.get("output_tokens"))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {
+            "cached_tokens": cache_read,
+            "cache_creation_tokens": cache_write,
+        },
+    }
+
+
+def finish_reason(stop_reason: Any) -> str:
+    return _STOP_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def _arguments(value: Any) -> str:
+    return orjson.dumps(value if value is not None else {}).decode()
+
+
+def translate_response(message: Any, created: int | None = None) -> dict[str, Any]:
+    """A Messages answer as an OpenAI ``chat.completion``; ValueError if it is not one."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        raise ValueError("not an Anthropic message")
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message["content"]:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": _arguments(block.get("input")),
+                    },
+                }
+            )
+        # thinking / redacted_thinking / server tool blocks: not part of the OpenAI shape
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not calls else None,
+    }
+    if calls:
+        reply["tool_calls"] = calls
+    completion: dict[str, Any] = {
+        "id": message.get("id") or "",
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": message.get("model") or "",
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "finish_reason": finish_reason(message.get("stop_reason")),
+            }
+        ],
+    }
+    usage = message.get("usage")
+    if isinstance(usage, dict):
+        completion["usage"] = openai_usage(usage)
+    return completion
+
+
+class StreamTranslator:
+    """Messages SSE bytes in, OpenAI chunk dicts out (pure, incremental).
+
+    ``feed`` bytes as they arrive, ``close`` at end of input. The usage chunk is
+    emitted at ``message_stop``, or at ``close`` when the stream ended without one
+    (some recordings lack the final blank line). A stream that ends before its
+    ``message_delta`` was cut. Failures never cost the chunks that preceded them:
+    ``feed`` and ``close`` return those, keep the failure in ``error`` and ``check()``
+    raises it (as do later ``feed`` / ``close`` calls): UpstreamStreamError, with
+    ``declared=True`` for the provider's own ``error`` frame.
+    """
+
+    def __init__(self, created: int | None = None) -> None:
+        self.parser = SSEParser()
+        self.created = int(time.time()) if created is None else created
+        self.id = ""
+        self.model = ""
+        self.usage: dict[str, Any] = {}
+        self.saw_start = False
+        self.saw_delta = False
+        self.done = False  # the usage chunk was emitted: nothing follows
+        self.error: UpstreamStreamError | None = None
+        self._tools: dict[Any, int] = {}  # Anthropic block index -> OpenAI tool index
+
+    def check(self) -> None:
+        """Raise the failure the input carried, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.check()
+        if self.done:
+            return []
+        return self._events(self.parser.feed(data))
+
+    def close(self) -> list[dict[str, Any]]:
+        self.check()
+        if self.done:
+            return []
+        out = self._events(self.parser.close())
+        if self.error is None and not self.done:
+            if self.saw_delta:
+                out.append(self._usage_chunk())
+            else:
+                self.error = UpstreamStreamError(
+                    "upstream_error", "the provider stream ended early"
+                )
+        return out
+
+    def _events(self, events: list[SSEEvent]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if self.done:
+                break
+            try:
+                self._event(event, out)
+            except UpstreamStreamError as exc:
+                self.error = exc
+                break
+        return out
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def _usage_chunk(self) -> dict[str, Any]:
+        self.done = True
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": openai_usage(self.usage),
+        }
+
+    def _event(self, event: SSEEvent, out: list[dict[str, Any]]) -> None:
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamStreamError("upstream_error", "the provider sent invalid JSON") from exc
+        if not isinstance(data, dict):
+            raise UpstreamStreamError("upstream_error", "the provider sent an invalid event")
+        kind = data.get("type") or event.event
+        if kind == "error" or event.event == "error":
+            error = data.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamStreamError(
+                "upstream_error",
+                scrub(message) if isinstance(message, str) else "provider error",
+                declared=True,
+            )
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.id = str(message.get("id") or "")
+            self.model = str(message.get("model") or "")
+            if isinstance(message.get("usage"), dict):
+                self.usage.update(message["usage"])
+            if not self.saw_start:
+                self.saw_start = True
+                out.append(self._chunk({"role": "assistant", "content": ""}))
+        elif kind == "content_block_start":
+            self._block_start(data, out)
+        elif kind == "content_block_delta":
+            self._block_delta(data, out)
+        elif kind == "message_delta":
+            self.saw_delta = True
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                # Cumulative counts, never summed: message_start's output_tokens (1) is
+                # part of the final count. They only grow; should a later value be lower,
+                # the higher one is kept (never under-bill).
+                for key, value in usage.items():
+                    if isinstance(value, int) and value > _count(self.usage.get(key)):
+                        self.usage[key] = value
+            delta = data.get("delta") or {}
+            if delta.get("stop_reason"):
+                out.append(self._chunk({}, finish_reason(delta["stop_reason"])))
+        elif kind == "message_stop":
+            if not self.saw_delta:
+                raise UpstreamStreamError("upstream_error", "the provider stream ended early")
+            out.append(self._usage_chunk())
+        # ping, content_block_stop and unknown events carry nothing to relay
+
+    def _block_start(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        block = data.get("content_block") or {}
+        if block.get("type") == "text" and block.get("text"):
+            out.append(self._chunk({"content": block["text"]}))
+        elif block.get("type") == "tool_use":
+            index = self._tools[data.get("index")] = len(self._tools)
+            initial = block.get("input")
+            call = {
+                "index": index,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {
+                    "name": block.get("name"),
+                    "arguments": _arguments(initial) if initial else "",
+                },
+            }
+            out.append(self._chunk({"tool_calls": [call]}))
+
+    def _block_delta(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        delta = data.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            if delta.get("text"):
+                out.append(self._chunk({"content": delta["text"]}))
+        elif kind == "input_json_delta":
+            index = self._tools.get(data.get("index"))
+            fragment = delta.get("partial_json")
+            if index is not None and fragment:
+                call = {"index": index, "function": {"arguments": fragment}}
+                out.append(self._chunk({"tool_calls": [call]}))
+        # thinking_delta, signature_delta, citations_delta: not part of the OpenAI shape
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def anthropic_error_for_status(
+    provider: str, status: int, body: bytes, headers: Any
+) -> GatewayError:
+    """Like the OpenAI mapping (the error body has the same ``error.message``), plus
+    Anthropic's 413 (request too large) and 529 (overloaded)."""
+    if status == 413:
+        return ValidationFailed(f"provider {provider}: the request is too large", None)
+    if status == 529:
+        return UpstreamFailed.detail(f"provider {provider} is overloaded (HTTP 529)")
+    return error_for_status(provider, status, body, headers)
+
+
+class AnthropicStream(ChunkStream):
+    def __init__(
+        self, provider: str, response: aiohttp.ClientResponse, created: int | None = None
+    ) -> None:
+        self.provider = provider
+        self.response = response
+        self.translator = StreamTranslator(created)
+        self.finished = False
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        translator = self.translator
+        try:
+            async for piece in self.response.content.iter_any():
+                for chunk in translator.feed(piece):
+                    yield chunk
+                translator.check()
+                if translator.done:
+                    self.finished = True
+                    return
+            for chunk in translator.close():
+                yield chunk
+            translator.check()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
+        self.finished = True
+
+    async def aclose(self) -> None:
+        if self.finished:
+            self.response.release()  # back to the pool for keep-alive
+        else:
+            self.response.close()  # drop the connection: stops generation upstream
+
+
+class AnthropicProvider(Provider):
+    def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(name)
+        self.config = config
+        self.session = session
+        self.url = config.base_url.rstrip("/") + "/messages"
+        timeouts = config.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+        )
+
+    def _headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+            "x-request-id": request.request_id,
+        }
+        # Operator headers (e.g. anthropic-beta, a newer anthropic-version), then the
+        # call's; neither may carry a credential or replace the framing headers.
+        for extra in (self.config.headers, request.extra_headers):
+            for name, value in extra.items():
+                if name.lower() not in _OWNED_HEADERS:
+                    headers[name.lower()] = value
+        if request.api_key:
+            headers["x-api-key"] = request.api_key
+        return headers
+
+    async def _send(
+        self, request: UpstreamRequest, stream: bool, first_byte: float
+    ) -> aiohttp.ClientResponse:
+        payload = translate_request(request.body)
+        if stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream", None)
+        try:
+            async with asyncio.timeout(first_byte):
+                response = await self.session.post(
+                    self.url,
+                    data=orjson.dumps(payload),
+                    headers=self._headers(request, stream),
+                    timeout=self.client_timeout,
+                )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
+        if response.status != 200:
+            try:
+                async with asyncio.timeout(first_byte):
+                    body = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                body = b""
+            finally:
+                response.release()
+            raise anthropic_error_for_status(self.name, response.status, body, response.headers)
+        return response
+
+    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+        response = await self._send(request, False, self.config.timeouts.total)
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} connection failed") from exc
+        finally:
+            response.release()
+        try:
+            return translate_response(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
+        except ValueError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} sent an invalid message") from exc
+
+    async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
+        response = await self._send(request, True, self.config.timeouts.first_byte)
+        return AnthropicStream(self.name, response)
