@@ -201,7 +201,13 @@ async def _stream(
         # Nothing reaches the client before the first upstream chunk: failures up to
         # here are still plain HTTP errors, and may be retried.
         try:
-            first = await anext(chunks)
+            # first_byte bounds the first token, not only the response headers.
+            async with asyncio.timeout(upstream.timeouts.first_byte):
+                first = await anext(chunks)
+        except TimeoutError as exc:
+            call.upstream_seconds += time.perf_counter() - started
+            metrics.upstream_errors.labels(name, "upstream_timeout").inc()
+            raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
         except (UpstreamStreamError, StopAsyncIteration) as exc:
             call.upstream_seconds += time.perf_counter() - started
             code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"

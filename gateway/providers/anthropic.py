@@ -384,7 +384,11 @@ def translate_response(message: Any, created: int | None = None) -> dict[str, An
 class StreamTranslator:
     """Messages SSE bytes in, OpenAI chunk dicts out (pure, incremental).
 
-    ``feed`` bytes as they arrive, ``close`` at end of input. The usage chunk is
+    ``feed`` bytes as they arrive, ``close`` at end of input. The assistant role rides
+    on the first chunk that carries something (text, a tool call or the finish), not
+    on ``message_start``: an error frame right after ``message_start`` (Anthropic's
+    usual "overloaded") then fails the stream before its first chunk, while the
+    gateway can still retry or fall back. The usage chunk is
     emitted at ``message_stop``, or at ``close`` when the stream ended without one
     (some recordings lack the final blank line). A stream that ends before its
     ``message_delta`` was cut. Failures never cost the chunks that preceded them:
@@ -393,13 +397,14 @@ class StreamTranslator:
     ``declared=True`` for the provider's own ``error`` frame.
     """
 
-    def __init__(self, created: int | None = None) -> None:
+    def __init__(self, created: int | None = None, secret: str = "") -> None:
         self.parser = SSEParser()
+        self.secret = secret  # the provider key: scrubbed from relayed error messages
         self.created = int(time.time()) if created is None else created
         self.id = ""
         self.model = ""
         self.usage: dict[str, Any] = {}
-        self.saw_start = False
+        self.sent_role = False
         self.saw_delta = False
         self.done = False  # the usage chunk was emitted: nothing follows
         self.error: UpstreamStreamError | None = None
@@ -443,6 +448,9 @@ class StreamTranslator:
         return out
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        if not self.sent_role:
+            self.sent_role = True
+            delta = {"role": "assistant", **delta}
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -475,7 +483,7 @@ class StreamTranslator:
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamStreamError(
                 "upstream_error",
-                scrub(message) if isinstance(message, str) else "provider error",
+                scrub(message, self.secret) if isinstance(message, str) else "provider error",
                 declared=True,
             )
         if kind == "message_start":
@@ -484,9 +492,6 @@ class StreamTranslator:
             self.model = str(message.get("model") or "")
             if isinstance(message.get("usage"), dict):
                 self.usage.update(message["usage"])
-            if not self.saw_start:
-                self.saw_start = True
-                out.append(self._chunk({"role": "assistant", "content": ""}))
         elif kind == "content_block_start":
             self._block_start(data, out)
         elif kind == "content_block_delta":
@@ -547,7 +552,7 @@ class StreamTranslator:
 
 
 def anthropic_error_for_status(
-    provider: str, status: int, body: bytes, headers: Any
+    provider: str, status: int, body: bytes, headers: Any, secret: str = ""
 ) -> GatewayError:
     """Like the OpenAI mapping (the error body has the same ``error.message``), plus
     Anthropic's 413 (request too large) and 529 (overloaded)."""
@@ -555,16 +560,14 @@ def anthropic_error_for_status(
         return ValidationFailed(f"provider {provider}: the request is too large", None)
     if status == 529:
         return UpstreamFailed.detail(f"provider {provider} is overloaded (HTTP 529)")
-    return error_for_status(provider, status, body, headers)
+    return error_for_status(provider, status, body, headers, secret)
 
 
 class AnthropicStream(ChunkStream):
-    def __init__(
-        self, provider: str, response: aiohttp.ClientResponse, created: int | None = None
-    ) -> None:
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
         self.provider = provider
         self.response = response
-        self.translator = StreamTranslator(created)
+        self.translator = StreamTranslator(secret=secret)
         self.finished = False
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -649,17 +652,24 @@ class AnthropicProvider(Provider):
                 body = b""
             finally:
                 response.release()
-            raise anthropic_error_for_status(self.name, response.status, body, response.headers)
+            raise anthropic_error_for_status(
+                self.name, response.status, body, response.headers, request.api_key
+            )
         return response
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, False, self.config.timeouts.total)
         try:
             body = await response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} connection failed") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The provider answered 200: it did the work, we lost the answer.
+            lost: GatewayError
+            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+                lost = UpstreamTimeout.detail(f"provider {self.name} timed out")
+            else:
+                lost = UpstreamFailed.detail(f"provider {self.name} connection failed")
+            lost.billable, lost.retryable = True, False
+            raise lost from exc
         finally:
             response.release()
         try:
@@ -671,4 +681,4 @@ class AnthropicProvider(Provider):
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         response = await self._send(request, True, self.config.timeouts.first_byte)
-        return AnthropicStream(self.name, response)
+        return AnthropicStream(self.name, response, request.api_key)
