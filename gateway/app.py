@@ -24,9 +24,9 @@ from redis.retry import Retry
 from gateway.budget import BudgetStore, RedisLike
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import STATE, GatewayState
-from gateway.errors import error_middleware, json_error
+from gateway.errors import Forbidden, error_middleware, json_error
 from gateway.metrics import Metrics
-from gateway.middleware.auth import auth_middleware
+from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
 from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
@@ -36,7 +36,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
 from gateway.sessions import mint_token
-from gateway.usage_report import get_usage
+from gateway.usage_report import get_usage, refresh_budget_gauges
 
 log = logging.getLogger("gateway.app")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -91,7 +91,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
+    state = request.app[STATE]
+    await refresh_budget_gauges(state)
+    body = state.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -108,10 +110,49 @@ def reload_config(app: web.Application) -> bool:
             "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
         )
         return False
+    _swap(app, new)
+    return True
+
+
+def begin_shutdown(app: web.Application, drain_seconds: float) -> None:
+    """SIGTERM: /readyz fails at once; after ``drain_seconds`` the server stops accepting
+    and open requests get the shutdown grace period (then streams end with an error
+    event); every reservation is settled before the process exits."""
+    state = app[STATE]
+    if not state.ready:
+        return
+    state.ready = False
+    log.info("shutting down", extra={"drain_seconds": drain_seconds})
+
+    def stop() -> None:
+        raise web.GracefulExit()
+
+    asyncio.get_running_loop().call_later(drain_seconds, stop)
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """``POST /admin/reload`` (an API key with ``admin`` scope): re-read the config."""
+    state = request.app[STATE]
+    principal = authenticate(request.headers.get("Authorization"), state.config)
+    if principal.session is not None or "admin" not in principal.scopes:
+        raise Forbidden.detail("reloading needs an API key with the 'admin' scope")
+    try:
+        new = load_config(state.config.directory, state.config.env)
+    except ConfigError as exc:
+        log.error(
+            "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
+        )
+        problems = [{"file": f, "path": p, "reason": r} for f, p, r in exc.problems]
+        return json_error(422, {"error": "config_invalid", "problems": problems})
+    _swap(request.app, new)
+    return web.json_response({"reloaded": True, "projects": len(new.projects)})
+
+
+def _swap(app: web.Application, new: Config) -> None:
+    state = app[STATE]
     state.providers = build_providers(new, app[HTTP_SESSION])
     state.config = new
     log.info("config reloaded", extra={"projects": len(new.projects)})
-    return True
 
 
 def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -> web.Application:
@@ -144,6 +185,7 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/admin/reload", admin_reload)
 
     v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])
     v1.router.add_post(

@@ -7,13 +7,16 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.credentials import generate_key, mint_session_token
@@ -37,7 +40,7 @@ def _load(directory: str) -> Config:
 def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_port: bool) -> None:
     from aiohttp import web
 
-    from gateway.app import create_app, reload_config
+    from gateway.app import begin_shutdown, create_app, reload_config
     from gateway.logs import setup_logging
 
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
@@ -50,9 +53,14 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
     config = _load(config_dir)
     app = create_app(config, redis_url)
 
+    limits = config.gateway.limits
+
     async def on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_config, app)
+        # Replaces aiohttp's own handlers: first fail /readyz, then stop.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, begin_shutdown, app, limits.drain_seconds)
 
     app.on_startup.append(on_startup)
     web.run_app(
@@ -65,7 +73,7 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         handler_cancellation=True,
         access_log=None,
         print=lambda *_: None,
-        shutdown_timeout=config.gateway.limits.reservation_ttl_seconds,
+        shutdown_timeout=limits.shutdown_grace_seconds,
     )
 
 
@@ -112,6 +120,10 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
         p.start()
         return p
 
+    # Metrics of all workers add up: each writes to this directory (prometheus-client
+    # multiprocess mode) and /metrics on any worker aggregates them.
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     workers = [start() for _ in range(args.workers)]
 
     def forward(signum: int, _frame: object) -> None:
@@ -128,10 +140,13 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
         for i, p in enumerate(workers):
             if not p.is_alive() and not stopping:
                 print(f"worker {p.pid} exited ({p.exitcode}); restarting", file=sys.stderr)
+                if p.pid is not None:
+                    mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
                 workers[i] = start()
         time.sleep(0.5)
     for p in workers:
         p.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------ other commands

@@ -65,6 +65,10 @@ class LimitsConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
     image_token_bound: Annotated[int, Field(ge=1)] = 1_600
+    # SIGTERM: /readyz fails for drain_seconds (load balancers stop sending), then the
+    # listener closes and open streams get shutdown_grace_seconds to finish.
+    drain_seconds: Annotated[float, Field(ge=0)] = 0.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
 
 
 class SessionTokenConfig(_Strict):

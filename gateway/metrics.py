@@ -3,11 +3,18 @@
 Label values come from configuration only (project slugs, model aliases,
 provider names, fixed reason words), never from raw client input, so every
 label set is bounded.
+
+With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``: every worker
+writes its values there and whichever worker answers ``/metrics`` aggregates all of
+them (counters and histograms add up, gauges sum over live workers).
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -58,8 +65,8 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter(
-            "gateway_cost_nano_usd",
-            "Cost billed in nano-USD.",
+            "gateway_cost_usd",
+            "Cost billed in USD (computed in integer nano-USD, rounded up).",
             ["project", "model"],
             registry=r,
         )
@@ -81,8 +88,54 @@ class Metrics:
             ["project", "reason"],
             registry=r,
         )
-        self.in_flight = Gauge("gateway_in_flight_requests", "Requests being served.", registry=r)
-        self.open_streams = Gauge("gateway_open_streams", "SSE streams being relayed.", registry=r)
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Requests being served.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.open_streams = Gauge(
+            "gateway_open_streams",
+            "SSE streams being relayed.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Budget state, refreshed from Redis when /metrics is scraped.
+        self.budget_used_tokens = Gauge(
+            "gateway_budget_used_tokens",
+            "Tokens used in the current window (settled usage), by project.",
+            ["project", "window", "type"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_limit_tokens = Gauge(
+            "gateway_budget_limit_tokens",
+            "Project token cap of the window (absent: no cap).",
+            ["project", "window", "type"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_used_usd = Gauge(
+            "gateway_budget_used_usd",
+            "Cost used in the current window, by project.",
+            ["project", "window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_limit_usd = Gauge(
+            "gateway_budget_limit_usd",
+            "Project cost cap of the window (absent: no cap).",
+            ["project", "window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_reserved_tokens = Gauge(
+            "gateway_budget_reserved_tokens",
+            "Total tokens held by in-flight reservations, by project and window.",
+            ["project", "window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Upstream failures by provider and reason.",
@@ -118,4 +171,8 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)

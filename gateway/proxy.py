@@ -240,8 +240,16 @@ async def _stream(
         except (ConnectionResetError, ConnectionError):
             outcome = "client_disconnected"
         except asyncio.CancelledError:
-            # handler_cancellation: the client went away while we waited on the upstream.
-            call.stream_outcome = "client_disconnected"
+            if not state.ready:
+                # Shutdown grace period over: tell the client why the stream ends.
+                call.stream_outcome = "gateway_shutdown"
+                message = "the gateway is shutting down; retry the request"
+                await _write_quietly(
+                    response, profile.error_event("gateway_shutdown", name, message)
+                )
+            else:
+                # handler_cancellation: the client went away while we waited on the upstream.
+                call.stream_outcome = "client_disconnected"
             raise
         finally:
             metrics.open_streams.dec()

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway.budget import BudgetStore, StoreUnavailable, resets_at
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Config, Project, org_caps
-from gateway.context import PRINCIPAL, PROJECT, STATE
+from gateway.context import PRINCIPAL, PROJECT, STATE, GatewayState
 from gateway.errors import ServiceUnavailable
 
 
@@ -112,3 +112,49 @@ async def get_usage(request: web.Request) -> web.Response:
         state.metrics.store_errors.labels("usage").inc()
         raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
     return web.json_response(report)
+
+
+async def refresh_budget_gauges(state: GatewayState) -> None:
+    """Set the budget gauges from Redis (project counters, current windows): called by
+    /metrics so the values are fresh at scrape time. Two round trips for all projects."""
+    store, metrics = state.store, state.metrics
+    projects = list(state.config.projects.values())
+    try:
+        async with asyncio.timeout(store.timeout_s * 3):
+            seconds, _micros = await store.redis.time()
+            ids = window_ids(float(seconds))
+            pipe = store.redis.pipeline(transaction=False)
+            for project in projects:
+                for window in WINDOWS:
+                    pipe.hgetall(f"{store.tag(project.id)}p:{ids[window]}")
+            results = iter(await pipe.execute())
+    except (TimeoutError, RedisError, OSError):
+        metrics.store_errors.labels("metrics").inc()
+        return
+    token_dims = (
+        ("input", 0, "input_tokens"),
+        ("output", 1, "output_tokens"),
+        ("total", 2, "total_tokens"),
+    )
+    for project in projects:
+        caps: dict[tuple[str, str], int] = {
+            (c.window, c.dimension): c.limit for c in project.caps if c.scope == "project"
+        }
+        for window in WINDOWS:
+            values = {k.decode(): int(v) for k, v in next(results).items()}
+            for kind, i, dim in token_dims:
+                metrics.budget_used_tokens.labels(project.slug, window, kind).set(
+                    values.get(f"u{i}", 0)
+                )
+                if (window, dim) in caps:
+                    metrics.budget_limit_tokens.labels(project.slug, window, kind).set(
+                        caps[(window, dim)]
+                    )
+            metrics.budget_used_usd.labels(project.slug, window).set(values.get("u3", 0) / 1e9)
+            if (window, "cost_usd") in caps:
+                metrics.budget_limit_usd.labels(project.slug, window).set(
+                    caps[(window, "cost_usd")] / 1e9
+                )
+            metrics.budget_reserved_tokens.labels(project.slug, window).set(
+                max(values.get("r2", 0), 0)
+            )

@@ -82,7 +82,12 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     finally:
         outcome = _Outcome(request[REQUEST_ID], principal, status)
-        await asyncio.shield(_settle(state, call, outcome))
+        # Shielded and tracked: a cancelled handler (client gone, shutdown) still settles,
+        # and shutdown waits for it before closing the store.
+        settle = asyncio.create_task(_settle(state, call, outcome))
+        state.background.add(settle)
+        settle.add_done_callback(state.background.discard)
+        await asyncio.shield(settle)
 
 
 async def _reserve(state: GatewayState, call: CallContext, principal: Principal) -> None:
@@ -279,4 +284,4 @@ def _count(state: GatewayState, call: CallContext, billed: Usage) -> None:
         m.tokens.labels(slug, alias, "cached_input").inc(billed.cached_input_tokens)
     if billed.reasoning_tokens:
         m.tokens.labels(slug, alias, "reasoning").inc(billed.reasoning_tokens)
-    m.cost.labels(slug, alias).inc(cost_nano(billed, call.price))
+    m.cost.labels(slug, alias).inc(cost_nano(billed, call.price) / 1e9)

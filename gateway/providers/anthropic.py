@@ -83,6 +83,17 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _cache_control(value: Any) -> dict[str, Any] | None:
+    """Prompt-caching marks on parts and tools, passed through as 5-minute breakpoints.
+
+    A ``ttl`` ("1h") is dropped: one-hour cache writes cost more than the single
+    ``cache_write`` price the gateway bills them at, and billing must never be low.
+    """
+    if isinstance(value, dict) and value.get("type") == "ephemeral":
+        return {"type": "ephemeral"}
+    return None
+
+
 def _base64_source(url: str, param: str) -> dict[str, Any]:
     """``data:<media type>;base64,<data>`` as an Anthropic base64 source."""
     header, sep, data = url.removeprefix("data:").partition(",")
@@ -130,8 +141,9 @@ def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
             block = _file_block(part, pwhere)
         else:
             raise _invalid(f"content parts of type {kind!r} are not supported", f"{pwhere}.type")
-        if isinstance(part.get("cache_control"), dict):  # prompt caching, passed through
-            block["cache_control"] = part["cache_control"]
+        cache_control = _cache_control(part.get("cache_control"))
+        if cache_control is not None:
+            block["cache_control"] = cache_control
         blocks.append(block)
     return blocks
 
@@ -229,8 +241,9 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
         }
         if isinstance(function.get("description"), str):
             spec["description"] = function["description"]
-        if isinstance(tool.get("cache_control"), dict):
-            spec["cache_control"] = tool["cache_control"]
+        cache_control = _cache_control(tool.get("cache_control"))
+        if cache_control is not None:
+            spec["cache_control"] = cache_control
         out.append(spec)
     return out
 
@@ -285,7 +298,9 @@ def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
         out["temperature"] = min(max(float(temperature), 0.0), 1.0)  # OpenAI 0..2, Anthropic 0..1
-    if body.get("top_p") is not None:
+    if body.get("top_p") is not None and "temperature" not in out:
+        # Recent models (Sonnet/Haiku 4.5, Opus 4.1 and later) answer 400 to both:
+        # temperature wins, as Anthropic advises altering one or the other.
         out["top_p"] = body["top_p"]
     tools = body.get("tools")
     if tools:

@@ -1,0 +1,589 @@
+"""Budgets through the gateway: real Redis, real fake upstream over TCP.
+
+Numbers used throughout: ``chat_body("Hello")`` has an input bound of
+16 (request) + 8 (message) + 4 ("user") + 5 ("Hello") = 33 tokens; the harness
+projects have ``max_output_tokens: 100``, so the worst case is 33 + 100 = 133
+tokens, costing 33 * 150 + 100 * 600 = 64_950 nano-USD at gpt-4o-mini prices
+(0.15 / 0.60 USD per million tokens = 150 / 600 nano-USD per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.config import Config, load_config
+from gateway.credentials import generate_key
+from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
+from tests.harness import bearer, chat_body, write_config
+
+URL = "/v1/projects/alpha/chat/completions"
+FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
+IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # nano-USD per token (gpt-4o-mini)
+INPUT_BOUND, CEILING = 33, 100
+WORST_COST = INPUT_BOUND * IN_PRICE + CEILING * OUT_PRICE  # 64_950
+
+
+def cost(i: int, o: int, cached: int = 0) -> int:
+    return (i - cached) * IN_PRICE + cached * CACHED_PRICE + o * OUT_PRICE
+
+
+def used(i: int, o: int, c: int) -> dict[str, int]:
+    return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
+
+
+def held(i: int, o: int, c: int) -> dict[str, int]:
+    return {"u0": 0, "u1": 0, "u2": 0, "u3": 0, "r0": i, "r1": o, "r2": i + o, "r3": c}
+
+
+NOTHING = used(0, 0, 0)
+WORST_USED = used(INPUT_BOUND, CEILING, WORST_COST)
+
+
+async def counter(redis: Redis, key: str) -> dict[str, int]:
+    raw = await redis.hgetall(key)
+    got = {k.decode(): int(v) for k, v in raw.items()}
+    return {f: got.get(f, 0) for f in FIELDS}
+
+
+async def windows(redis: Redis) -> tuple[str, str]:
+    """The day and month window ids on Redis server time (the scripts' clock)."""
+    seconds, _ = await redis.time()
+    now = datetime.fromtimestamp(seconds, UTC)
+    return f"d{now:%Y%m%d}", f"m{now:%Y%m}"
+
+
+def ckey(config: Config, suffix: str, window_id: str, project_id: str = "prj_alpha") -> str:
+    return f"{config.gateway.redis.key_prefix}:{{prj:{project_id}}}:{suffix}:{window_id}"
+
+
+async def project_keys(redis: Redis, config: Config, project_id: str = "prj_alpha") -> list[str]:
+    day, month = await windows(redis)
+    return [ckey(config, "p", w, project_id) for w in (day, month, "all")]
+
+
+async def wait_released(redis: Redis, key: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
+    """Poll until nothing is reserved on ``key`` (the settle ran); return the counter."""
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await counter(redis, key)
+            if not any(state[f"r{d}"] for d in range(4)):
+                return state
+            await asyncio.sleep(0.02)
+
+
+async def metric(client: Any, name: str, **labels: str) -> float:
+    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    total = 0.0
+    for family in text_string_to_metric_families(await resp.text()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def read_data_frames(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    """Read ``count`` SSE data frames from a live response."""
+    frames: list[dict[str, Any]] = []
+    while len(frames) < count:
+        line = await resp.content.readline()
+        assert line, "the stream ended early"
+        if line.startswith(b"data: "):
+            frames.append(json.loads(line[len(b"data: ") :]))
+    return frames
+
+
+def data_frames(text: str) -> list[Any]:
+    out: list[Any] = []
+    for line in text.split("\n"):
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def slow_stream(pieces: int = 80) -> Reply:
+    """A long, slow stream: ~0.14 s per chunk, with usage at the very end."""
+    words = [f"w{i:03d} " for i in range(pieces)]
+    return Reply(
+        sse=openai_stream(words, prompt_tokens=20, completion_tokens=pieces * 2),
+        slice_size=40,
+        delay_between_slices=0.02,
+    )
+
+
+def provider_override(upstream: FakeUpstream, **timeouts: float) -> dict[str, Any]:
+    limits = {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts}
+    return {
+        "providers": {
+            "upstream": {
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": "TEST_PROVIDER_KEY",
+                "timeouts": limits,
+            }
+        }
+    }
+
+
+# ----------------------------------------------------------------------------- settled usage
+
+
+async def test_unary_settles_the_reported_usage_and_cost(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway()
+    upstream.script(
+        Reply(json=openai_completion(prompt_tokens=30, completion_tokens=57, cached_tokens=16))
+    )
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["usage"]["input_tokens"] == 30
+    assert body["usage"]["output_tokens"] == 57
+    expected_cost = cost(30, 57, cached=16)
+    assert expected_cost == 14 * 150 + 16 * 75 + 57 * 600 == 37_500
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(30, 57, expected_cost)
+    assert await metric(client, "gateway_cost_usd_total", project="alpha") == pytest.approx(expected_cost / 1e9)
+    assert await metric(client, "gateway_tokens_total", project="alpha", type="input") == 30
+    assert await metric(client, "gateway_tokens_total", project="alpha", type="output") == 57
+    assert await metric(client, "gateway_estimated_usage_total") == 0
+
+
+async def test_stream_settles_the_reported_usage_and_cost(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway()
+    upstream.script(
+        Reply(sse=openai_stream(["Hel", "lo", "!"], prompt_tokens=25, completion_tokens=40))
+    )
+    # The client did not ask for usage: the gateway asks the upstream anyway, keeps it.
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    frames = data_frames(await resp.text())
+    assert frames[-1] == "[DONE]"
+    assert all(f.get("choices") and "usage" not in f for f in frames[:-1])
+    assert upstream.last.json()["stream_options"] == {"include_usage": True}
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(25, 40, cost(25, 40))
+    assert cost(25, 40) == 27_750
+
+    # Asked for: the usage chunk reaches the client, and is settled the same way.
+    upstream.script(Reply(sse=openai_stream(["a"], prompt_tokens=7, completion_tokens=9)))
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    frames = data_frames(await resp.text())
+    assert frames[-2]["choices"] == []
+    assert frames[-2]["usage"]["prompt_tokens"] == 7
+    assert frames[-2]["usage"]["completion_tokens"] == 9
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(32, 49, cost(25, 40) + cost(7, 9))
+
+
+# ----------------------------------------------------------------------------- clamp
+
+
+async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
+    make_gateway, upstream
+) -> None:
+    client, _, creds = await make_gateway(
+        projects={
+            "tight": {"budgets": {"project": {"month": {"total_tokens": 39}}}},
+            "pair": {"budgets": {"project": {"month": {"total_tokens": 192}}}},
+        }
+    )
+    auth = bearer(creds.key)
+
+    async def sent(body: dict[str, Any], project: str = "alpha") -> dict[str, Any]:
+        resp = await client.post(
+            f"/v1/projects/{project}/chat/completions", json=body, headers=auth
+        )
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        return upstream.last.json()
+
+    got = await sent(chat_body())
+    assert got["max_completion_tokens"] == CEILING
+    assert "max_tokens" not in got
+    got = await sent(chat_body(max_tokens=5000))
+    assert got["max_tokens"] == CEILING
+    assert "max_completion_tokens" not in got
+    got = await sent(chat_body(max_completion_tokens=5000, stream=True))
+    assert got["max_completion_tokens"] == CEILING
+    assert "max_tokens" not in got
+    got = await sent(chat_body(max_tokens=42, stream=True))
+    assert got["max_tokens"] == 42
+    got = await sent(chat_body(max_tokens=80, n=2))
+    assert got["max_tokens"] == 80
+    assert got["n"] == 2
+
+    # The reservation is exactly input bound + that ceiling (per choice, times n).
+    resp = await client.post(
+        "/v1/projects/tight/chat/completions", json=chat_body(max_tokens=7), headers=auth
+    )
+    assert resp.status == 402
+    refusal = await resp.json()
+    assert (refusal["requested"], refusal["limit"], refusal["used"]) == (40, 39, 0)
+    got = await sent(chat_body(max_tokens=6), project="tight")
+    assert got["max_tokens"] == 6
+    resp = await client.post(
+        "/v1/projects/pair/chat/completions", json=chat_body(max_tokens=80, n=2), headers=auth
+    )
+    assert resp.status == 402
+    assert (await resp.json())["requested"] == INPUT_BOUND + 160
+    got = await sent(chat_body(max_tokens=79, n=2), project="pair")
+    assert got["max_tokens"] == 79
+
+
+# ----------------------------------------------------------------------------- caps per key / user
+
+
+async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway(
+        projects={
+            "alpha": {
+                "budgets": {
+                    "project": {"month": {"total_tokens": 1_000_000}},
+                    "per_user": {"day": {"total_tokens": 140}},
+                }
+            }
+        }
+    )
+    day, _ = await windows(redis)
+    one, two = creds.session(sub="user-1"), creds.session(sub="user-2")
+    resp = await client.post(URL, json=chat_body(), headers=bearer(one))
+    assert resp.status == 200
+    # user-1 used 14 (the fake's 11 + 3): 14 + 133 > 140.
+    resp = await client.post(URL, json=chat_body(), headers=bearer(one))
+    assert resp.status == 402
+    body = await resp.json()
+    assert body == {
+        "error": "budget_exhausted",
+        "reason": "per-user daily total_tokens cap would be exceeded by this request",
+        "scope": "user",
+        "window": "day",
+        "dimension": "total_tokens",
+        "limit": 140,
+        "used": 14,
+        "reserved": 0,
+        "requested": 133,
+        "resets_at": body["resets_at"],
+    }
+    tomorrow = datetime.strptime(day[1:], "%Y%m%d") + timedelta(days=1)
+    assert body["resets_at"] == tomorrow.strftime("%Y-%m-%dT00:00:00Z")
+    # user-2 and the API key (no end user) are not affected.
+    resp = await client.post(URL, json=chat_body(), headers=bearer(two))
+    assert resp.status == 200
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200
+    assert len(upstream.requests) == 3
+
+    def user_key(sub: str) -> str:
+        return ckey(config, "u:" + hashlib.sha256(sub.encode()).hexdigest()[:24], day)
+
+    assert await counter(redis, user_key("user-1")) == used(11, 3, cost(11, 3))
+    assert await counter(redis, user_key("user-2")) == used(11, 3, cost(11, 3))
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(33, 9, 3 * cost(11, 3))
+
+
+async def test_per_key_caps_are_separate(
+    tmp_path: Path, upstream, redis_url, redis, aiohttp_client
+) -> None:
+    creds = write_config(
+        tmp_path / "cfg",
+        upstream.base_url,
+        redis_url,
+        projects={"alpha": {"budgets": {"per_key": {"month": {"total_tokens": 140}}}}},
+    )
+    second = generate_key()
+    (creds.config_dir / "keys").mkdir()
+    (creds.config_dir / "keys" / "extra.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "orgs": {
+                    "acme": [
+                        {
+                            "id": "key_second",
+                            "prefix": second.prefix,
+                            "sha256": second.sha256,
+                            "scopes": ["write"],
+                        }
+                    ]
+                }
+            }
+        )
+    )
+    config = load_config(creds.config_dir, creds.env)
+    client = await aiohttp_client(create_app(config, redis_url))
+    _, month = await windows(redis)
+
+    assert (await client.post(URL, json=chat_body(), headers=bearer(creds.key))).status == 200
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 402
+    body = await resp.json()
+    assert body["reason"] == "per-key monthly total_tokens cap would be exceeded by this request"
+    assert (body["scope"], body["window"], body["limit"], body["used"], body["reserved"]) == (
+        "key",
+        "month",
+        140,
+        14,
+        0,
+    )
+    # Another key of the same org, and a session token, still get through.
+    assert (await client.post(URL, json=chat_body(), headers=bearer(second.secret))).status == 200
+    assert (await client.post(URL, json=chat_body(), headers=bearer(creds.session()))).status == 200
+    assert len(upstream.requests) == 3
+    assert await counter(redis, ckey(config, "k:key_main", month)) == used(11, 3, cost(11, 3))
+    assert await counter(redis, ckey(config, "k:key_second", month)) == used(11, 3, cost(11, 3))
+    assert await counter(redis, ckey(config, "p", month)) == used(33, 9, 3 * cost(11, 3))
+
+
+# ----------------------------------------------------------------------------- 402
+
+
+async def test_402_leaves_the_counters_untouched(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway(
+        projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": 150}}}}}
+    )
+    for _ in range(2):  # 133 fits, settles 14; 14 + 133 = 147 fits, settles 14
+        assert (await client.post(URL, json=chat_body(), headers=bearer(creds.key))).status == 200
+    keys = await project_keys(redis, config)
+    before = {key: await redis.hgetall(key) for key in keys}
+    for stream in (False, True):
+        resp = await client.post(URL, json=chat_body(stream=stream), headers=bearer(creds.key))
+        assert resp.status == 402
+        body = await resp.json()
+        assert body["reason"] == "monthly total_tokens cap would be exceeded by this request"
+        assert (body["limit"], body["used"], body["reserved"], body["requested"]) == (
+            150,
+            28,
+            0,
+            133,
+        )
+        month = keys[1].rsplit(":", 1)[1]
+        year, mon = int(month[1:5]), int(month[5:7])
+        assert body["resets_at"] == f"{year + mon // 12:04d}-{mon % 12 + 1:02d}-01T00:00:00Z"
+    assert {key: await redis.hgetall(key) for key in keys} == before
+    assert await counter(redis, keys[1]) == used(22, 6, 2 * cost(11, 3))
+    assert len(upstream.requests) == 2
+    assert (
+        await metric(client, "gateway_budget_rejections_total", project="alpha", scope="project")
+        == 2
+    )
+
+
+# ----------------------------------------------------------------------------- upstream failures
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_error_before_first_byte_bills_nothing(
+    make_gateway, upstream, redis, stream
+) -> None:
+    client, config, creds = await make_gateway()
+    upstream.script(Reply(status=500, json=openai_error(500)))
+    resp = await client.post(URL, json=chat_body(stream=stream), headers=bearer(creds.key))
+    assert resp.status == 502
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == NOTHING
+    tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
+    assert await redis.hlen(tag + "rsv") == 0
+    assert await redis.zcard(tag + "rsvexp") == 0
+
+
+@pytest.mark.parametrize("chunks", [0, 1, 3])
+async def test_client_disconnect_mid_stream(make_gateway, upstream, redis, chunks) -> None:
+    client, config, creds = await make_gateway()
+    upstream.script(slow_stream())
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    frames = await read_data_frames(resp, chunks)
+    produced = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames)
+    assert produced == "".join(f"w{i:03d} " for i in range(max(chunks - 1, 0)))
+    keys = await project_keys(redis, config)
+    # While the stream runs, the worst case is held.
+    assert await counter(redis, keys[1]) == held(INPUT_BOUND, CEILING, WORST_COST)
+
+    resp.close()
+    await upstream.wait_disconnect()
+    assert upstream.last.disconnected
+    assert not upstream.last.completed
+    # No usage ever arrived: the unknown output is billed at the reserved ceiling.
+    assert await wait_released(redis, keys[1]) == WORST_USED
+    for key in keys:
+        assert await counter(redis, key) == WORST_USED
+    assert await metric(client, "gateway_estimated_usage_total", project="alpha") == 1
+    tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
+    assert await redis.hlen(tag + "rsv") == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_disconnect_before_upstream_answers(
+    make_gateway, upstream, redis, stream
+) -> None:
+    """The provider got the request and is working on it when the client leaves: no usage
+    will ever arrive, so the worst case is billed (never less than the truth)."""
+    client, config, creds = await make_gateway()
+    reply = openai_stream(["late"]) if stream else None
+    upstream.script(
+        Reply(sse=reply, json=None if stream else openai_completion(), delay_before_headers=3)
+    )
+    with pytest.raises(TimeoutError):
+        await client.post(
+            URL,
+            json=chat_body(stream=stream),
+            headers=bearer(creds.key),
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        )
+    await upstream.wait_disconnect()
+    keys = await project_keys(redis, config)
+    assert await wait_released(redis, keys[1]) == WORST_USED
+    for key in keys:
+        assert await counter(redis, key) == WORST_USED
+
+
+async def test_upstream_cut_mid_stream(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway()
+    raw = openai_stream([f"p{i:02d} " for i in range(20)], prompt_tokens=20, completion_tokens=40)
+    events = raw.split(b"\n\n")
+    cut = sum(len(e) + 2 for e in events[:4]) + 50  # role chunk + 3 pieces, then 50 bytes
+    upstream.script(Reply(sse=raw, cut_after_bytes=cut))
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    text = await resp.text()
+    assert "event: error" in text
+    produced = "".join(
+        f["choices"][0]["delta"].get("content") or ""
+        for f in data_frames(text)
+        if isinstance(f, dict) and f.get("choices")
+    )
+    assert produced == "p00 p01 p02 "
+    assert upstream.last.cut
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == WORST_USED
+    assert (
+        await metric(client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut")
+        == 1
+    )
+
+
+async def test_upstream_idle_timeout_mid_stream(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway(gateway=provider_override(upstream, idle=0.3))
+    raw = openai_stream([f"p{i:02d} " for i in range(20)], prompt_tokens=20, completion_tokens=40)
+    events = raw.split(b"\n\n")
+    stall = sum(len(e) + 2 for e in events[:3])  # role chunk + 2 pieces, then silence
+    upstream.script(Reply(sse=raw, hang_after_bytes=stall))
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    async with asyncio.timeout(5):
+        text = await resp.text()
+    frames = data_frames(text)
+    error = next(f for f in frames if isinstance(f, dict) and "error" in f)
+    assert error["data"]["code"] == "upstream_timeout"
+    await upstream.wait_disconnect()
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == WORST_USED
+    assert (
+        await metric(client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut")
+        == 1
+    )
+
+
+@pytest.mark.parametrize("failure", ["cut", "hang"])
+async def test_unary_body_lost_mid_way_bills_the_worst_case(
+    make_gateway, upstream, redis, failure
+) -> None:
+    """The provider was already sending its completed answer: it billed the request, we
+    never saw the usage, so the reservation is billed in full."""
+    client, config, creds = await make_gateway(gateway=provider_override(upstream, idle=0.3))
+    completion = openai_completion(prompt_tokens=20, completion_tokens=40)
+    if failure == "cut":
+        upstream.script(Reply(json=completion, cut_after_bytes=60))
+    else:
+        upstream.script(Reply(json=completion, hang_after_bytes=60))
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status in (502, 504)
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == WORST_USED
+    assert await metric(client, "gateway_estimated_usage_total", project="alpha") == 1
+
+
+async def test_stream_without_usage_bills_the_estimate(make_gateway, upstream, redis) -> None:
+    client, config, creds = await make_gateway()
+    upstream.script(Reply(sse=openai_stream(["Hello", " there"], include_usage=False)))
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 200
+    frames = data_frames(await resp.text())
+    assert upstream.last.json()["stream_options"] == {"include_usage": True}
+    # Finished normally, no usage: input at its bound, output at the bytes produced (11),
+    # which bound the tokens of a byte-level BPE from above and stay under the ceiling.
+    produced = len(b"Hello there")
+    assert frames[-2]["usage"]["prompt_tokens"] == INPUT_BOUND
+    assert frames[-2]["usage"]["completion_tokens"] == produced
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(INPUT_BOUND, produced, cost(INPUT_BOUND, produced))
+    assert cost(INPUT_BOUND, produced) == 11_550
+    assert (
+        await metric(client, "gateway_estimated_usage_total", project="alpha", reason="no_usage")
+        == 1
+    )
+
+
+def _chunks_sse(deltas: list[dict[str, Any]]) -> bytes:
+    """A data-only OpenAI stream of the given deltas, a finish chunk, no usage chunk."""
+    frames = []
+    for delta in [{"role": "assistant", "content": ""}, *deltas]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        frames.append(
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [choice],
+            }
+        )
+    finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    frames.append(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [finish],
+        }
+    )
+    return (
+        b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames) + b"data: [DONE]\n\n"
+    )
+
+
+@pytest.mark.parametrize("field", ["refusal", "reasoning_content"])
+async def test_stream_without_usage_counts_every_produced_delta(
+    make_gateway, upstream, redis, field
+) -> None:
+    """OpenAI streams refusals as ``delta.refusal``; vLLM / DeepSeek-style servers stream
+    reasoning as ``delta.reasoning_content``. Those are output tokens the provider bills:
+    with no usage reported, the estimate must still cover their bytes."""
+    client, config, creds = await make_gateway()
+    pieces = ["I'm sorry, ", "I can't help ", "with that."]
+    produced = sum(len(p.encode()) for p in pieces) + len(b"ok")
+    assert produced == 36
+    deltas = [{field: p} for p in pieces] + [{"content": "ok"}]
+    upstream.script(Reply(sse=_chunks_sse(deltas)))
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    await resp.read()
+    for key in await project_keys(redis, config):
+        assert await counter(redis, key) == used(INPUT_BOUND, produced, cost(INPUT_BOUND, produced))
