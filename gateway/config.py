@@ -92,8 +92,17 @@ class ProviderConfig(_Strict):
     api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
+    # Prompt tokens the provider adds on its own when a request carries tools (Anthropic
+    # injects a tool-use system prompt of a few hundred tokens). Default: by kind.
+    tools_overhead_tokens: Annotated[int, Field(ge=0)] | None = None
     # demo provider only: delay between streamed chunks
     chunk_delay_ms: Annotated[int, Field(ge=0)] = 20
+
+    @property
+    def tools_overhead(self) -> int:
+        if self.tools_overhead_tokens is not None:
+            return self.tools_overhead_tokens
+        return 800 if self.kind == "anthropic" else 0
 
     @model_validator(mode="after")
     def _needs_url(self) -> ProviderConfig:

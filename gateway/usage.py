@@ -113,6 +113,15 @@ def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
     return _ceil_div(numerator, MILLION)
 
 
+def worst_cost_nano(input_bound: int, output_ceiling: int, price: PriceConfig | None) -> int:
+    """Cost bound of a request: every input token at the dearest input price (a cache
+    write costs more than a plain input token), every output token at the output price."""
+    if price is None:
+        return 0
+    dearest = max(price.input, price.cache_write or 0, price.cached_input or 0)
+    return _ceil_div(input_bound * dearest + output_ceiling * price.output, MILLION)
+
+
 def from_openai(usage: Any) -> Usage | None:
     """Usage from an OpenAI ``usage`` object (unary body or stream chunk)."""
     if not isinstance(usage, dict):

@@ -34,7 +34,7 @@ from gateway.budget import (
 from gateway.config import Route, org_caps
 from gateway.context import CALL, PRINCIPAL, REQUEST_ID, STATE, CallContext, GatewayState, Principal
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
-from gateway.usage import Usage, cost_nano
+from gateway.usage import Usage, cost_nano, worst_cost_nano
 
 log = logging.getLogger("gateway.budget")
 SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -42,6 +42,12 @@ SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 def amounts_for(usage: Usage, call: CallContext) -> Amounts:
     return Amounts(usage.input_tokens, usage.output_tokens, cost_nano(usage, call.price))
+
+
+def worst_amounts(call: CallContext) -> Amounts:
+    """What a request may consume at most: the reservation."""
+    cost = worst_cost_nano(call.input_bound, call.output_ceiling, call.price)
+    return Amounts(call.input_bound, call.output_ceiling, cost)
 
 
 @web.middleware
@@ -93,7 +99,7 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _reserve(state: GatewayState, call: CallContext, principal: Principal) -> None:
     store = state.store
     project = call.project
-    worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
+    worst = worst_amounts(call)
     org = state.config.gateway.orgs.get(project.org)
     counters = org_counters(org_caps(org)) if org is not None else []
     try:
@@ -141,7 +147,7 @@ async def _rebudget(
     call.price = price
     if old is None:
         return
-    worst = amounts_for(Usage(call.input_bound, call.output_ceiling), call)
+    worst = worst_amounts(call)
     if worst.cost_nano <= old.amounts.cost_nano:
         return
     project = call.project

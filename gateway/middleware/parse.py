@@ -40,6 +40,10 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not spec.routes:
         raise Conflict.detail(f"model {alias!r} has no active route")
     targets = plan_targets(spec.routes, state.rng)
+    providers = state.config.gateway.providers
+    tools_overhead = (
+        max(providers[t.provider].tools_overhead for t in targets) if body.get("tools") else 0
+    )
     route = targets[0]
     limits = state.config.gateway.limits
     request[CALL] = CallContext(
@@ -49,7 +53,7 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         route=route,
         targets=targets,
         price=state.config.gateway.prices.get(route.model),
-        input_bound=input_token_bound(body, limits.image_token_bound),
+        input_bound=input_token_bound(body, limits.image_token_bound) + tools_overhead,
         output_ceiling=output_ceiling(chat.max_tokens, project.file.max_output_tokens, chat.n),
     )
     return await handler(request)

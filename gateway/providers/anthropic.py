@@ -403,9 +403,9 @@ class StreamTranslator:
     on the first chunk that carries something (text, a tool call or the finish), not
     on ``message_start``: an error frame right after ``message_start`` (Anthropic's
     usual "overloaded") then fails the stream before its first chunk, while the
-    gateway can still retry or fall back. The usage chunk is
-    emitted at ``message_stop``, or at ``close`` when the stream ended without one
-    (some recordings lack the final blank line). A stream that ends before its
+    gateway can still retry or fall back. The usage chunk is emitted at
+    ``message_stop``, or at ``close`` when the stream ended without one (some
+    recordings lack the final blank line). A stream that ends before its
     ``message_delta`` was cut. Failures never cost the chunks that preceded them:
     ``feed`` and ``close`` return those, keep the failure in ``error`` and ``check()``
     raises it (as do later ``feed`` / ``close`` calls): UpstreamStreamError, with
