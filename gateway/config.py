@@ -92,6 +92,14 @@ class ProviderConfig(_Strict):
     api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
+    # OpenAI-compatible quirks, by configuration rather than code forks. Azure OpenAI:
+    # chat_path "/openai/deployments/{model}/chat/completions", query {"api-version": ...},
+    # auth_header "api-key", auth_scheme "".
+    chat_path: str = "/chat/completions"  # "{model}" is replaced by the route's model
+    query: dict[str, str] = Field(default_factory=dict)
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     # Prompt tokens the provider adds on its own when a request carries tools (Anthropic
     # injects a tool-use system prompt of a few hundred tokens). Default: by kind.
     tools_overhead_tokens: Annotated[int, Field(ge=0)] | None = None

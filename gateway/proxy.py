@@ -114,7 +114,7 @@ async def _attempt(
     provider = state.providers[route.provider]
     provider_config = state.provider_config(route.provider)
     upstream = UpstreamRequest(
-        body=upstream_body(call, "max_completion_tokens"),
+        body=upstream_body(call, provider_config.max_tokens_param),
         api_key=_provider_key(state, route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],

@@ -11,6 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -142,7 +143,7 @@ class OpenAIProvider(Provider):
         super().__init__(name)
         self.config = config
         self.session = session
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url = config.base_url.rstrip("/") + "/" + config.chat_path.lstrip("/")
         timeouts = config.timeouts
         self.client_timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
@@ -157,14 +158,23 @@ class OpenAIProvider(Provider):
             **request.extra_headers,
         }
         if request.api_key:
-            headers["Authorization"] = f"Bearer {request.api_key}"
+            scheme = self.config.auth_scheme
+            headers[self.config.auth_header] = (
+                f"{scheme} {request.api_key}" if scheme else request.api_key
+            )
         return headers
+
+    def _url(self, request: UpstreamRequest) -> str:
+        if "{model}" not in self.url:
+            return self.url
+        return self.url.replace("{model}", quote(str(request.body.get("model", "")), safe=""))
 
     async def _send(self, request: UpstreamRequest, first_byte: float) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(first_byte):
                 response = await self.session.post(
-                    self.url,
+                    self._url(request),
+                    params=self.config.query or None,
                     data=orjson.dumps(request.body),
                     headers=self._headers(request),
                     timeout=self.client_timeout,
