@@ -68,9 +68,10 @@ def redis_client(url: str, timeout_s: float) -> RedisLike:
             retry=Retry(NoBackoff(), 0),
             cluster_error_retry_attempts=1,
         )
+    # No socket_timeout: every call is already bounded by asyncio.timeout in the store,
+    # and redis-py's per-command wait_for would cost a task per command.
     return Redis.from_url(
         url,
-        socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,

@@ -194,28 +194,35 @@ async def _stream(
         state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
         raise
     relay = _Relay(call, gateway_id, profile)
-    chunks = stream.chunks()
+    batches = stream.batches()
     response: web.StreamResponse | None = None
     metrics = state.metrics
     try:
         # Nothing reaches the client before the first upstream chunk: failures up to
         # here are still plain HTTP errors, and may be retried.
+        deferred: UpstreamStreamError | None = None
         try:
             # first_byte bounds the first token, not only the response headers.
             async with asyncio.timeout(upstream.timeouts.first_byte):
-                first = await anext(chunks)
+                first = await anext(batches)
         except TimeoutError as exc:
             call.upstream_seconds += time.perf_counter() - started
             metrics.upstream_errors.labels(name, "upstream_timeout").inc()
             raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
         except (UpstreamStreamError, StopAsyncIteration) as exc:
-            call.upstream_seconds += time.perf_counter() - started
-            code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"
-            metrics.upstream_errors.labels(name, code).inc()
-            relay.declined = isinstance(exc, UpstreamStreamError) and exc.declared
-            if code == "upstream_timeout":
-                raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
-            raise UpstreamFailed.detail(f"provider {name} failed before the first byte") from exc
+            if isinstance(exc, UpstreamStreamError) and exc.pending:
+                # Chunks arrived together with the failure: relay them, then the error.
+                first, deferred, exc.pending = exc.pending, exc, []
+            else:
+                call.upstream_seconds += time.perf_counter() - started
+                code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"
+                metrics.upstream_errors.labels(name, code).inc()
+                relay.declined = isinstance(exc, UpstreamStreamError) and exc.declared
+                if code == "upstream_timeout":
+                    raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
+                raise UpstreamFailed.detail(
+                    f"provider {name} failed before the first byte"
+                ) from exc
         call.upstream_seconds += time.perf_counter() - started
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -223,20 +230,23 @@ async def _stream(
         outcome = "completed"
         try:
             await relay.write(response, first)
+            if deferred is not None:
+                raise deferred
             while True:
                 waited = time.perf_counter()
                 try:
-                    chunk = await anext(chunks)
+                    batch = await anext(batches)
                 except StopAsyncIteration:
                     break
                 finally:
                     call.upstream_seconds += time.perf_counter() - waited
-                await relay.write(response, chunk)
+                await relay.write(response, batch)
             await response.write(relay.trailer())
         except UpstreamStreamError as exc:
             outcome = "upstream_error"
             metrics.upstream_errors.labels(name, exc.code).inc()
-            await _write_quietly(response, profile.error_event(exc.code, name, exc.message))
+            error = profile.error_event(exc.code, name, exc.message)
+            await _write_quietly(response, relay.encode(exc.pending) + error)
         except (ConnectionResetError, ConnectionError):
             outcome = "client_disconnected"
         except asyncio.CancelledError:
@@ -284,14 +294,28 @@ class _Relay:
         self.declined = False  # the provider refused before producing anything
         self.created = int(time.time())
 
-    async def write(self, response: web.StreamResponse, chunk: dict[str, Any]) -> None:
+    async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
+        """Relay one upstream read's chunks in a single write."""
+        data = self.encode(batch)
+        if data:
+            await response.write(data)
+
+    def encode(self, batch: list[dict[str, Any]]) -> bytes:
+        frames = []
+        for chunk in batch:
+            frame = self._frame(chunk)
+            if frame is not None:
+                frames.append(frame)
+        return b"".join(frames)
+
+    def _frame(self, chunk: dict[str, Any]) -> bytes | None:
         usage = chunk.pop("usage", None)
         if usage is not None:
             self.reported = from_openai(usage) or self.reported
         choices = chunk.get("choices")
         if not choices:
             if usage is not None:
-                return  # the usage chunk: re-emitted at the end if the client asked
+                return None  # the usage chunk: re-emitted at the end if the client asked
         else:
             for choice in choices:
                 delta = choice.get("delta") or {}
@@ -311,7 +335,7 @@ class _Relay:
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias
         self.created = chunk.setdefault("created", self.created)
-        await response.write(self.profile.chunk(chunk))
+        return self.profile.chunk(chunk)
 
     def trailer(self) -> bytes:
         out = b""

@@ -585,18 +585,20 @@ class AnthropicStream(ChunkStream):
         self.translator = StreamTranslator(secret=secret)
         self.finished = False
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         translator = self.translator
         try:
             async for piece in self.response.content.iter_any():
-                for chunk in translator.feed(piece):
-                    yield chunk
+                batch = translator.feed(piece)
+                if batch:
+                    yield batch
                 translator.check()
                 if translator.done:
                     self.finished = True
                     return
-            for chunk in translator.close():
-                yield chunk
+            batch = translator.close()
+            if batch:
+                yield batch
             translator.check()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc

@@ -38,16 +38,23 @@ class UpstreamStreamError(Exception):
         # True when the provider itself sent an error frame (as opposed to a cut or a
         # timeout, after which it may have generated tokens nobody saw).
         self.declared = declared
+        # Chunks decoded from the same read before the failure: relayed before the error.
+        self.pending: list[dict[str, Any]] = []
 
 
 class ChunkStream(ABC):
-    """An open upstream stream: iterate chunk dicts, always ``aclose()``."""
+    """An open upstream stream: iterate batches of chunk dicts, always ``aclose()``.
 
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self.chunks()
+    A batch holds the chunks decoded from one upstream read, so the relay writes them
+    to the client in one go (one socket write per read, not per event). A batch is
+    never empty; chunks decoded before a failure are yielded before it is raised.
+    """
+
+    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.batches()
 
     @abstractmethod
-    def chunks(self) -> AsyncIterator[dict[str, Any]]: ...
+    def batches(self) -> AsyncIterator[list[dict[str, Any]]]: ...
 
     @abstractmethod
     async def aclose(self) -> None:

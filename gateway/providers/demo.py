@@ -64,7 +64,7 @@ class DemoStream(ChunkStream):
         self.body = body
         self.delay = delay
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         words, finish = _words(self.body)
         created = int(time.time())
         base = {
@@ -73,21 +73,20 @@ class DemoStream(ChunkStream):
             "created": created,
             "model": "demo-1",
         }
-        yield {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ],
-        }
+
+        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+
+        yield [choice({"role": "assistant", "content": ""})]
         for word in words:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            yield {
-                **base,
-                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
-            }
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
-        yield {**base, "choices": [], "usage": _usage(_prompt_tokens(self.body), len(words))}
+            yield [choice({"content": word})]
+        usage = {**base, "choices": [], "usage": _usage(_prompt_tokens(self.body), len(words))}
+        yield [choice({}, finish), usage]
 
     async def aclose(self) -> None:
         return None

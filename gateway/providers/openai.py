@@ -26,7 +26,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
-from gateway.sse import SSEParser
+from gateway.sse import SSEEvent, SSEParser
 
 # Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
 # any fragment of the key actually used, whatever its format.
@@ -78,6 +78,10 @@ def error_for_status(
     return UpstreamFailed.detail(f"provider {provider} failed (HTTP {status})")
 
 
+def _has_finish(batch: list[dict[str, Any]]) -> bool:
+    return any(c.get("finish_reason") for chunk in batch for c in chunk.get("choices") or ())
+
+
 class OpenAIStream(ChunkStream):
     def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
         self.provider = provider
@@ -85,25 +89,25 @@ class OpenAIStream(ChunkStream):
         self.response = response
         self.finished = False
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         parser = SSEParser()
         saw_finish = False
         try:
             async for piece in self.response.content.iter_any():
-                for event in parser.feed(piece):
-                    chunk = self._decode(event.event, event.data)
-                    if chunk is None:
-                        self.finished = True
-                        return
-                    if not saw_finish:
-                        saw_finish = any(c.get("finish_reason") for c in chunk.get("choices") or ())
-                    yield chunk
-            for event in parser.close():
-                chunk = self._decode(event.event, event.data)
-                if chunk is None:
+                batch, done = self._decode_all(parser.feed(piece))
+                if batch:
+                    saw_finish = saw_finish or _has_finish(batch)
+                    yield batch
+                if done:
                     self.finished = True
                     return
-                yield chunk
+            batch, done = self._decode_all(parser.close())
+            if batch:
+                saw_finish = saw_finish or _has_finish(batch)
+                yield batch
+            if done:
+                self.finished = True
+                return
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
         except aiohttp.ClientError as exc:
@@ -111,6 +115,21 @@ class OpenAIStream(ChunkStream):
         if not saw_finish:
             raise UpstreamStreamError("upstream_error", "the provider stream ended early")
         self.finished = True
+
+    def _decode_all(self, events: list[SSEEvent]) -> tuple[list[dict[str, Any]], bool]:
+        """The chunks of these events, and whether [DONE] came. A failure raises with
+        the chunks decoded before it attached, so they are still relayed."""
+        batch: list[dict[str, Any]] = []
+        for event in events:
+            try:
+                chunk = self._decode(event.event, event.data)
+            except UpstreamStreamError as exc:
+                exc.pending = batch
+                raise
+            if chunk is None:
+                return batch, True
+            batch.append(chunk)
+        return batch, False
 
     def _decode(self, event: str | None, data: bytes) -> dict[str, Any] | None:
         if data == b"[DONE]":

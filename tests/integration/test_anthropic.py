@@ -696,7 +696,7 @@ async def test_adapter_directly_stream_and_unary(upstream: FakeUpstream) -> None
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES, "stream": True}))
         assert isinstance(stream, AnthropicStream)
         try:
-            chunks = [chunk async for chunk in stream]
+            chunks = [chunk async for batch in stream for chunk in batch]
         finally:
             await stream.aclose()
         assert stream.finished  # read to the end: the connection goes back to the pool
@@ -720,9 +720,9 @@ async def test_adapter_closes_an_unfinished_stream(upstream: FakeUpstream) -> No
         raw = fixture(TEXT_FIXTURE)
         upstream.script(Reply(sse=raw, hang_after_bytes=raw.index(b"event: message_delta")))
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES}))
-        chunks = stream.chunks()
-        first = await anext(chunks)
+        batches = stream.batches()
+        first = (await anext(batches))[0]
         assert first["choices"][0]["delta"] == {"role": "assistant", "content": "2"}
-        await chunks.aclose()
+        await batches.aclose()
         await stream.aclose()  # not finished: the connection is dropped, generation stops
         await upstream.wait_disconnect()
