@@ -115,20 +115,29 @@ def reload_config(app: web.Application) -> bool:
     return True
 
 
-def begin_shutdown(app: web.Application, drain_seconds: float) -> None:
+def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: float) -> None:
     """SIGTERM: /readyz fails at once; after ``drain_seconds`` the server stops accepting
-    and open requests get the shutdown grace period (then streams end with an error
-    event); every reservation is settled before the process exits."""
+    and open requests get ``grace_seconds`` to finish; streams still open then end with
+    an error event; every reservation is settled before the process exits (aiohttp's
+    own shutdown timeout must be longer than the grace period)."""
     state = app[STATE]
     if not state.ready:
         return
     state.ready = False
-    log.info("shutting down", extra={"drain_seconds": drain_seconds})
+    log.info(
+        "shutting down", extra={"drain_seconds": drain_seconds, "grace_seconds": grace_seconds}
+    )
+    loop = asyncio.get_running_loop()
 
     def stop() -> None:
         raise web.GracefulExit()
 
-    asyncio.get_running_loop().call_later(drain_seconds, stop)
+    def cut_streams() -> None:
+        for task in list(state.streams):
+            task.cancel()  # the relay writes the gateway_shutdown error event
+
+    loop.call_later(drain_seconds, stop)
+    loop.call_later(drain_seconds + grace_seconds, cut_streams)
 
 
 async def admin_reload(request: web.Request) -> web.Response:

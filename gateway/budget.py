@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -43,7 +44,13 @@ RedisLike = Redis | RedisCluster
 
 
 class StoreUnavailable(Exception):
-    """The budget store did not answer in time or refused the connection."""
+    """The budget store did not answer in time or refused the connection.
+
+    ``maybe_held``: a reserve call that timed out may still have run; this is the
+    reservation it would have made, to release once the store answers again.
+    """
+
+    maybe_held: Reservation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,20 +266,23 @@ class BudgetStore:
             str(self.reservation_ttl_ms),
             "" if now_ms is None else str(now_ms),
             amounts.encode(),
-            str(len(counters)),
+            ";".join(f"{c.suffix} {c.window} {c.caps}" for c in counters),
+            ";".join(f"{r.suffix} {r.us_per_unit} {r.units(amounts)}" for r in rate_limits),
         ]
-        for counter in counters:
-            args += (counter.suffix, counter.window, counter.caps)
-        args.append(str(len(rate_limits)))
-        for limit in rate_limits:
-            args += (limit.suffix, str(limit.us_per_unit), str(limit.units(amounts)))
-        result = await self._call(self._reserve, [tag + "rsv", tag + "rsvexp"], args)
+        script_keys = [tag + "rsv", tag + "rsvexp", f"{tag}done:{reservation_id}"]
+        try:
+            result = await self._call(self._reserve, script_keys, args)
+        except StoreUnavailable as exc:
+            exc.maybe_held = Reservation(reservation_id, tag, (), amounts, tuple(rate_limits))
+            raise
         status = int(result[0])
         if status == 1:
             keys = tuple(k.decode() if isinstance(k, bytes) else k for k in result[1:])
             return Reservation(reservation_id, tag, keys, amounts, tuple(rate_limits))
         if status == 2:
             raise RateLimitExceeded(rate_limits[int(result[1]) - 1], int(result[2]))
+        if status == 3:
+            raise StoreUnavailable("reservation given up")
         counter = counters[int(result[1]) - 1]
         dimension = DIMENSIONS[int(result[2])]
         window_id = result[6].decode() if isinstance(result[6], bytes) else result[6]
@@ -295,7 +305,7 @@ class BudgetStore:
         actual: Amounts,
         now_ms: int | None = None,
         *,
-        ledger: dict[str, str] | None = None,
+        ledger: dict[str, Any] | None = None,
         ledger_max_events: int = 0,
         refund_rate_limits: bool = True,
     ) -> bool:
@@ -311,31 +321,27 @@ class BudgetStore:
             tag + "ledger",
             *reservation.counter_keys,
         ]
-        args = [reservation.id, actual.encode(), "" if now_ms is None else str(now_ms)]
         # Token rate limits were charged the worst case: give back the difference.
-        refunds = [
-            (
-                tag + limit.suffix,
-                (limit.units(reservation.amounts) - limit.units(actual)) * limit.us_per_unit,
-            )
+        refunds = ";".join(
+            f"{tag}{limit.suffix} {max((limit.units(reservation.amounts) - limit.units(actual)) * limit.us_per_unit, 0)}"
             for limit in reservation.rate_limits
             if limit.per_token and refund_rate_limits
+        )
+        event = orjson.dumps(ledger).decode() if ledger and ledger_max_events > 0 else ""
+        args = [
+            reservation.id,
+            actual.encode(),
+            "" if now_ms is None else str(now_ms),
+            refunds,
+            str(ledger_max_events if event else 0),
+            event,
         ]
-        args.append(str(len(refunds)))
-        for key, micros in refunds:
-            args += (key, str(max(micros, 0)))
-        if ledger and ledger_max_events > 0:
-            args.append(str(ledger_max_events))
-            for field, value in ledger.items():
-                args += (field, value)
-        else:
-            args.append("0")
         return int(await self._call(self._settle, keys, args)) == 1
 
-    async def release(self, reservation: Reservation) -> None:
+    async def release(self, reservation: Reservation, refund_rate_limits: bool = False) -> None:
         """Undo a reservation that will not be used (a later step was refused, or the
         request moved to another reservation, which keeps the rate-limit charge)."""
-        await self.settle(reservation, Amounts(0, 0, 0), refund_rate_limits=False)
+        await self.settle(reservation, Amounts(0, 0, 0), refund_rate_limits=refund_rate_limits)
 
     async def ping(self) -> bool:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -22,12 +23,17 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.credentials import generate_key, mint_session_token
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
+log = logging.getLogger("gateway.cli")
 
 
-def _load(directory: str) -> Config:
+def _load(directory: str, as_log: bool = False) -> Config:
     try:
         return load_config(directory)
     except ConfigError as exc:
+        if as_log:  # serving: stderr carries JSON lines only
+            problems = [{"file": f, "path": p, "reason": r} for f, p, r in exc.problems]
+            log.error("config invalid", extra={"problems": problems})
+            raise SystemExit(2) from None
         print(f"config invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for file, path, reason in exc.problems:
             print(f"  {file}: {path or '-'}: {reason}", file=sys.stderr)
@@ -50,7 +56,7 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover - non-Linux platforms
         pass
-    config = _load(config_dir)
+    config = _load(config_dir, as_log=True)
     app = create_app(config, redis_url)
 
     limits = config.gateway.limits
@@ -60,7 +66,9 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         loop.add_signal_handler(signal.SIGHUP, reload_config, app)
         # Replaces aiohttp's own handlers: first fail /readyz, then stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, begin_shutdown, app, limits.drain_seconds)
+            loop.add_signal_handler(
+                sig, begin_shutdown, app, limits.drain_seconds, limits.shutdown_grace_seconds
+            )
 
     app.on_startup.append(on_startup)
     web.run_app(
@@ -73,7 +81,9 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         handler_cancellation=True,
         access_log=None,
         print=lambda *_: None,
-        shutdown_timeout=limits.shutdown_grace_seconds,
+        # Longer than the grace period: streams are cut by begin_shutdown (with an error
+        # event) before aiohttp would close their connections.
+        shutdown_timeout=limits.shutdown_grace_seconds + 10,
     )
 
 
@@ -86,7 +96,10 @@ def _port_free(host: str, port: int) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    from gateway.logs import setup_logging
+
+    setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    config = _load(args.config, as_log=True)
     gw = config.gateway
     host = args.host or gw.listen.host
     port = _port_free(host, args.port if args.port is not None else gw.listen.port)
@@ -97,8 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         embedded = EmbeddedRedis(gw.redis.data_dir)
         redis_url = embedded.start()
-        print(f"embedded redis-server at {redis_url}", file=sys.stderr)
-    print(f"gateway listening on http://{host}:{port} ({args.workers} worker(s))", file=sys.stderr)
+        log.info(
+            "embedded redis-server started",
+            extra={"redis": "unix socket", "data_dir": gw.redis.data_dir},
+        )
+    log.info("gateway listening", extra={"url": f"http://{host}:{port}", "workers": args.workers})
     try:
         if args.workers <= 1:
             _run_worker(args.config, host, port, redis_url, reuse_port=False)
@@ -139,7 +155,7 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
     while not stopping:
         for i, p in enumerate(workers):
             if not p.is_alive() and not stopping:
-                print(f"worker {p.pid} exited ({p.exitcode}); restarting", file=sys.stderr)
+                log.error("worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode})
                 if p.pid is not None:
                     mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
                 workers[i] = start()

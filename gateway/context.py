@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ class GatewayState:
     metrics: Metrics
     ready: bool = True  # false while draining on shutdown
     background: set[asyncio.Task[None]] = field(default_factory=set)  # settle retries
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)  # handlers relaying SSE
     breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 

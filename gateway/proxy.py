@@ -144,7 +144,8 @@ async def _unary(
             # The provider may have done (timeout) or did (answer lost after its 200) the
             # whole job: bill the worst case, and do not pay for it twice by retrying.
             call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
-            state.metrics.estimated_usage.labels(call.project.slug, "timeout").inc()
+            reason = "timeout" if isinstance(exc, UpstreamTimeout) else "answer_lost"
+            state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
             exc.retryable = False
         raise
     except asyncio.CancelledError:
@@ -208,7 +209,11 @@ async def _stream(
         except TimeoutError as exc:
             call.upstream_seconds += time.perf_counter() - started
             metrics.upstream_errors.labels(name, "upstream_timeout").inc()
-            raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
+            # The provider accepted the request (headers came) and may be generating:
+            # it is billed at the worst case (below), so it is not retried.
+            timed_out = UpstreamTimeout.detail(f"provider {name} timed out")
+            timed_out.retryable = False
+            raise timed_out from exc
         except (UpstreamStreamError, StopAsyncIteration) as exc:
             if isinstance(exc, UpstreamStreamError) and exc.pending:
                 # Chunks arrived together with the failure: relay them, then the error.
@@ -227,6 +232,9 @@ async def _stream(
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         metrics.open_streams.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            state.streams.add(task)  # shutdown cancels these when the grace period ends
         outcome = "completed"
         try:
             await relay.write(response, first)
@@ -263,6 +271,8 @@ async def _stream(
             raise
         finally:
             metrics.open_streams.dec()
+            if task is not None:
+                state.streams.discard(task)
         call.stream_outcome = outcome
         return response
     finally:

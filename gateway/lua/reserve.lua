@@ -1,20 +1,27 @@
 -- Reserve a request's worst case on every applicable counter: all or nothing.
 --
 -- KEYS[1]  reservation records (hash)      KEYS[2]  reservation expiries (zset)
+-- KEYS[3]  settled marker of this reservation: if it exists, the gateway already gave
+--          this reservation up (its reserve call timed out), so it must not be held now
 -- ARGV[1]  counter key prefix, hash tag included, e.g. "gw:{prj:p1}:"
 -- ARGV[2]  reservation id
 -- ARGV[3]  reservation ttl in ms
 -- ARGV[4]  clock override in ms, "" for Redis server time (tests move the clock)
 -- ARGV[5]  amounts "input,output,total,cost"
--- ARGV[6]  counter count N, then per counter three values:
---          scope suffix ("p", "k:<key id>", "u:<user hash>"), window ("day"|"month"|"lifetime"),
---          caps "dim=limit,dim=limit" (dim 0..3; may be "-" for none)
---          then rate limit count R, then per limit three values (GCRA over a 60 s window):
---          key suffix, microseconds per unit (60e6 / limit per minute), units this request costs
+-- ARGV[6]  counters, ";"-separated, each "suffix window caps": scope suffix ("p",
+--          "k:<key id>", "u:<user hash>"), window ("day"|"month"|"lifetime"),
+--          caps "dim=limit,dim=limit" (dim 0..3) or "-" for none
+-- ARGV[7]  rate limits (GCRA over a 60 s window), ";"-separated, each "suffix us units":
+--          key suffix, microseconds per unit (60e6 / limit per minute), units this request
+--          costs; "" for none
+-- (Few arguments on purpose: packing each one costs the client more than parsing here.)
 -- Returns  {1, key1, ..., keyN}                                   admitted
 --          {0, counter index, dim, limit, used, reserved, window id}  refused (402)
 --          {2, rate limit index, retry after ms}                   rate limited (429)
+--          {3}                                                     given up already
 -- Nothing is written unless every rate limit and every cap has room.
+
+if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 
 local now = now_ms(ARGV[4])
 purge_expired(KEYS[1], KEYS[2], now)
@@ -48,21 +55,26 @@ local amounts = split(ARGV[5], ',')
 local amount_n = {}
 for i = 1, 4 do amount_n[i] = tonumber(amounts[i]) end
 
-local n = tonumber(ARGV[6])
+local counters = {}
+for spec in string.gmatch(ARGV[6], '[^;]+') do
+  local suffix, window, caps = string.match(spec, '^(%S+) (%S+) (%S+)$')
+  counters[#counters + 1] = {suffix, window, caps}
+end
+local n = #counters
 
 -- Rate limits (GCRA): each key holds a theoretical arrival time in microseconds; a
 -- request is allowed while that time stays within one minute ahead of now.
 local WINDOW_US = 60000000
 local now_us = now * 1000
-local r_base = 7 + n * 3
-local r_n = tonumber(ARGV[r_base] or '0')
 local new_tats = {}
-for i = 1, r_n do
-  local b = r_base + (i - 1) * 3
-  local key = ARGV[1] .. ARGV[b + 1]
+local i = 0
+for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
+  i = i + 1
+  local suffix, us, units = string.match(spec, '^(%S+) (%S+) (%S+)$')
+  local key = ARGV[1] .. suffix
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now_us then tat = now_us end
-  local new_tat = tat + tonumber(ARGV[b + 2]) * tonumber(ARGV[b + 3])
+  local new_tat = tat + tonumber(us) * tonumber(units)
   if new_tat - now_us > WINDOW_US then
     local wait_ms = math.ceil((new_tat - now_us - WINDOW_US) / 1000)
     if wait_ms > 60000 then wait_ms = 60000 end
@@ -73,11 +85,10 @@ end
 
 local keys = {}
 for c = 1, n do
-  local base = 6 + (c - 1) * 3
-  local window = ARGV[base + 2]
-  local key = ARGV[1] .. ARGV[base + 1] .. ':' .. window_ids[window]
+  local window = counters[c][2]
+  local key = ARGV[1] .. counters[c][1] .. ':' .. window_ids[window]
   keys[c] = key
-  local caps = ARGV[base + 3]
+  local caps = counters[c][3]
   if caps ~= '-' then
     local state = redis.call('HMGET', key, 'u0', 'u1', 'u2', 'u3', 'r0', 'r1', 'r2', 'r3')
     for _, cap in ipairs(split(caps, ',')) do
@@ -99,7 +110,7 @@ for c = 1, n do
   for d = 1, 4 do
     if amounts[d] ~= '0' then redis.call('HINCRBY', key, 'r' .. (d - 1), amounts[d]) end
   end
-  local ttl = window_ttl[ARGV[6 + (c - 1) * 3 + 2]]
+  local ttl = window_ttl[counters[c][2]]
   if ttl then redis.call('EXPIRE', key, ttl) end
 end
 

@@ -7,10 +7,10 @@
 -- ARGV[1]  reservation id
 -- ARGV[2]  actual amounts "input,output,total,cost"
 -- ARGV[3]  clock override in ms, "" for Redis server time
--- ARGV[4]  rate-limit refund count R, then per refund: key, microseconds to give back
---          (token rate limits were charged the worst case; they get the difference back)
--- then     ledger: max events (0: no ledger; the stream is KEYS[4] and counters start at
---          KEYS[5]), then field/value pairs of the usage event
+-- ARGV[4]  rate-limit refunds, ";"-separated "key microseconds" (token rate limits were
+--          charged the worst case; they get the difference back); "" for none
+-- ARGV[5]  ledger bound: max events (0: no ledger event)
+-- ARGV[6]  the usage event (JSON), appended to the ledger stream KEYS[4] as field "event"
 -- Returns  1 if the reservation was still held, 0 if it had expired and was released already
 --          (the usage is charged either way: never bill less than the truth),
 --          2 if this reservation was settled before (nothing changes: retries are safe).
@@ -35,22 +35,16 @@ for i = 5, #KEYS do
   end
 end
 
-local r_n = tonumber(ARGV[4] or '0')
-for i = 1, r_n do
-  local key = ARGV[3 + i * 2]
+for spec in string.gmatch(ARGV[4] or '', '[^;]+') do
+  local key, micros = string.match(spec, '^(%S+) (%S+)$')
   local tat = redis.call('GET', key)
   if tat then
-    redis.call('SET', key, string.format('%.0f', tonumber(tat) - tonumber(ARGV[4 + i * 2])), 'KEEPTTL')
+    redis.call('SET', key, string.format('%.0f', tonumber(tat) - tonumber(micros)), 'KEEPTTL')
   end
 end
 
-local l_base = 5 + r_n * 2
-local max_events = tonumber(ARGV[l_base] or '0')
+local max_events = tonumber(ARGV[5] or '0')
 if max_events > 0 then
-  local fields = {}
-  for i = l_base + 1, #ARGV do fields[#fields + 1] = ARGV[i] end
-  fields[#fields + 1] = 'settled'
-  fields[#fields + 1] = tostring(held)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', max_events, '*', unpack(fields))
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', max_events, '*', 'event', ARGV[6], 'settled', held)
 end
 return held

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -64,8 +65,9 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
     call.rebudget = rebudget
     try:
         await _reserve(state, call, principal)
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
+        _release_later(state, exc.maybe_held, request[REQUEST_ID])
         if state.config.gateway.redis.on_store_error == "deny":
             raise ServiceUnavailable.detail(
                 "budget store unavailable", {"Retry-After": "1"}
@@ -162,8 +164,9 @@ async def _rebudget(
         r = exc.refusal
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
         raise BudgetExhausted(r.body()) from None
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
+        _release_later(state, exc.maybe_held, "")
         raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
     # The rate limits stay charged once, on the reservation that will be settled.
     call.reservation = dataclasses.replace(new, rate_limits=old.rate_limits)
@@ -171,6 +174,31 @@ async def _rebudget(
         await state.store.release(old)
     except StoreUnavailable:
         state.metrics.store_errors.labels("release").inc()  # expires by itself
+
+
+def _release_later(state: GatewayState, reservation: Reservation | None, request_id: str) -> None:
+    """A reserve call that timed out may have run anyway: give its hold back (with any
+    rate-limit charge) once the store answers. The reserve script refuses a reservation
+    given up this way, so the release cannot come too early."""
+    if reservation is None:
+        return
+
+    async def release() -> None:
+        for delay in (0.0, *SETTLE_RETRY_DELAYS):
+            await asyncio.sleep(delay)
+            try:
+                await state.store.release(reservation, refund_rate_limits=True)
+                return
+            except StoreUnavailable:
+                continue
+        log.warning(
+            "could not release a timed-out reservation; it expires by itself",
+            extra={"request_id": request_id},
+        )
+
+    task = asyncio.create_task(release())
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
 
 
 async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
@@ -195,29 +223,32 @@ class _Outcome:
 
 def _ledger_event(
     call: CallContext, outcome: _Outcome, billed: Usage, actual: Amounts
-) -> dict[str, str]:
+) -> dict[str, Any]:
+    """The usage event of one admitted request (one per request, written by the settle)."""
     p = outcome.principal
     return {
         "request_id": outcome.request_id,
-        "ts": f"{outcome.finished_at:.3f}",
+        "ts": round(outcome.finished_at, 3),
         "org": call.project.org,
         "project": call.project.slug,
-        "key_id": p.key_id or "",
-        "user": p.user or "",
+        "project_id": call.project.id,
+        "key_id": p.key_id,
+        "user": p.user,
         "model": call.alias,
         "provider": call.route.provider,
         "upstream_model": call.route.model,
-        "status": str(outcome.status),
-        "stream": "1" if call.chat.stream else "0",
-        "outcome": call.stream_outcome or "",
-        "input_tokens": str(billed.input_tokens),
-        "output_tokens": str(billed.output_tokens),
-        "cached_input_tokens": str(billed.cached_input_tokens),
-        "reasoning_tokens": str(billed.reasoning_tokens),
-        "cost_nano_usd": str(actual.cost_nano),
-        "estimated": "1" if billed.estimated else "0",
-        "duration_ms": f"{(time.perf_counter() - call.started) * 1000:.1f}",
-        "upstream_ms": f"{call.upstream_seconds * 1000:.1f}",
+        "status": outcome.status,
+        "stream": call.chat.stream,
+        "outcome": call.stream_outcome,
+        "input_tokens": billed.input_tokens,
+        "output_tokens": billed.output_tokens,
+        "cached_input_tokens": billed.cached_input_tokens,
+        "cache_creation_input_tokens": billed.cache_creation_input_tokens,
+        "reasoning_tokens": billed.reasoning_tokens,
+        "cost_nano_usd": actual.cost_nano,
+        "estimated": billed.estimated,
+        "duration_ms": round((time.perf_counter() - call.started) * 1000, 1),
+        "upstream_ms": round(call.upstream_seconds * 1000, 1),
     }
 
 
@@ -235,7 +266,7 @@ async def _settle_one(
     reservation: Reservation | None,
     actual: Amounts,
     request_id: str,
-    ledger: dict[str, str] | None,
+    ledger: dict[str, Any] | None,
 ) -> None:
     if reservation is None:
         return
@@ -255,7 +286,7 @@ async def _settle_later(
     reservation: Reservation,
     actual: Amounts,
     request_id: str,
-    ledger: dict[str, str] | None,
+    ledger: dict[str, Any] | None,
 ) -> None:
     max_events = state.config.gateway.ledger.max_events
     for delay in SETTLE_RETRY_DELAYS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,15 @@ async def project_keys(redis: Redis, config: Config, project_id: str = "prj_alph
 
 async def wait_released(redis: Redis, key: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
     """Poll until nothing is reserved on ``key`` (the settle ran); return the counter."""
-    async with asyncio.timeout(timeout):
-        while True:
-            state = await counter(redis, key)
-            if not any(state[f"r{d}"] for d in range(4)):
-                return state
-            await asyncio.sleep(0.02)
+    state = await counter(redis, key)
+    try:
+        async with asyncio.timeout(timeout):
+            while any(state[f"r{d}"] for d in range(4)):
+                await asyncio.sleep(0.02)
+                state = await counter(redis, key)
+    except TimeoutError:
+        raise AssertionError(f"still reserved after {timeout} s on {key}: {state}") from None
+    return state
 
 
 async def metric(client: Any, name: str, **labels: str) -> float:
@@ -156,7 +160,9 @@ async def test_unary_settles_the_reported_usage_and_cost(make_gateway, upstream,
     assert expected_cost == 14 * 150 + 16 * 75 + 57 * 600 == 37_500
     for key in await project_keys(redis, config):
         assert await counter(redis, key) == used(30, 57, expected_cost)
-    assert await metric(client, "gateway_cost_usd_total", project="alpha") == pytest.approx(expected_cost / 1e9)
+    assert await metric(client, "gateway_cost_usd_total", project="alpha") == pytest.approx(
+        expected_cost / 1e9
+    )
     assert await metric(client, "gateway_tokens_total", project="alpha", type="input") == 30
     assert await metric(client, "gateway_tokens_total", project="alpha", type="output") == 57
     assert await metric(client, "gateway_estimated_usage_total") == 0
@@ -587,3 +593,87 @@ async def test_stream_without_usage_counts_every_produced_delta(
     await resp.read()
     for key in await project_keys(redis, config):
         assert await counter(redis, key) == used(INPUT_BOUND, produced, cost(INPUT_BOUND, produced))
+
+
+class SlowRedisProxy:
+    """A TCP proxy in front of the real Redis: commands reach Redis at once, replies
+    can be held back ``delay`` seconds (a latency spike: the script runs, the answer is late)."""
+
+    def __init__(self, redis_url: str) -> None:
+        target = URL_RE.match(redis_url)
+        assert target is not None, redis_url
+        self.host, self.port = target.group(1), int(target.group(2))
+        self.delay = 0.0
+        self.listen_port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listen_port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.listen_port = self._server.sockets[0].getsockname()[1]
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, late: bool) -> None:
+        try:
+            while data := await src.read(65536):
+                if late and self.delay:
+                    await asyncio.sleep(self.delay)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(
+            self._pump(reader, up_writer, late=False), self._pump(up_reader, writer, late=True)
+        )
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+URL_RE = re.compile(r"^redis://([^:/]+):(\d+)")
+
+
+async def test_reserve_answered_too_late_does_not_hold_budget_for_the_ttl(
+    make_gateway, upstream, redis, redis_url
+) -> None:
+    """Redis ran the reserve script but its answer came after the gateway's timeout: the
+    client got 503 and nothing was sent upstream, so once Redis answers again the hold
+    must go away, not block the budget for the whole reservation TTL (60 s here, 900 s
+    by default) and turn the next requests into false 402s."""
+    proxy = SlowRedisProxy(redis_url)
+    await proxy.start()
+    try:
+        client, config, creds = await make_gateway(
+            redis_url=proxy.url,
+            projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": 200}}}}},
+        )
+        assert config.gateway.redis.timeout_ms == 300
+        assert (await client.post(URL, json=chat_body(), headers=bearer(creds.key))).status == 200
+        keys = await project_keys(redis, config)
+        assert await counter(redis, keys[1]) == used(11, 3, cost(11, 3))
+
+        proxy.delay = 1.0  # the script runs at once, its answer comes after 1 s
+        resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+        assert resp.status == 503
+        assert len(upstream.requests) == 1
+        proxy.delay = 0.0  # Redis answers in time again
+
+        assert await wait_released(redis, keys[1], timeout=10) == used(11, 3, cost(11, 3))
+        # And the budget is usable again: 14 used + 133 fits under 200.
+        resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+        assert resp.status == 200, await resp.text()
+    finally:
+        await proxy.close()

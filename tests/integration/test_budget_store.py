@@ -1,0 +1,581 @@
+"""BudgetStore against a real Redis: reserve, settle, windows, expiry, cost, faults.
+
+Every test uses its own uuid key prefix and moves the clock with ``now_ms`` (never
+sleeping), so the numbers below are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.budget import (
+    Amounts,
+    BudgetExceeded,
+    BudgetStore,
+    Refusal,
+    Reservation,
+    StoreUnavailable,
+    project_counters,
+    resets_at,
+)
+from gateway.config import PriceConfig, Project, load_config
+from gateway.usage import Usage, cost_nano
+from tests.harness import free_port, write_config
+
+FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
+# gpt-4o-mini in the harness: 0.15 / 0.60 USD per million tokens.
+MINI = PriceConfig(input="0.15", output="0.60", cached_input="0.075")
+
+
+def ms(iso: str) -> int:
+    """A UTC ISO timestamp (milliseconds allowed) as epoch milliseconds."""
+    return round(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+T_JUNE = ms("2026-06-15T12:00:00")
+
+
+def amounts(input_tokens: int, output_tokens: int) -> Amounts:
+    return Amounts(input_tokens, output_tokens, cost_nano(Usage(input_tokens, output_tokens), MINI))
+
+
+async def counter(redis: Redis, key: str) -> dict[str, int]:
+    raw = await redis.hgetall(key)
+    got = {k.decode(): int(v) for k, v in raw.items()}
+    return {f: got.get(f, 0) for f in FIELDS}
+
+
+def used(i: int, o: int, cost: int) -> dict[str, int]:
+    return {"u0": i, "u1": o, "u2": i + o, "u3": cost, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
+
+
+def held(i: int, o: int, cost: int, *, u: tuple[int, int, int] = (0, 0, 0)) -> dict[str, int]:
+    ui, uo, uc = u
+    return {"u0": ui, "u1": uo, "u2": ui + uo, "u3": uc, "r0": i, "r1": o, "r2": i + o, "r3": cost}
+
+
+async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
+    """Every key under the prefix with its full content (hashes and zsets)."""
+    out: dict[str, Any] = {}
+    async for key in redis.scan_iter(match=prefix + ":*"):
+        kind = (await redis.type(key)).decode()
+        if kind == "hash":
+            out[key.decode()] = await redis.hgetall(key)
+        elif kind == "zset":
+            out[key.decode()] = await redis.zrange(key, 0, -1, withscores=True)
+        else:
+            out[key.decode()] = kind
+    return out
+
+
+StoreFactory = Callable[..., BudgetStore]
+
+
+@pytest.fixture
+async def make_store(redis_url: str) -> AsyncIterator[StoreFactory]:
+    clients: list[Redis] = []
+
+    def factory(*, ttl_s: int = 60, timeout_s: float = 0.5, url: str | None = None) -> BudgetStore:
+        client = Redis.from_url(url or redis_url)
+        clients.append(client)
+        return BudgetStore(client, "t" + uuid.uuid4().hex[:12], timeout_s, ttl_s)
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, redis_url: str) -> Callable[[dict[str, Any]], Project]:
+    count = 0
+
+    def factory(budgets: dict[str, Any]) -> Project:
+        nonlocal count
+        count += 1
+        creds = write_config(
+            tmp_path / f"cfg{count}",
+            "http://127.0.0.1:9/v1",
+            redis_url,
+            projects={"alpha": {"budgets": budgets}},
+        )
+        return load_config(creds.config_dir, creds.env).projects["alpha"]
+
+    return factory
+
+
+def keys_of(store: BudgetStore, *names: str) -> tuple[str, ...]:
+    return tuple(f"{store.key_prefix}:{{prj:prj_alpha}}:{name}" for name in names)
+
+
+# ----------------------------------------------------------------------------- reserve/settle
+
+
+async def test_reserve_then_settle_moves_reserved_to_used(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store()
+    project = make_project({"project": {"month": {"total_tokens": 1000}}})
+    counters = project_counters(project, "key_main", None)
+    worst = amounts(33, 100)
+    assert worst.cost_nano == 33 * 150 + 100 * 600 == 64_950
+
+    rsv = await store.reserve(project.id, "r1", counters, worst, now_ms=T_JUNE)
+    # The key has no caps: only the project's three windows are touched.
+    assert rsv.counter_keys == keys_of(store, "p:d20260615", "p:m202606", "p:all")
+    assert rsv.project_tag == f"{store.key_prefix}:{{prj:prj_alpha}}:"
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == held(33, 100, 64_950)
+    assert await redis.hkeys(rsv.project_tag + "rsv") == [b"r1"]
+    assert await redis.zrange(rsv.project_tag + "rsvexp", 0, -1, withscores=True) == [
+        (b"r1", float(T_JUNE + 60_000))
+    ]
+
+    actual = amounts(11, 3)
+    assert actual.cost_nano == 11 * 150 + 3 * 600 == 3_450
+    assert await store.settle(rsv, actual, now_ms=T_JUNE + 500) is True
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == used(11, 3, 3_450)
+    assert await redis.exists(rsv.project_tag + "rsv", rsv.project_tag + "rsvexp") == 0
+
+    # A second request adds up on the same counters.
+    rsv2 = await store.reserve(project.id, "r2", counters, worst, now_ms=T_JUNE + 1000)
+    assert rsv2.counter_keys == rsv.counter_keys
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == held(33, 100, 64_950, u=(11, 3, 3_450))
+    assert await store.settle(rsv2, amounts(20, 7), now_ms=T_JUNE + 1500) is True
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == used(31, 10, 3_450 + 20 * 150 + 7 * 600)
+
+
+async def test_key_and_user_counters_only_where_capped(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store()
+    project = make_project(
+        {
+            "project": {"month": {"total_tokens": 10_000}},
+            "per_key": {"day": {"input_tokens": 500}},
+            "per_user": {"month": {"output_tokens": 700}, "lifetime": {"total_tokens": 900}},
+        }
+    )
+    user_hash = hashlib.sha256(b"user-1").hexdigest()[:24]
+    counters = project_counters(project, "key_main", "user-1")
+    assert [(c.scope, c.suffix, c.window, c.caps) for c in counters] == [
+        ("project", "p", "day", "-"),
+        ("project", "p", "month", "2=10000"),
+        ("project", "p", "lifetime", "-"),
+        ("key", "k:key_main", "day", "0=500"),
+        ("user", "u:" + user_hash, "month", "1=700"),
+        ("user", "u:" + user_hash, "lifetime", "2=900"),
+    ]
+    rsv = await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=T_JUNE)
+    assert rsv.counter_keys == keys_of(
+        store,
+        "p:d20260615",
+        "p:m202606",
+        "p:all",
+        "k:key_main:d20260615",
+        f"u:{user_hash}:m202606",
+        f"u:{user_hash}:all",
+    )
+    assert await store.settle(rsv, amounts(11, 3), now_ms=T_JUNE + 1) is True
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == used(11, 3, 3_450)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+async def test_all_or_nothing_key_cap_refuses_and_nothing_changes(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store()
+    project = make_project(
+        {
+            "project": {"month": {"total_tokens": 100_000}},
+            "per_key": {"day": {"total_tokens": 100}},
+        }
+    )
+    counters = project_counters(project, "key_main", None)
+    rsv = await store.reserve(project.id, "r1", counters, amounts(33, 50), now_ms=T_JUNE)
+    assert await store.settle(rsv, amounts(11, 3), now_ms=T_JUNE + 1) is True
+    before = await snapshot(redis, store.key_prefix)
+    counter_keys = keys_of(store, "p:d20260615", "p:m202606", "p:all", "k:key_main:d20260615")
+    assert set(counter_keys) <= set(before)
+
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "r2", counters, amounts(33, 100), now_ms=T_JUNE + 2)
+    assert info.value.refusal == Refusal(
+        scope="key",
+        window="day",
+        dimension="total_tokens",
+        limit=100,
+        used=14,
+        reserved=0,
+        requested=133,
+        window_id="d20260615",
+    )
+    # The project counters (checked first, with room) were not touched either.
+    assert await snapshot(redis, store.key_prefix) == before
+
+
+async def test_refusal_details_and_body(
+    make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    store = make_store()
+    project = make_project(
+        {
+            "project": {"day": {"output_tokens": 150}, "month": {"total_tokens": 10_000}},
+        }
+    )
+    counters = project_counters(project, None, None)
+    now = ms("2026-12-31T23:00:00")
+    await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=now)
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "r2", counters, amounts(33, 60), now_ms=now + 1)
+    refusal = info.value.refusal
+    assert refusal == Refusal("project", "day", "output_tokens", 150, 0, 100, 60, "d20261231")
+    assert refusal.body() == {
+        "error": "budget_exhausted",
+        "reason": "daily output_tokens cap would be exceeded by this request",
+        "scope": "project",
+        "window": "day",
+        "dimension": "output_tokens",
+        "limit": 150,
+        "used": 0,
+        "reserved": 100,
+        "requested": 60,
+        "resets_at": "2027-01-01T00:00:00Z",
+    }
+    # Fill the day exactly (50 more fit: <= is allowed), then it is "reached".
+    await store.reserve(project.id, "r3", counters, amounts(0, 50), now_ms=now + 2)
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "r4", counters, amounts(0, 1), now_ms=now + 3)
+    assert info.value.refusal.reserved == 150
+    assert info.value.refusal.body()["reason"] == "daily output_tokens cap reached"
+    assert str(info.value) == "daily output_tokens cap reached"
+
+
+async def test_refusal_month_window_and_per_user_wording(
+    make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    store = make_store()
+    project = make_project({"per_user": {"month": {"input_tokens": 40}}})
+    counters = project_counters(project, None, "alice")
+    now = ms("2026-12-10T08:00:00")
+    rsv = await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=now)
+    await store.settle(rsv, amounts(30, 5), now_ms=now + 1)
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "r2", counters, amounts(33, 100), now_ms=now + 2)
+    refusal = info.value.refusal
+    assert refusal == Refusal("user", "month", "input_tokens", 40, 30, 0, 33, "m202612")
+    body = refusal.body()
+    assert body["reason"] == "per-user monthly input_tokens cap would be exceeded by this request"
+    assert body["resets_at"] == "2027-01-01T00:00:00Z"
+    # Another end user has their own counter.
+    other = project_counters(project, None, "bob")
+    await store.reserve(project.id, "r3", other, amounts(33, 100), now_ms=now + 3)
+
+
+async def test_lifetime_refusal_has_no_reset(
+    make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    store = make_store()
+    project = make_project({"per_key": {"lifetime": {"total_tokens": 100}}})
+    counters = project_counters(project, "key_main", None)
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=T_JUNE)
+    refusal = info.value.refusal
+    assert refusal == Refusal("key", "lifetime", "total_tokens", 100, 0, 0, 133, "all")
+    assert refusal.body()["resets_at"] is None
+    assert (
+        refusal.body()["reason"]
+        == "per-key lifetime total_tokens cap would be exceeded by this request"
+    )
+
+
+@pytest.mark.parametrize(
+    ("window_id", "expected"),
+    [
+        ("d20261231", "2027-01-01T00:00:00Z"),
+        ("m202612", "2027-01-01T00:00:00Z"),
+        ("d20240228", "2024-02-29T00:00:00Z"),
+        ("d20240229", "2024-03-01T00:00:00Z"),
+        ("d20230228", "2023-03-01T00:00:00Z"),
+        ("m202401", "2024-02-01T00:00:00Z"),
+        ("m202611", "2026-12-01T00:00:00Z"),
+        ("all", None),
+    ],
+)
+def test_resets_at(window_id: str, expected: str | None) -> None:
+    assert resets_at(window_id) == expected
+
+
+@pytest.mark.parametrize(
+    ("iso", "day", "month"),
+    [
+        ("1970-01-01T00:00:00", "d19700101", "m197001"),
+        ("2000-02-29T23:59:59.999", "d20000229", "m200002"),
+        ("2024-02-29T00:00:00", "d20240229", "m202402"),
+        ("2024-03-01T00:00:00", "d20240301", "m202403"),
+        ("2026-12-31T23:59:59.999", "d20261231", "m202612"),
+        ("2027-01-01T00:00:00", "d20270101", "m202701"),
+        ("2100-03-01T12:00:00", "d21000301", "m210003"),
+    ],
+)
+async def test_window_ids_follow_the_utc_calendar(
+    make_store: StoreFactory,
+    make_project: Callable[..., Project],
+    iso: str,
+    day: str,
+    month: str,
+) -> None:
+    store = make_store()
+    project = make_project({})
+    rsv = await store.reserve(
+        project.id, "r1", project_counters(project, None, None), amounts(1, 1), now_ms=ms(iso)
+    )
+    assert rsv.counter_keys == keys_of(store, f"p:{day}", f"p:{month}", "p:all")
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+async def test_settle_after_midnight_charges_the_reservation_windows(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store()
+    project = make_project({"project": {"day": {"total_tokens": 150}}})
+    counters = project_counters(project, None, None)
+    day_d = ms("2026-12-31T23:59:59.500")
+    day_d1 = day_d + 1000  # 2027-01-01T00:00:00.500Z
+
+    rsv = await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=day_d)
+    d_keys = keys_of(store, "p:d20261231", "p:m202612", "p:all")
+    assert rsv.counter_keys == d_keys
+    assert await store.settle(rsv, amounts(30, 90), now_ms=day_d1) is True
+    cost = 30 * 150 + 90 * 600
+    for key in d_keys:
+        assert await counter(redis, key) == used(30, 90, cost)
+    d1_keys = keys_of(store, "p:d20270101", "p:m202701")
+    for key in d1_keys:
+        assert await redis.exists(key) == 0
+
+    # Day D is full (120 used + 133 > 150) ...
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "late", counters, amounts(33, 100), now_ms=day_d + 400)
+    assert info.value.refusal == Refusal(
+        "project", "day", "total_tokens", 150, 120, 0, 133, "d20261231"
+    )
+    # ... day D+1 starts empty: the same worst case fits, on fresh day and month counters.
+    rsv2 = await store.reserve(project.id, "r2", counters, amounts(33, 100), now_ms=day_d1 + 1)
+    assert rsv2.counter_keys == (*d1_keys, keys_of(store, "p:all")[0])
+    for key in d1_keys:
+        assert await counter(redis, key) == held(33, 100, 64_950)
+    assert await counter(redis, keys_of(store, "p:all")[0]) == held(
+        33, 100, 64_950, u=(30, 90, cost)
+    )
+
+
+# ----------------------------------------------------------------------------- expiry
+
+
+async def test_expired_reservation_is_released_by_the_next_reserve(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store(ttl_s=1)
+    project = make_project({"project": {"month": {"total_tokens": 200}}})
+    counters = project_counters(project, None, None)
+    t0 = T_JUNE
+    crashed = await store.reserve(project.id, "crashed", counters, amounts(33, 100), now_ms=t0)
+    month = keys_of(store, "p:m202606")[0]
+    assert await redis.zscore(crashed.project_tag + "rsvexp", "crashed") == t0 + 1000
+
+    # 1 ms before its expiry the hold still counts.
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "next", counters, amounts(33, 100), now_ms=t0 + 999)
+    assert info.value.refusal == Refusal(
+        "project", "month", "total_tokens", 200, 0, 133, 133, "m202606"
+    )
+    assert await counter(redis, month) == held(33, 100, 64_950)
+
+    # Once past its expiry, the next reserve purges it first: the headroom is back.
+    nxt = await store.reserve(project.id, "next", counters, amounts(33, 100), now_ms=t0 + 1001)
+    for key in nxt.counter_keys:
+        assert await counter(redis, key) == held(33, 100, 64_950)
+    assert await redis.hkeys(crashed.project_tag + "rsv") == [b"next"]
+    assert await redis.zrange(crashed.project_tag + "rsvexp", 0, -1) == [b"next"]
+
+    assert await store.settle(nxt, amounts(11, 3), now_ms=t0 + 1002) is True
+    for key in nxt.counter_keys:
+        assert await counter(redis, key) == used(11, 3, 3_450)
+
+
+async def test_late_settle_after_expiry_still_charges(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store(ttl_s=1)
+    project = make_project({"project": {"month": {"total_tokens": 1000}}})
+    counters = project_counters(project, None, None)
+    t0 = T_JUNE
+    rsv = await store.reserve(project.id, "slow", counters, amounts(33, 100), now_ms=t0)
+    # The settle itself purges the expired hold, then charges the usage anyway.
+    assert await store.settle(rsv, amounts(20, 50), now_ms=t0 + 5000) is False
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == used(20, 50, 20 * 150 + 50 * 600)
+    assert await redis.exists(rsv.project_tag + "rsv", rsv.project_tag + "rsvexp") == 0
+
+
+async def test_late_settle_after_purge_does_not_release_twice(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store(ttl_s=1)
+    project = make_project({"project": {"month": {"total_tokens": 1000}}})
+    counters = project_counters(project, None, None)
+    t0 = T_JUNE
+    slow = await store.reserve(project.id, "slow", counters, amounts(33, 100), now_ms=t0)
+    other = await store.reserve(project.id, "other", counters, amounts(40, 60), now_ms=t0 + 2000)
+    # "slow" was purged by that reserve; its late settle charges usage and releases nothing.
+    assert await store.settle(slow, amounts(20, 50), now_ms=t0 + 2001) is False
+    cost_slow = 20 * 150 + 50 * 600
+    for key in other.counter_keys:
+        assert await counter(redis, key) == held(40, 60, 40 * 150 + 60 * 600, u=(20, 50, cost_slow))
+    # Settling twice (a retry after an unanswered call) never releases or charges twice.
+    assert await store.settle(other, amounts(1, 2), now_ms=t0 + 2002) is True
+    assert await store.settle(other, amounts(1, 2), now_ms=t0 + 2003) is False
+    for key in other.counter_keys:
+        assert await counter(redis, key) == used(21, 52, cost_slow + 150 + 1200)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_cost_nano_exact_integer_math_rounded_up() -> None:
+    assert MINI.input == 150_000_000
+    assert MINI.output == 600_000_000
+    assert MINI.cached_input == 75_000_000
+    assert cost_nano(Usage(1, 0), MINI) == 150
+    assert cost_nano(Usage(0, 1), MINI) == 600
+    assert cost_nano(Usage(1_000_000, 1_000_000), MINI) == 750_000_000
+    # Cached input at its own price; cached beyond the input is clamped to the input.
+    assert cost_nano(Usage(30, 57, cached_input_tokens=16), MINI) == 14 * 150 + 16 * 75 + 57 * 600
+    assert cost_nano(Usage(3, 0, cached_input_tokens=9), MINI) == 3 * 75
+    # Fractional nano-USD are rounded up, once, on the whole amount.
+    odd = PriceConfig(input="0.123456789", output="1.000000001", cached_input="0.000000001")
+    assert (odd.input, odd.output, odd.cached_input) == (123_456_789, 1_000_000_001, 1)
+    assert cost_nano(Usage(1, 0), odd) == 124  # 123.456789
+    assert cost_nano(Usage(0, 1), odd) == 1001  # 1000.000001
+    assert cost_nano(Usage(3, 2), odd) == 2371  # 2370.370369
+    assert cost_nano(Usage(10, 0, cached_input_tokens=4), odd) == 741  # 740.740738
+    assert cost_nano(Usage(1_000_000, 0), odd) == 123_456_789  # exact: no rounding
+    tiny = PriceConfig(input="0.000001", output="0.000001")  # 1000 nano-USD per Mtok
+    assert cost_nano(Usage(1, 0), tiny) == 1
+    assert cost_nano(Usage(1000, 0), tiny) == 1
+    assert cost_nano(Usage(1001, 0), tiny) == 2
+    assert cost_nano(Usage(0, 0), tiny) == 0
+    assert cost_nano(Usage(5, 5), None) == 0
+
+
+async def test_cost_cap_in_nano_usd(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    store = make_store()
+    project = make_project({"project": {"month": {"cost_usd": "0.00005"}}})  # 50_000 nano
+    assert [(c.dimension, c.limit) for c in project.caps] == [("cost_usd", 50_000)]
+    counters = project_counters(project, None, None)
+    assert counters[1].caps == "3=50000"
+
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "big", counters, amounts(33, 100), now_ms=T_JUNE)
+    assert info.value.refusal == Refusal(
+        "project", "month", "cost_usd", 50_000, 0, 0, 64_950, "m202606"
+    )
+    assert info.value.refusal.body()["reason"] == (
+        "monthly cost_usd cap would be exceeded by this request"
+    )
+
+    first = await store.reserve(project.id, "a", counters, amounts(33, 50), now_ms=T_JUNE)
+    assert first.amounts.cost_nano == 34_950
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "b", counters, Amounts(0, 0, 15_051), now_ms=T_JUNE)
+    assert info.value.refusal.reserved == 34_950
+    assert info.value.refusal.requested == 15_051
+    # Exactly up to the cap is allowed.
+    await store.reserve(project.id, "c", counters, Amounts(0, 0, 15_050), now_ms=T_JUNE)
+    month = keys_of(store, "p:m202606")[0]
+    assert (await counter(redis, month))["r3"] == 50_000
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "d", counters, Amounts(0, 0, 1), now_ms=T_JUNE)
+    assert info.value.refusal.body()["reason"] == "monthly cost_usd cap reached"
+
+    # Settling with the true (smaller) cost frees the difference.
+    assert await store.settle(first, amounts(11, 3), now_ms=T_JUNE + 1) is True
+    assert await counter(redis, month) == {
+        "u0": 11, "u1": 3, "u2": 14, "u3": 3_450, "r0": 0, "r1": 0, "r2": 0, "r3": 15_050,
+    }  # fmt: skip
+    await store.reserve(
+        project.id, "e", counters, Amounts(0, 0, 50_000 - 3_450 - 15_050), now_ms=T_JUNE + 2
+    )
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+async def _assert_unavailable_fast(store: BudgetStore, project: Project, budget_s: float) -> None:
+    counters = project_counters(project, None, None)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.reserve(project.id, "r1", counters, amounts(1, 1))
+    assert time.monotonic() - started < budget_s
+    fake = Reservation(
+        "r1", store._tag(project.id), (store._tag(project.id) + "p:all",), amounts(1, 1)
+    )
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.settle(fake, amounts(1, 1))
+    assert time.monotonic() - started < budget_s
+    started = time.monotonic()
+    assert await store.ping() is False
+    assert time.monotonic() - started < budget_s
+
+
+async def test_store_unavailable_when_nothing_listens(
+    make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    store = make_store(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    await _assert_unavailable_fast(store, make_project({}), budget_s=1.0)
+
+
+async def test_store_unavailable_when_the_server_never_answers(
+    make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    writers: list[asyncio.StreamWriter] = []
+    received: list[bytes] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while data := await reader.read(65536):
+            received.append(data)  # swallow everything, answer nothing
+
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        store = make_store(url=f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+        await _assert_unavailable_fast(store, make_project({}), budget_s=1.0)
+        assert writers, "the client never connected to the silent server"
+        assert received, "the client never sent a command"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()

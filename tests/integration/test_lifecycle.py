@@ -1,0 +1,468 @@
+"""Process lifecycle of ``gateway serve``: graceful shutdown, reloads, workers.
+
+Every test runs the real command in a subprocess (tests/process.py) against a real
+Redis and the fake upstream, which runs in the test's event loop and is reached by
+the gateway over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from gateway.credentials import generate_key
+from tests.fakeupstream import FakeUpstream, Reply, openai_stream
+from tests.harness import PROVIDER_KEY, Credentials, bearer, chat_body, write_config
+from tests.process import (
+    GatewayProcess,
+    add_api_key,
+    edit_gateway_yaml,
+    month_counter,
+    open_reservations,
+    sse_frames,
+)
+
+CHAT = "/v1/projects/{}/chat/completions"
+CEILING = 100  # harness: every project has max_output_tokens 100
+PROMPT_TOKENS = 20
+
+MakeCreds = Callable[..., Credentials]
+Spawn = Callable[..., Awaitable[GatewayProcess]]
+
+
+def slow_stream(seconds: float, pieces: int = 20) -> Reply:
+    """An OpenAI stream of ``pieces`` words spread over about ``seconds``."""
+    sse = openai_stream(
+        [f"w{i:02d} " for i in range(pieces)],
+        prompt_tokens=PROMPT_TOKENS,
+        completion_tokens=pieces,
+    )
+    slice_size = 97
+    slices = math.ceil(len(sse) / slice_size)
+    return Reply(sse=sse, slice_size=slice_size, delay_between_slices=seconds / slices)
+
+
+def words(pieces: int) -> str:
+    return "".join(f"w{i:02d} " for i in range(pieces))
+
+
+def content_of(frames: list[tuple[str | None, str]]) -> str:
+    out = []
+    for _, data in frames:
+        if data.startswith("{"):
+            for choice in json.loads(data).get("choices") or ():
+                out.append(choice.get("delta", {}).get("content") or "")
+    return "".join(out)
+
+
+@pytest.fixture
+def make_creds(tmp_path: Path, upstream: FakeUpstream, redis_url: str) -> MakeCreds:
+    counter = 0
+
+    def factory(limits: dict[str, Any] | None = None, **overrides: Any) -> Credentials:
+        nonlocal counter
+        counter += 1
+        gateway = dict(overrides.pop("gateway", {}))
+        # write_config merges one level deep: limits replaces the harness's section whole.
+        gateway["limits"] = {"reservation_ttl_seconds": 60, **(limits or {})}
+        return write_config(
+            tmp_path / f"config{counter}",
+            upstream.base_url,
+            redis_url,
+            gateway=gateway,
+            **overrides,
+        )
+
+    return factory
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    procs: list[GatewayProcess] = []
+
+    async def factory(creds: Credentials, workers: int = 1) -> GatewayProcess:
+        gw = GatewayProcess(creds, tmp_path / f"gateway{len(procs)}.log", workers)
+        procs.append(gw)
+        await gw.start()
+        return gw
+
+    try:
+        yield factory
+    finally:
+        for gw in procs:
+            gw.kill()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client opening a new connection per request (as independent clients would)."""
+    timeout = aiohttp.ClientTimeout(total=15)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        yield session
+
+
+async def wait_settled(redis: Redis, creds: Credentials, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
+    """The month counter once nothing is reserved on it any more."""
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await month_counter(redis, creds)
+            if not any(state[f"r{d}"] for d in range(4)) and state["u2"]:
+                return state
+            await asyncio.sleep(0.05)
+
+
+async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
+    """What is left of a streamed body, and how it ended if the connection dropped."""
+    buffer = bytearray()
+    try:
+        async for piece in resp.content.iter_any():
+            buffer += piece
+    except aiohttp.ClientPayloadError as exc:
+        return buffer.decode(), f"connection dropped mid-body: {exc!r}"
+    return buffer.decode(), ""
+
+
+async def refused(port: int) -> bool:
+    """True when a new TCP connection to the gateway's port is refused."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+# ------------------------------------------------------------------------ graceful shutdown
+
+
+async def test_sigterm_drains_then_finishes_the_stream_in_flight(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+) -> None:
+    creds = make_creds(limits={"drain_seconds": 0.5, "shutdown_grace_seconds": 5})
+    gw = await spawn(creds)
+    async with http.get(gw.url("/readyz")) as ready:
+        assert ready.status == 200, await ready.text()
+
+    upstream.script(slow_stream(2.0))
+    async with http.post(
+        gw.url(CHAT.format("alpha")), json=chat_body(stream=True), headers=bearer(creds.key)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        first = await resp.content.readline()
+        assert first.startswith(b"event: chunk"), first
+
+        sent = time.monotonic()
+        gw.send(signal.SIGTERM)
+
+        # Draining: /readyz fails at once (load balancers stop sending) while the
+        # listener still accepts and requests are still answered.
+        readyz: list[tuple[float, int | str, Any]] = []
+        while time.monotonic() - sent < 0.45:
+            try:
+                async with http.get(gw.url("/readyz")) as probe:
+                    readyz.append((time.monotonic() - sent, probe.status, await probe.json()))
+            except aiohttp.ClientConnectionError as exc:
+                readyz.append((time.monotonic() - sent, "connection failed", repr(exc)))
+                break
+            if probe.status == 503:
+                break
+            await asyncio.sleep(0.01)
+        assert readyz, "no /readyz probe during the drain"
+        assert readyz[-1][1] == 503, readyz
+        body = readyz[-1][2]
+        assert body["detail"] == "not ready", body
+        assert body["checks"] == {"budget_store": "ok", "accepting": False}, body
+
+        # After the drain window the listener closes: new connections are refused.
+        while not await refused(gw.port):
+            assert time.monotonic() - sent < 3, "the listener stayed open after the drain"
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - sent >= 0.45, "the listener closed before the drain ended"
+        assert not resp.content.at_eof(), "the stream should still be running here"
+
+        # The stream in flight finishes normally.
+        rest = (await resp.content.read()).decode()
+    frames = sse_frames(first.decode() + rest)
+    assert frames[-1] == ("[DONE]", "[DONE]"), frames[-3:]
+    assert all(event != "error" for event, _ in frames), frames
+    assert content_of(frames) == words(20)
+
+    assert await gw.wait_exit(10) == 0
+    counter = await month_counter(redis, creds)
+    # The usage the upstream reported, priced (gpt-4o-mini: 150 / 600 nano-USD a token).
+    assert counter == {
+        "u0": PROMPT_TOKENS,
+        "u1": 20,
+        "u2": PROMPT_TOKENS + 20,
+        "u3": PROMPT_TOKENS * 150 + 20 * 600,
+        "r0": 0,
+        "r1": 0,
+        "r2": 0,
+        "r3": 0,
+    }
+    assert await open_reservations(redis, creds) == 0
+
+
+async def test_stream_past_the_grace_period_ends_with_a_shutdown_error_event(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+) -> None:
+    creds = make_creds(limits={"drain_seconds": 0, "shutdown_grace_seconds": 1})
+    gw = await spawn(creds)
+    upstream.script(slow_stream(10.0))
+    async with http.post(
+        gw.url(CHAT.format("alpha")), json=chat_body(stream=True), headers=bearer(creds.key)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        first = await resp.content.readline()
+        assert first.startswith(b"event: chunk"), first
+        sent = time.monotonic()
+        gw.send(signal.SIGTERM)
+        async with asyncio.timeout(8):
+            rest, dropped = await read_rest(resp)
+        ended = time.monotonic() - sent
+    text = first.decode() + rest
+    frames = sse_frames(text)
+    errors = [json.loads(data) for event, data in frames if event == "error"]
+    assert errors, f"no error event before the stream ended ({dropped}):\n{text[-600:]}"
+    assert frames[-1][0] == "error", frames[-2:]  # the error event ends the stream
+    error = errors[-1]
+    assert error["type"] == "error"
+    assert error["data"]["code"] == "gateway_shutdown", error
+    assert error["error"]["code"] == "gateway_shutdown", error
+    assert ("[DONE]", "[DONE]") not in frames
+    assert PROVIDER_KEY not in text
+    assert ended >= 0.9, f"the stream was cut {ended:.2f}s after SIGTERM, before its grace"
+
+    assert await gw.wait_exit(10) == 0
+    counter = await month_counter(redis, creds)
+    # Settled before the process exited: nothing is left reserved, and the output the
+    # upstream may have generated unseen is billed at the reserved ceiling.
+    assert [counter[f"r{d}"] for d in range(4)] == [0, 0, 0, 0], counter
+    assert counter["u0"] > 0, counter
+    assert counter["u1"] == CEILING, counter
+    assert counter["u2"] == counter["u0"] + CEILING, counter
+    assert counter["u3"] > 0, counter
+    assert await open_reservations(redis, creds) == 0
+
+
+# ------------------------------------------------------------------------------ SIGHUP reload
+
+
+def write_project(creds: Credentials, slug: str, project_id: str, **over: Any) -> None:
+    alpha = yaml.safe_load((creds.config_dir / "projects" / "alpha.yaml").read_text())
+    alpha.update(id=project_id, **over)
+    (creds.config_dir / "projects" / f"{slug}.yaml").write_text(yaml.safe_dump(alpha))
+
+
+def set_revoked(creds: Credentials, key_id: str, revoked: bool) -> None:
+    def change(data: dict[str, Any]) -> None:
+        for entry in data["orgs"]["acme"]["api_keys"]:
+            if entry["id"] == key_id:
+                entry["revoked"] = revoked
+
+    edit_gateway_yaml(creds, change)
+
+
+def set_unknown_key(creds: Credentials, present: bool) -> None:
+    def change(data: dict[str, Any]) -> None:
+        if present:
+            data["bogus_setting"] = True
+        else:
+            data.pop("bogus_setting", None)
+
+    edit_gateway_yaml(creds, change)
+
+
+def is_msg(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda record: record.get("msg") == text
+
+
+async def test_sighup_reload_applies_rejects_and_spares_streams(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+) -> None:
+    creds = make_creds()
+    gw = await spawn(creds)
+    delta_token = creds.session("delta", project_id="prj_delta")
+    alpha, delta = gw.url(CHAT.format("alpha")), gw.url(CHAT.format("delta"))
+
+    resp = await http.post(alpha, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    resp = await http.post(delta, json=chat_body(), headers=bearer(delta_token))
+    assert resp.status == 404, await resp.text()
+
+    # (a) a new project and a revoked key, applied by SIGHUP.
+    write_project(creds, "delta", "prj_delta")
+    set_revoked(creds, creds.key_id, True)
+    gw.send(signal.SIGHUP)
+    await gw.wait_log(is_msg("config reloaded"))
+    resp = await http.post(delta, json=chat_body(), headers=bearer(delta_token))
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["choices"][0]["message"]["content"] == "Hello there"
+    sent = len(upstream.requests)
+    resp = await http.post(alpha, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 401, await resp.text()
+    assert await resp.json() == {"detail": "Unauthorized"}
+    assert len(upstream.requests) == sent  # refused before anything went upstream
+
+    # (b) an invalid config (unknown key) is rejected; the old one keeps serving. The
+    # invalid file also un-revokes the key: that change must not be applied either.
+    set_revoked(creds, creds.key_id, False)
+    set_unknown_key(creds, True)
+    gw.send(signal.SIGHUP)
+    [rejected] = await gw.wait_log(is_msg("config reload rejected, keeping the previous config"))
+    assert rejected["level"] == "error", rejected
+    assert "bogus_setting" in json.dumps(rejected), rejected
+    assert gw.proc is not None
+    assert gw.proc.poll() is None, "the gateway died on an invalid reload"
+    resp = await http.post(delta, json=chat_body(), headers=bearer(delta_token))
+    assert resp.status == 200, await resp.text()
+    resp = await http.post(alpha, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 401, await resp.text()
+    assert len([r for r in gw.records() if r.get("msg") == "config reloaded"]) == 1
+
+    # (c) a reload while a stream is in flight, one that even disables the project the
+    # stream runs on: the stream completes unaffected and settles; new calls see 409.
+    set_unknown_key(creds, False)
+    set_revoked(creds, creds.key_id, True)
+    write_project(creds, "alpha", "prj_alpha", enabled=False)
+    alpha_token = creds.session("alpha")
+    upstream.script(slow_stream(1.5))
+    before = await month_counter(redis, creds)
+    async with http.post(alpha, json=chat_body(stream=True), headers=bearer(alpha_token)) as resp:
+        assert resp.status == 200, await resp.text()
+        first = await resp.content.readline()
+        gw.send(signal.SIGHUP)
+        await gw.wait_log(is_msg("config reloaded"), count=2)
+        assert not resp.content.at_eof()  # the reload happened mid-stream
+        rest = (await resp.content.read()).decode()
+    frames = sse_frames(first.decode() + rest)
+    assert frames[-1] == ("[DONE]", "[DONE]"), frames[-3:]
+    assert all(event != "error" for event, _ in frames), frames
+    assert content_of(frames) == words(20)
+    resp = await http.post(alpha, json=chat_body(), headers=bearer(alpha_token))
+    assert resp.status == 409, await resp.text()
+    after = await wait_settled(redis, creds)
+    assert after["u1"] - before["u1"] == 20, (before, after)
+    assert after["u0"] - before["u0"] == PROMPT_TOKENS, (before, after)
+    assert await open_reservations(redis, creds) == 0
+
+
+# ------------------------------------------------------------------------ POST /admin/reload
+
+
+async def test_admin_reload_endpoint(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
+) -> None:
+    creds = make_creds()
+    admin = generate_key()
+    add_api_key(creds, "key_admin", admin.prefix, admin.sha256, ["admin"])
+    gw = await spawn(creds)
+    url = gw.url("/admin/reload")
+    delta = gw.url(CHAT.format("delta"))
+
+    resp = await http.post(url)
+    assert resp.status == 401, await resp.text()
+    assert await resp.json() == {"detail": "Unauthorized"}
+    assert resp.headers.get("WWW-Authenticate") == "Bearer"
+    resp = await http.post(url, headers=bearer(generate_key().secret))
+    assert resp.status == 401, await resp.text()
+
+    for credential in (creds.key, creds.read_key, creds.session("alpha")):
+        resp = await http.post(url, headers=bearer(credential))
+        assert resp.status == 403, await resp.text()
+        body = await resp.json()
+        assert set(body) == {"detail"}, body
+    resp = await http.post(delta, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 404, "nothing was reloaded by the refused calls"
+
+    write_project(creds, "delta", "prj_delta")
+    resp = await http.post(url, headers=bearer(admin.secret))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["reloaded"] is True, body
+    assert body["projects"] == 5, body  # alpha, beta, gamma, sleepy + delta
+    resp = await http.post(delta, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+
+    # Invalid: named in the answer, not applied (the key revocation in it is ignored).
+    set_revoked(creds, creds.key_id, True)
+    set_unknown_key(creds, True)
+    resp = await http.post(url, headers=bearer(admin.secret))
+    assert resp.status == 422, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "config_invalid", body
+    assert isinstance(body["problems"], list), body
+    assert body["problems"], body
+    assert any("bogus_setting" in json.dumps(p) for p in body["problems"]), body
+    for problem in body["problems"]:
+        assert set(problem) == {"file", "path", "reason"}, problem
+    resp = await http.post(delta, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    assert gw.proc is not None
+    assert gw.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------- --workers 2
+
+
+async def requests_total(http: aiohttp.ClientSession, gw: GatewayProcess) -> float:
+    async with http.get(gw.url("/metrics")) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_requests_total":
+                total += sample.value
+    return total
+
+
+async def test_workers_share_the_port_restart_and_add_up_metrics(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
+) -> None:
+    creds = make_creds()
+    gw = await spawn(creds, workers=2)
+    alpha = gw.url(CHAT.format("alpha"))
+    workers = await gw.wait_workers_listening(2)
+    assert len(set(workers)) == 2
+
+    async def serve(n: int) -> None:
+        answers = await asyncio.gather(
+            *(http.post(alpha, json=chat_body(), headers=bearer(creds.key)) for _ in range(n))
+        )
+        assert [a.status for a in answers] == [200] * n
+
+    await serve(20)
+    # Whichever worker answers the scrape, it reports what both served.
+    scrapes = [await requests_total(http, gw) for _ in range(10)]
+    assert scrapes == [20.0] * 10
+
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    replacement = await gw.wait_workers_listening(1, exclude=tuple(workers))
+    assert victim not in gw.worker_pids()
+    assert len(gw.listening_workers()) == 2, gw.worker_pids()
+    assert replacement[0] != victim
+
+    await serve(10)
+    scrapes = [await requests_total(http, gw) for _ in range(10)]
+    # The killed worker's counts stay in the total: counters never go backwards.
+    assert scrapes == [30.0] * 10
+
+    gw.send(signal.SIGTERM)
+    assert await gw.wait_exit(10) == 0
+    assert gw.worker_pids() == []
