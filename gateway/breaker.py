@@ -40,6 +40,11 @@ class CircuitBreaker:
             return 0.0
         return max(self.cooldown - (now - self.opened_at), 0.0)
 
+    def release_probe(self) -> None:
+        """A half-open probe that ended without telling anything about the target."""
+        if self.probes > 0:
+            self.probes -= 1
+
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None

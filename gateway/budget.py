@@ -87,7 +87,9 @@ class Refusal:
 
     def body(self) -> dict[str, Any]:
         """The documented 402 body."""
-        scope_word = {"project": "", "key": "per-key ", "user": "per-user "}[self.scope]
+        scope_word = {"project": "", "key": "per-key ", "user": "per-user ", "org": "org "}[
+            self.scope
+        ]
         verb = (
             "reached"
             if self.used + self.reserved >= self.limit

@@ -83,6 +83,7 @@ class CallContext:
     output_ceiling: int
     reservation: Reservation | None = None
     org_reservation: Reservation | None = None
+    extra_holds: list[Reservation] = field(default_factory=list)  # fallback cost deltas
     # Set by the handler: the usage to bill (reported, or estimated never below the
     # truth); None means nothing was consumed upstream.
     billed: Usage | None = None
@@ -116,6 +117,9 @@ class CallContext:
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
+# The same state, put on each request by the outermost middleware: a request's
+# config_dict builds a ChainMap view on every access, which the hot path avoids.
+REQUEST_STATE = web.RequestKey("gateway_state", GatewayState)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CALL = web.RequestKey("call", CallContext)
 REQUEST_ID = web.RequestKey("request_id", str)

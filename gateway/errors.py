@@ -22,7 +22,7 @@ its type (never its message or traceback) is logged with the request id.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -44,7 +44,7 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     @classmethod
-    def detail(cls, text: str, headers: dict[str, str] | None = None) -> GatewayError:
+    def detail(cls, text: str, headers: dict[str, str] | None = None) -> Self:
         return cls({"detail": text}, headers)
 
     def response(self) -> web.Response:
@@ -108,6 +108,7 @@ class UpstreamRateLimited(RateLimited):
     """The provider answered 429: retried (honouring Retry-After), then relayed."""
 
     retryable = True
+    upstream_retry_after: str | None = None  # as the provider sent it (None: absent)
 
 
 class UpstreamFailed(GatewayError):

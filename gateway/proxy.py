@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.breaker import CircuitBreaker
 from gateway.config import Route
-from gateway.context import CALL, REQUEST_ID, STATE, CallContext, GatewayState
+from gateway.context import CALL, REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
 from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -66,35 +67,38 @@ def _provider_key(state: GatewayState, route: Route, call: CallContext) -> str:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Try the alias's targets in order: retry each with backoff, fall back to the next,
     skip those whose circuit is open, all only while nothing reached the client."""
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     call = request[CALL]
     retries = state.config.gateway.resilience.retries
     last_error: GatewayError | None = None
     for route in call.targets:
         breaker = state.breaker(route)
         for attempt in range(1, retries.attempts_per_target + 1):
-            if not breaker.allow(time.monotonic()):
+            if breaker.state(time.monotonic()) == "open":
                 break
             if route is not call.route:
-                await call.switch_route(route)  # re-checks the cost cap (402)
+                await call.switch_route(route)  # re-checks the cost caps (402)
+            if not breaker.allow(time.monotonic()):  # takes a half-open probe
+                break
             try:
                 response = await _attempt(request, state, call, route)
             except GatewayError as exc:
+                _judge(breaker, exc)
                 if not exc.retryable:
                     raise
-                breaker.failure(time.monotonic())
                 last_error = exc
                 if attempt == retries.attempts_per_target:
                     break
-                hint = (
-                    exc.headers.get("Retry-After") if isinstance(exc, UpstreamRateLimited) else None
-                )
+                hint = exc.upstream_retry_after if isinstance(exc, UpstreamRateLimited) else None
                 wait = backoff_seconds(attempt, retries, state.rng, hint)
                 if wait is None:
                     break
                 state.metrics.upstream_retries.labels(route.provider).inc()
                 await asyncio.sleep(wait)
                 continue
+            except BaseException:
+                breaker.release_probe()  # cancelled (client gone): the probe proved nothing
+                raise
             breaker.success()
             return response
         if route is not call.targets[-1]:
@@ -106,6 +110,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "every upstream of this model is unavailable (circuit open)",
         {"Retry-After": str(max(1, math.ceil(wait)))},
     )
+
+
+def _judge(breaker: CircuitBreaker, exc: GatewayError) -> None:
+    """What an attempt's failure says about the target's health."""
+    if isinstance(exc, UpstreamFailed | UpstreamTimeout):
+        breaker.failure(time.monotonic())
+    elif isinstance(exc, UpstreamRateLimited):
+        breaker.release_probe()  # throttling, not failing: the breaker stays as it is
+    else:
+        breaker.success()  # the target answered (e.g. a 4xx about this request): healthy
 
 
 async def _attempt(
@@ -223,11 +237,15 @@ async def _stream(
                 code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"
                 metrics.upstream_errors.labels(name, code).inc()
                 relay.declined = isinstance(exc, UpstreamStreamError) and exc.declared
+                failed: GatewayError
                 if code == "upstream_timeout":
-                    raise UpstreamTimeout.detail(f"provider {name} timed out") from exc
-                raise UpstreamFailed.detail(
-                    f"provider {name} failed before the first byte"
-                ) from exc
+                    failed = UpstreamTimeout.detail(f"provider {name} timed out")
+                else:
+                    failed = UpstreamFailed.detail(f"provider {name} failed before the first byte")
+                # A provider that refused (error frame) billed nothing: retry. One cut after
+                # its 200 may have generated: that attempt is billed (relay), not retried.
+                failed.retryable = relay.declined
+                raise failed from exc
         call.upstream_seconds += time.perf_counter() - started
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -320,6 +338,12 @@ class _Relay:
 
     def _frame(self, chunk: dict[str, Any]) -> bytes | None:
         usage = chunk.pop("usage", None)
+        extension = chunk.get("x_groq")
+        if isinstance(extension, dict) and "usage" in extension:
+            # Groq repeats (older streams: only sends) usage here: ours to keep, too.
+            groq_usage = extension.pop("usage")
+            if usage is None:
+                usage = groq_usage
         if usage is not None:
             self.reported = from_openai(usage) or self.reported
         choices = chunk.get("choices")

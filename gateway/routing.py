@@ -11,8 +11,8 @@ from gateway.config import RetryConfig, Route
 
 
 def plan_targets(routes: Sequence[Route], rng: random.Random) -> list[Route]:
-    """Weighted routes compete for the first slot (by weight); the others keep their
-    order as fallbacks, the weighted losers after them in their own order."""
+    """Weighted routes compete for the first slot (by weight); every other route
+    follows as a fallback in the configured order."""
     weighted = [r for r in routes if r.weight]
     if len(weighted) < 2:
         return list(routes)

@@ -8,7 +8,7 @@ import time
 import orjson
 from aiohttp import web
 
-from gateway.context import PRINCIPAL, PROJECT, STATE
+from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
 from gateway.credentials import mint_session_token
 from gateway.errors import Forbidden, ServiceUnavailable, ValidationFailed
 
@@ -18,7 +18,7 @@ async def mint_token(request: web.Request) -> web.Response:
     if principal.session is not None:
         raise Forbidden.detail("session tokens cannot mint session tokens; use an API key")
     project = request[PROJECT]
-    config = request.config_dict[STATE].config
+    config = request[REQUEST_STATE].config
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)
     if not secret:

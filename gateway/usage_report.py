@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway.budget import BudgetStore, StoreUnavailable, resets_at
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Config, Project, org_caps
-from gateway.context import PRINCIPAL, PROJECT, STATE, GatewayState
+from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE, GatewayState
 from gateway.errors import ServiceUnavailable
 
 
@@ -102,7 +102,7 @@ async def usage_report(
 
 
 async def get_usage(request: web.Request) -> web.Response:
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     principal = request[PRINCIPAL]
     try:
         report = await usage_report(

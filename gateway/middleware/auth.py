@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.config import Config
-from gateway.context import PRINCIPAL, PROJECT, STATE, Principal
+from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE, Principal
 from gateway.credentials import TokenInvalid, match_key, verify_session_token
 from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.metrics import Metrics
@@ -58,7 +58,7 @@ def _fail(metrics: Metrics, exc: Unauthorized) -> Unauthorized:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.http_exception is not None:
         return await handler(request)  # no such route or method: 404/405, nothing to check
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     config = state.config
     try:
         principal = authenticate(request.headers.get("Authorization"), config)

@@ -25,6 +25,7 @@ from aiohttp.typedefs import Handler
 from gateway.budget import (
     Amounts,
     BudgetExceeded,
+    Counter,
     RateLimitExceeded,
     Reservation,
     StoreUnavailable,
@@ -33,7 +34,15 @@ from gateway.budget import (
     project_rate_limits,
 )
 from gateway.config import Route, org_caps
-from gateway.context import CALL, PRINCIPAL, REQUEST_ID, STATE, CallContext, GatewayState, Principal
+from gateway.context import (
+    CALL,
+    PRINCIPAL,
+    REQUEST_ID,
+    REQUEST_STATE,
+    CallContext,
+    GatewayState,
+    Principal,
+)
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 from gateway.usage import Usage, cost_nano, worst_cost_nano
 
@@ -56,7 +65,7 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
     call = request.get(CALL)
     if call is None:
         return await handler(request)
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     principal = request[PRINCIPAL]
 
     async def rebudget(route: Route) -> None:
@@ -142,38 +151,40 @@ async def _rebudget(
     state: GatewayState, call: CallContext, principal: Principal, route: Route
 ) -> None:
     """Before a fallback to another model: if its worst case costs more than what is
-    reserved, reserve that instead (402 if the cost cap has no room), then let go of
-    the old hold. Token amounts do not change with the model."""
+    held, hold the difference too, on the project's and the org's counters (402 if a
+    cost cap has no room for it). Token amounts do not change with the model. The
+    extra holds are released when the request settles (its usage is charged once)."""
     price = state.config.gateway.prices.get(route.model)
-    old = call.reservation
     call.price = price
-    if old is None:
+    if call.reservation is None:
+        return  # admitted unmetered
+    held = call.reservation.amounts.cost_nano + sum(r.amounts.cost_nano for r in call.extra_holds)
+    extra = worst_amounts(call).cost_nano - held
+    if extra <= 0:
         return
-    worst = worst_amounts(call)
-    if worst.cost_nano <= old.amounts.cost_nano:
-        return
+    delta = Amounts(0, 0, extra)
     project = call.project
+    steps: list[tuple[str, str, list[Counter]]] = [
+        ("prj", project.id, project_counters(project, principal.key_id, principal.user))
+    ]
+    org = state.config.gateway.orgs.get(project.org)
+    if call.org_reservation is not None and org is not None:
+        steps.insert(0, ("org", project.org, org_counters(org_caps(org))))
     try:
-        new = await state.store.reserve(
-            project.id,
-            uuid.uuid4().hex,
-            project_counters(project, principal.key_id, principal.user),
-            worst,
-        )
+        for kind, owner, counters in steps:
+            hold = await state.store.reserve(owner, uuid.uuid4().hex, counters, delta, kind=kind)
+            call.extra_holds.append(hold)
     except BudgetExceeded as exc:
-        r = exc.refusal
+        # Report it as the new model's whole worst case against what others hold.
+        r = dataclasses.replace(
+            exc.refusal, reserved=max(exc.refusal.reserved - held, 0), requested=held + extra
+        )
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
         raise BudgetExhausted(r.body()) from None
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
         _release_later(state, exc.maybe_held, "")
         raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
-    # The rate limits stay charged once, on the reservation that will be settled.
-    call.reservation = dataclasses.replace(new, rate_limits=old.rate_limits)
-    try:
-        await state.store.release(old)
-    except StoreUnavailable:
-        state.metrics.store_errors.labels("release").inc()  # expires by itself
 
 
 def _release_later(state: GatewayState, reservation: Reservation | None, request_id: str) -> None:
@@ -259,6 +270,8 @@ async def _settle(state: GatewayState, call: CallContext, outcome: _Outcome) -> 
     ledger = _ledger_event(call, outcome, billed, actual)
     await _settle_one(state, call.reservation, actual, outcome.request_id, ledger)
     await _settle_one(state, call.org_reservation, actual, outcome.request_id, None)
+    for hold in call.extra_holds:  # fallback cost differences: released, never charged
+        await _settle_one(state, hold, Amounts(0, 0, 0), outcome.request_id, None)
 
 
 async def _settle_one(

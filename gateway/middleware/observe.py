@@ -11,7 +11,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, STATE
+from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, REQUEST_STATE, STATE
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.access")
@@ -23,7 +23,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
-    metrics = request.config_dict[STATE].metrics
+    state = request.app[STATE]  # the root app: observe is its middleware
+    request[REQUEST_STATE] = state
+    metrics = state.metrics
     started = time.perf_counter()
     metrics.in_flight.inc()
     status = 500
@@ -47,7 +49,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _record(request: web.Request, status: int, elapsed: float) -> None:
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     metrics = state.metrics
     call = request.get(CALL)
     project = request.get(PROJECT)

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.context import CALL, PROJECT, STATE, CallContext
+from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.routing import plan_targets
 from gateway.usage import input_token_bound, output_ceiling
@@ -23,7 +23,7 @@ CHAT_ROUTE = "chat_completions"
 async def parse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.route.name != CHAT_ROUTE:
         return await handler(request)
-    state = request.config_dict[STATE]
+    state = request[REQUEST_STATE]
     project = request[PROJECT]
     if not project.file.enabled:
         raise Conflict.detail("project is disabled")

@@ -68,10 +68,12 @@ def error_for_status(
     if status in (401, 403):
         return ByokKeyRejected(provider)
     if status == 429:
-        retry_after = headers.get("Retry-After", "1") if headers is not None else "1"
-        return UpstreamRateLimited.detail(
-            f"provider {provider} is rate limiting this project", {"Retry-After": retry_after}
+        sent = headers.get("Retry-After") if headers is not None else None
+        limited = UpstreamRateLimited.detail(
+            f"provider {provider} is rate limiting this project", {"Retry-After": sent or "1"}
         )
+        limited.upstream_retry_after = sent
+        return limited
     if status in (400, 422):
         message = _provider_message(body, secret) or "the provider rejected the request"
         return ValidationFailed(f"provider {provider}: {message}", None)
