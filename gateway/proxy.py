@@ -295,6 +295,7 @@ async def _stream(
         return response
     finally:
         await stream.aclose()
+        metrics.upstream_duration.labels(name).observe(time.perf_counter() - started)
         billed = relay.billed(state, call)
         if billed is not None:
             call.add_billed(billed)

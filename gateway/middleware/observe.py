@@ -25,6 +25,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[REQUEST_ID] = request_id
     state = request.app[STATE]  # the root app: observe is its middleware
     request[REQUEST_STATE] = state
+    if not request.path.startswith("/v1/"):
+        return await handler(request)  # /metrics, /healthz, /readyz, /admin: not API calls
     metrics = state.metrics
     started = time.perf_counter()
     metrics.in_flight.inc()
@@ -54,8 +56,6 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
     call = request.get(CALL)
     project = request.get(PROJECT)
     if project is None:
-        if not request.path.startswith("/v1/"):
-            return  # /metrics, /healthz: not counted as requests
         slug, model = "-", "-"
     else:
         slug, model = project.slug, call.alias if call else "-"
