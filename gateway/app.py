@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -54,11 +54,16 @@ def build_providers(config: Config, session: aiohttp.ClientSession) -> dict[str,
     return providers
 
 
+REDIS_MAX_CONNECTIONS = 512  # per process; a busy pool makes callers wait, not fail
+
+
 def redis_client(url: str, timeout_s: float) -> RedisLike:
     """A Redis client with tight timeouts and no hidden retries.
 
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) selects Redis Cluster: the
     node given is a seed; every budget script touches one slot (one project's hash tag).
+    The pool blocks (up to the timeout) when every connection is busy, so a burst
+    waits for a connection instead of failing with 503.
     """
     if "+cluster://" in url.split("?", 1)[0]:
         return RedisCluster.from_url(
@@ -66,16 +71,19 @@ def redis_client(url: str, timeout_s: float) -> RedisLike:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
-            cluster_error_retry_attempts=1,
+            max_connections=REDIS_MAX_CONNECTIONS,
         )
     # No socket_timeout: every call is already bounded by asyncio.timeout in the store,
     # and redis-py's per-command wait_for would cost a task per command.
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+    return Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -183,6 +191,7 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         app[HTTP_SESSION] = session
         state.providers = build_providers(state.config, session)
+        await state.store.prepare()
         yield
         state.ready = False
         if state.background:  # pending settle retries finish before the store closes

@@ -250,6 +250,20 @@ class BudgetStore:
         """The key prefix, hash tag included, of a project's (or an org's) keys."""
         return self._tag(owner_id, kind)
 
+    async def prepare(self) -> None:
+        """Before serving: learn a cluster's slot map and load the scripts, so the first
+        burst of requests does not race to do it (best effort: failing here is not
+        fatal, the store reconnects and reloads on demand)."""
+        try:
+            async with asyncio.timeout(max(self.timeout_s, 5.0)):
+                if isinstance(self.redis, RedisCluster):
+                    await self.redis.initialize()
+                # On a cluster, SCRIPT LOAD goes to every primary.
+                await self.redis.script_load(RESERVE_LUA)
+                await self.redis.script_load(SETTLE_LUA)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("budget store not ready at start", extra={"error_type": type(exc).__name__})
+
     async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -257,6 +271,10 @@ class BudgetStore:
                     return await script(keys=keys, args=args)  # routed by slot
                 return await self._evalsha(script, keys, args)
         except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        except (AttributeError, ValueError, IndexError) as exc:
+            # redis-py internals failing mid-reconnect (seen with cluster clients):
+            # still the store failing, so fail closed (503), not 500.
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _evalsha(self, script: Any, keys: list[str], args: list[str]) -> Any:
