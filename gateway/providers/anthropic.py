@@ -22,7 +22,6 @@ with the provider key sent as ``x-api-key`` (never ``Authorization``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -31,8 +30,9 @@ import aiohttp
 import orjson
 
 from gateway.config import ProviderConfig
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, ValidationFailed
-from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.errors import GatewayError, UpstreamFailed, ValidationFailed
+from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
+from gateway.providers.http import HttpChunkStream, HttpProvider
 from gateway.providers.openai import error_for_status, scrub
 from gateway.sse import SSEEvent, SSEParser
 
@@ -578,12 +578,10 @@ def anthropic_error_for_status(
     return error_for_status(provider, status, body, headers, secret)
 
 
-class AnthropicStream(ChunkStream):
+class AnthropicStream(HttpChunkStream):
     def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
-        self.provider = provider
-        self.response = response
+        super().__init__(provider, response)
         self.translator = StreamTranslator(secret=secret)
-        self.finished = False
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         translator = self.translator
@@ -606,23 +604,11 @@ class AnthropicStream(ChunkStream):
             raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
         self.finished = True
 
-    async def aclose(self) -> None:
-        if self.finished:
-            self.response.release()  # back to the pool for keep-alive
-        else:
-            self.response.close()  # drop the connection: stops generation upstream
 
-
-class AnthropicProvider(Provider):
+class AnthropicProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
-        super().__init__(name)
-        self.config = config
-        self.session = session
+        super().__init__(name, config, session)
         self.url = config.base_url.rstrip("/") + "/messages"
-        timeouts = config.timeouts
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
-        )
 
     def _headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:
         headers = {
@@ -649,46 +635,18 @@ class AnthropicProvider(Provider):
             payload["stream"] = True
         else:
             payload.pop("stream", None)
-        try:
-            async with asyncio.timeout(first_byte):
-                response = await self.session.post(
-                    self.url,
-                    data=orjson.dumps(payload),
-                    headers=self._headers(request, stream),
-                    timeout=self.client_timeout,
-                )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
-        if response.status != 200:
-            try:
-                async with asyncio.timeout(first_byte):
-                    body = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                body = b""
-            finally:
-                response.release()
-            raise anthropic_error_for_status(
-                self.name, response.status, body, response.headers, request.api_key
-            )
-        return response
+        return await self.post(
+            self.url,
+            orjson.dumps(payload),
+            self._headers(request, stream),
+            first_byte=first_byte,
+            api_key=request.api_key,
+            error_for_status=anthropic_error_for_status,
+        )
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, False, self.config.timeouts.total)
-        try:
-            body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The provider answered 200: it did the work, we lost the answer.
-            lost: GatewayError
-            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-                lost = UpstreamTimeout.detail(f"provider {self.name} timed out")
-            else:
-                lost = UpstreamFailed.detail(f"provider {self.name} connection failed")
-            lost.billable, lost.retryable = True, False
-            raise lost from exc
-        finally:
-            response.release()
+        body = await self.read_answer(response)
         try:
             return translate_response(orjson.loads(body))
         except orjson.JSONDecodeError as exc:

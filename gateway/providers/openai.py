@@ -7,7 +7,6 @@ gateway's statuses and parses the SSE stream into chunk dicts.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,10 +21,10 @@ from gateway.errors import (
     GatewayError,
     UpstreamFailed,
     UpstreamRateLimited,
-    UpstreamTimeout,
     ValidationFailed,
 )
-from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
+from gateway.providers.http import HttpChunkStream, HttpProvider
 from gateway.sse import SSEEvent, SSEParser
 
 # Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
@@ -84,12 +83,10 @@ def _has_finish(batch: list[dict[str, Any]]) -> bool:
     return any(c.get("finish_reason") for chunk in batch for c in chunk.get("choices") or ())
 
 
-class OpenAIStream(ChunkStream):
+class OpenAIStream(HttpChunkStream):
     def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
-        self.provider = provider
+        super().__init__(provider, response)
         self.secret = secret
-        self.response = response
-        self.finished = False
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         parser = SSEParser()
@@ -152,23 +149,11 @@ class OpenAIStream(ChunkStream):
             )
         return chunk
 
-    async def aclose(self) -> None:
-        if self.finished:
-            self.response.release()  # back to the pool for keep-alive
-        else:
-            self.response.close()  # drop the connection: stops generation upstream
 
-
-class OpenAIProvider(Provider):
+class OpenAIProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
-        super().__init__(name)
-        self.config = config
-        self.session = session
+        super().__init__(name, config, session)
         self.url = config.base_url.rstrip("/") + "/" + config.chat_path.lstrip("/")
-        timeouts = config.timeouts
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
-        )
 
     def _headers(self, request: UpstreamRequest) -> dict[str, str]:
         headers = {
@@ -191,47 +176,19 @@ class OpenAIProvider(Provider):
         return self.url.replace("{model}", quote(str(request.body.get("model", "")), safe=""))
 
     async def _send(self, request: UpstreamRequest, first_byte: float) -> aiohttp.ClientResponse:
-        try:
-            async with asyncio.timeout(first_byte):
-                response = await self.session.post(
-                    self._url(request),
-                    params=self.config.query or None,
-                    data=orjson.dumps(request.body),
-                    headers=self._headers(request),
-                    timeout=self.client_timeout,
-                )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
-        if response.status != 200:
-            try:
-                async with asyncio.timeout(first_byte):
-                    body = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                body = b""
-            finally:
-                response.release()
-            raise error_for_status(
-                self.name, response.status, body, response.headers, request.api_key
-            )
-        return response
+        return await self.post(
+            self._url(request),
+            orjson.dumps(request.body),
+            self._headers(request),
+            first_byte=first_byte,
+            api_key=request.api_key,
+            error_for_status=error_for_status,
+            params=self.config.query or None,
+        )
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, self.config.timeouts.total)
-        try:
-            body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The provider answered 200: it did the work, we lost the answer.
-            lost: GatewayError
-            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-                lost = UpstreamTimeout.detail(f"provider {self.name} timed out")
-            else:
-                lost = UpstreamFailed.detail(f"provider {self.name} connection failed")
-            lost.billable, lost.retryable = True, False
-            raise lost from exc
-        finally:
-            response.release()
+        body = await self.read_answer(response)
         try:
             completion = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

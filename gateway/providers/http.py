@@ -1,0 +1,93 @@
+"""What the HTTP provider adapters share: one pooled session, the send with its
+first-byte timeout and its mapping of failures before the first byte, reading a
+unary answer (a body lost after a 200 is billed, never retried), and closing a
+stream (back to the pool when finished, dropped when not: that stops generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from gateway.config import ProviderConfig
+from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from gateway.providers.base import ChunkStream, Provider
+
+# (provider name, status, body, headers, provider key) -> the gateway's answer
+ErrorMapper = Callable[[str, int, bytes, Any, str], GatewayError]
+
+
+class HttpProvider(Provider):
+    def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(name)
+        self.config = config
+        self.session = session
+        timeouts = config.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+        )
+
+    async def post(
+        self,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        first_byte: float,
+        api_key: str,
+        error_for_status: ErrorMapper,
+        params: dict[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """POST and wait for a 200; anything else raises the gateway's error."""
+        try:
+            async with asyncio.timeout(first_byte):
+                response = await self.session.post(
+                    url, params=params, data=data, headers=headers, timeout=self.client_timeout
+                )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
+        if response.status != 200:
+            try:
+                async with asyncio.timeout(first_byte):
+                    body = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                body = b""
+            finally:
+                response.release()
+            raise error_for_status(self.name, response.status, body, response.headers, api_key)
+        return response
+
+    async def read_answer(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body of a 200. Lost midway, the provider still did (and bills) the work."""
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            lost: GatewayError
+            if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+                lost = UpstreamTimeout.detail(f"provider {self.name} timed out")
+            else:
+                lost = UpstreamFailed.detail(f"provider {self.name} connection failed")
+            lost.billable, lost.retryable = True, False
+            raise lost from exc
+        finally:
+            response.release()
+
+
+class HttpChunkStream(ChunkStream):
+    """A stream read from an aiohttp response; ``finished`` once read to its end."""
+
+    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+        self.provider = provider
+        self.response = response
+        self.finished = False
+
+    async def aclose(self) -> None:
+        if self.finished:
+            self.response.release()  # back to the pool for keep-alive
+        else:
+            self.response.close()  # drop the connection: stops generation upstream
