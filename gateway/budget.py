@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.autopipeline import AutoPipeline
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Project
 
 log = logging.getLogger("gateway.budget")
@@ -242,6 +243,7 @@ class BudgetStore:
         self.reservation_ttl_ms = reservation_ttl_s * 1000
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
+        self._pipeline = AutoPipeline(redis) if isinstance(redis, Redis) else None
 
     def _tag(self, owner_id: str, kind: str = "prj") -> str:
         return f"{self.key_prefix}:{{{kind}:{owner_id}}}:"
@@ -278,27 +280,17 @@ class BudgetStore:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _evalsha(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        """EVALSHA on a pooled connection with the command packed here: the hot path,
-        twice per request. redis-py's generic command path costs several times more
-        client CPU than the round trip itself. NOSCRIPT (a restarted or flushed Redis)
-        loads the script and retries once."""
-        assert isinstance(self.redis, Redis)
+        """EVALSHA with the command packed here and pipelined with other requests'
+        (see autopipeline): the hot path, twice per request; redis-py's generic command
+        path costs several times more client CPU than the round trip itself. NOSCRIPT
+        (a restarted or flushed Redis) loads the script and retries once."""
+        assert self._pipeline is not None
         packed = _pack_command(b"EVALSHA", script.sha.encode(), keys, args)
-        pool = self.redis.connection_pool
-        for attempt in (1, 2):
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                return await conn.read_response()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(script.script)
-            finally:
-                # After a cancellation or an error the reply may still be in flight: the
-                # connection was closed by redis-py then, and reconnects on next use.
-                await pool.release(conn)
-        raise AssertionError("unreachable")
+        try:
+            return await self._pipeline.submit(packed)
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            return await self._pipeline.submit(packed)
 
     async def reserve(
         self,

@@ -1,0 +1,79 @@
+"""Automatic pipelining against a real Redis: replies reach their own callers, one
+command's error does not touch its neighbours, a caller that gives up does not shift
+anyone's reply, and an unreachable server fails every pending call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+
+from gateway.app import redis_client
+from gateway.autopipeline import AutoPipeline
+from gateway.budget import _pack_command
+from tests.harness import free_port
+
+ECHO = "return ARGV[1]"
+SLOW = (
+    "local t = redis.call('TIME') while true do local n = redis.call('TIME') "
+    "if (n[1] - t[1]) * 1e6 + (n[2] - t[2]) > tonumber(ARGV[1]) * 1000 then "
+    "return ARGV[2] end end"
+)
+
+
+@pytest.fixture
+async def client(redis_url: str):
+    redis = redis_client(redis_url, 2.0)
+    yield redis
+    await redis.aclose()
+
+
+async def _sha(redis: Redis, script: str) -> bytes:
+    return (await redis.script_load(script)).encode()
+
+
+async def test_concurrent_calls_get_their_own_replies(client: Redis) -> None:
+    pipeline = AutoPipeline(client, max_batch=16)  # several batches in flight at once
+    sha = await _sha(client, ECHO)
+    calls = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(300)]
+    replies = await asyncio.gather(*calls)
+    assert replies == [str(i).encode() for i in range(300)]
+
+
+async def test_an_error_reply_fails_only_its_own_call(client: Redis) -> None:
+    pipeline = AutoPipeline(client)
+    sha = await _sha(client, ECHO)
+    good = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3)]
+    bad = pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], ["x"]))
+    more = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3, 6)]
+    assert await asyncio.gather(*good) == [b"0", b"1", b"2"]
+    with pytest.raises(NoScriptError):
+        await bad
+    assert await asyncio.gather(*more) == [b"3", b"4", b"5"]
+
+
+async def test_a_caller_giving_up_does_not_shift_later_replies(client: Redis) -> None:
+    pipeline = AutoPipeline(client)
+    slow, echo = await _sha(client, SLOW), await _sha(client, ECHO)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await pipeline.submit(_pack_command(b"EVALSHA", slow, [], ["200", "late"]))
+    # The slow reply is still read (and dropped) by the pipeline, never handed to these.
+    replies = await asyncio.gather(
+        *(pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
+    )
+    assert replies == [f"r{i}".encode() for i in range(20)]
+
+
+async def test_an_unreachable_server_fails_every_pending_call() -> None:
+    redis = redis_client(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+    try:
+        pipeline = AutoPipeline(redis)
+        calls = [pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(5)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+    finally:
+        await redis.aclose()
