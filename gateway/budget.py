@@ -10,6 +10,7 @@ All keys of a project share the hash tag ``{prj:<id>}``: one slot per script.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -46,12 +47,12 @@ RedisLike = Redis | RedisCluster
 
 def _pack_command(name: bytes, sha: bytes, keys: list[str], args: list[str]) -> bytes:
     """RESP encoding of ``name sha numkeys *keys *args``."""
-    parts = [name, sha, str(len(keys)).encode(), *(k.encode() for k in keys)]
+    parts = [name, sha, str(len(keys)).encode()]
+    parts += [k.encode() for k in keys]
     parts += [a.encode() for a in args]
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
+    return b"*%d\r\n" % len(parts) + b"".join(
+        [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
+    )
 
 
 class StoreUnavailable(Exception):
@@ -186,23 +187,33 @@ def _caps_arg(caps: Sequence[Cap]) -> str:
     return ",".join(f"{_DIM_INDEX[c.dimension]}={c.limit}" for c in caps) or "-"
 
 
+@functools.lru_cache(maxsize=4096)
+def _window_caps(caps: tuple[Cap, ...], scope: str) -> tuple[tuple[str, str], ...]:
+    """(window, encoded caps) of one scope, for the windows where it has caps; the
+    project scope lists every window (its usage is always tracked). Cached: the same
+    few cap sets serve every request of a project."""
+    out = []
+    for window in WINDOWS:
+        in_window = [c for c in caps if c.scope == scope and c.window == window]
+        if in_window or scope == "project":
+            out.append((window, _caps_arg(in_window)))
+    return tuple(out)
+
+
 def project_counters(project: Project, key_id: str | None, user: str | None) -> list[Counter]:
     """Counters a request touches: the project's in every window (usage is always
     tracked), the key's and the end user's only in windows where they have caps."""
-    counters: list[Counter] = []
-    for window in WINDOWS:
-        caps = [c for c in project.caps if c.scope == "project" and c.window == window]
-        counters.append(Counter("project", "p", window, _caps_arg(caps)))
-    for scope, ident, prefix in (("key", key_id, "k:"), ("user", user, "u:")):
-        if ident is None:
-            continue
-        if scope == "user":
+    counters = [Counter("project", "p", w, c) for w, c in _window_caps(project.caps, "project")]
+    if key_id is not None:
+        counters += (
+            Counter("key", "k:" + key_id, w, c) for w, c in _window_caps(project.caps, "key")
+        )
+    if user is not None:
+        user_caps = _window_caps(project.caps, "user")
+        if user_caps:
             # End-user ids come from clients: hash them into a bounded, safe key part.
-            ident = hashlib.sha256(ident.encode()).hexdigest()[:24]
-        for window in WINDOWS:
-            caps = [c for c in project.caps if c.scope == scope and c.window == window]
-            if caps:
-                counters.append(Counter(scope, prefix + ident, window, _caps_arg(caps)))
+            part = "u:" + hashlib.sha256(user.encode()).hexdigest()[:24]
+            counters += (Counter("user", part, w, c) for w, c in user_caps)
     return counters
 
 
