@@ -8,6 +8,7 @@ Every test gets its own Redis key prefix, so tests never see each other's budget
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import socket
@@ -15,10 +16,12 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.credentials import generate_key, mint_session_token
 
@@ -200,3 +203,46 @@ def chat_body(text: str = "Hello", **extra: Any) -> dict[str, Any]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# ---------------------------------------------------------------- reading what the gateway did
+
+FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")  # used / reserved, by dimension
+
+
+async def counter(redis: Any, key: str) -> dict[str, int]:
+    """One budget counter hash (Redis or Redis Cluster client), every field present."""
+    raw = await redis.hgetall(key)
+    got = {k.decode(): int(v) for k, v in raw.items()}
+    return {f: got.get(f, 0) for f in FIELDS}
+
+
+async def month_counter(
+    redis: Any, key_prefix: str, project_id: str = "prj_alpha"
+) -> dict[str, int]:
+    """The project's counter of the current UTC month (by Redis time)."""
+    seconds, _ = await redis.time()
+    month = f"m{datetime.fromtimestamp(seconds, UTC):%Y%m}"
+    return await counter(redis, f"{key_prefix}:{{prj:{project_id}}}:p:{month}")
+
+
+async def metric(client: Any, name: str, **labels: str) -> float:
+    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    total = 0.0
+    for family in text_string_to_metric_families(await resp.text()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def data_frames(text: str) -> list[Any]:
+    """The ``data:`` payloads of an SSE body: JSON objects, and "[DONE]" as a string."""
+    out: list[Any] = []
+    for line in text.split("\n"):
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out

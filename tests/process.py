@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,10 @@ import yaml
 from redis.asyncio import Redis
 
 from gateway.config import load_config
+from tests import harness
 from tests.harness import Credentials, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 
 
 class GatewayProcess:
@@ -263,11 +262,7 @@ async def month_counter(
     redis: Redis, creds: Credentials, project_id: str = "prj_alpha"
 ) -> dict[str, int]:
     """The project's counter of the current UTC month (Redis server time): u0..u3, r0..r3."""
-    seconds, _ = await redis.time()
-    month = datetime.fromtimestamp(seconds, UTC).strftime("m%Y%m")
-    raw = await redis.hgetall(f"{key_prefix(creds)}:{{prj:{project_id}}}:p:{month}")
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
+    return await harness.month_counter(redis, key_prefix(creds), project_id)
 
 
 async def open_reservations(redis: Redis, creds: Credentials, project_id: str = "prj_alpha") -> int:

@@ -20,17 +20,15 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
-from tests.harness import bearer, chat_body, write_config
+from tests.harness import bearer, chat_body, counter, data_frames, metric, write_config
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # nano-USD per token (gpt-4o-mini)
 INPUT_BOUND, CEILING = 33, 100
 WORST_COST = INPUT_BOUND * IN_PRICE + CEILING * OUT_PRICE  # 64_950
@@ -50,12 +48,6 @@ def held(i: int, o: int, c: int) -> dict[str, int]:
 
 NOTHING = used(0, 0, 0)
 WORST_USED = used(INPUT_BOUND, CEILING, WORST_COST)
-
-
-async def counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 async def windows(redis: Redis) -> tuple[str, str]:
@@ -87,18 +79,6 @@ async def wait_released(redis: Redis, key: str, timeout: float = 5) -> dict[str,
     return state
 
 
-async def metric(client: Any, name: str, **labels: str) -> float:
-    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    total = 0.0
-    for family in text_string_to_metric_families(await resp.text()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 async def read_data_frames(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
     """Read ``count`` SSE data frames from a live response."""
     frames: list[dict[str, Any]] = []
@@ -108,15 +88,6 @@ async def read_data_frames(resp: aiohttp.ClientResponse, count: int) -> list[dic
         if line.startswith(b"data: "):
             frames.append(json.loads(line[len(b"data: ") :]))
     return frames
-
-
-def data_frames(text: str) -> list[Any]:
-    out: list[Any] = []
-    for line in text.split("\n"):
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
 
 
 def slow_stream(pieces: int = 80) -> Reply:

@@ -30,9 +30,8 @@ from gateway.budget import (
 )
 from gateway.config import PriceConfig, Project, load_config
 from gateway.usage import Usage, cost_nano
-from tests.harness import free_port, write_config
+from tests.harness import counter, free_port, write_config
 
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 # gpt-4o-mini in the harness: 0.15 / 0.60 USD per million tokens.
 MINI = PriceConfig(input="0.15", output="0.60", cached_input="0.075")
 
@@ -47,12 +46,6 @@ T_JUNE = ms("2026-06-15T12:00:00")
 
 def amounts(input_tokens: int, output_tokens: int) -> Amounts:
     return Amounts(input_tokens, output_tokens, cost_nano(Usage(input_tokens, output_tokens), MINI))
-
-
-async def counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 def used(i: int, o: int, cost: int) -> dict[str, int]:

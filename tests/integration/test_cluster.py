@@ -39,10 +39,9 @@ from tests.fakeupstream import (
     openai_completion,
     openai_stream,
 )
-from tests.harness import bearer, chat_body, free_port, write_config
+from tests.harness import bearer, chat_body, counter, free_port, write_config
 from tests.process import edit_gateway_yaml
 
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 IN_PRICE, OUT_PRICE = 150, 600
 WORST = 133
 SMALL = 14
@@ -197,12 +196,6 @@ def gateway_on(
         return client, config, creds
 
     return factory
-
-
-async def counter(rc: RedisCluster, key: str) -> dict[str, int]:
-    raw = await rc.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 async def window_ids(rc: RedisCluster) -> dict[str, str]:

@@ -35,10 +35,9 @@ from tests.fakeupstream import (
     openai_completion,
     openai_stream,
 )
-from tests.harness import bearer, chat_body, write_config
+from tests.harness import bearer, chat_body, counter, write_config
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 INPUT_BOUND = 16 + 8 + 4 + len("req-00")
 CEILING = 100
@@ -53,12 +52,6 @@ SLOW_OK: dict[str, Any] = {"redis": {"timeout_ms": 5000}}
 
 def budgets() -> dict[str, Any]:
     return {"alpha": {"budgets": {"project": {"month": {"total_tokens": CAP}}}}}
-
-
-async def counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 async def month_key(redis: Redis, prefix: str) -> str:

@@ -33,11 +33,10 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import Credentials, RedisServer, bearer, chat_body, write_config
+from tests.harness import FIELDS, Credentials, RedisServer, bearer, chat_body, counter, write_config
 from tests.process import GatewayProcess, key_prefix
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 CEILING = 100
 FIGURES = Path("/tmp/gateway-fault-figures.json")
@@ -71,12 +70,6 @@ def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
         event["settled"] = fields.get(b"settled", b"").decode()
         return event
     return {k.decode(): v.decode() for k, v in fields.items()}
-
-
-async def counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 def held_amount(state: dict[str, int]) -> int:

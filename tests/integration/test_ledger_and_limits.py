@@ -42,11 +42,10 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import RedisServer, bearer, chat_body, write_config
+from tests.harness import RedisServer, bearer, chat_body, counter, write_config
 from tests.process import add_api_key, edit_gateway_yaml
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # gpt-4o-mini, nano-USD per token
 INPUT_BOUND, CEILING = 33, 100
 WORST = INPUT_BOUND + CEILING  # 133
@@ -57,12 +56,6 @@ SMALL_COST = 11 * IN_PRICE + 3 * OUT_PRICE  # 3_450
 
 def cost(i: int, o: int, cached: int = 0) -> int:
     return (i - cached) * IN_PRICE + cached * CACHED_PRICE + o * OUT_PRICE
-
-
-async def counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
 
 
 async def window_ids(redis: Redis) -> dict[str, str]:

@@ -10,19 +10,21 @@ output at 100 tokens; gpt-4o-mini costs 150 / 600 nano-USD per input / output to
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 
-from gateway.config import Config
 from tests.fakeupstream import Reply, openai_completion, openai_stream
-from tests.harness import PROVIDER_KEY, bearer, chat_body
+from tests.harness import (
+    PROVIDER_KEY,
+    bearer,
+    chat_body,
+    data_frames,
+    metric,
+    month_counter,
+)
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 INPUT_BOUND, CEILING = 33, 100
 AZURE_PATH = "/openai/deployments/{model}/chat/completions"
 API_VERSION = "2024-10-21"
@@ -34,35 +36,6 @@ def cost(i: int, o: int) -> int:
 
 def used(i: int, o: int, c: int) -> dict[str, int]:
     return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
-
-
-async def month_counter(redis: Redis, config: Config) -> dict[str, int]:
-    seconds, _ = await redis.time()
-    month = f"m{datetime.fromtimestamp(seconds, UTC):%Y%m}"
-    key = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:p:{month}"
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
-
-
-async def metric(client: Any, name: str, **labels: str) -> float:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    total = 0.0
-    for family in text_string_to_metric_families(await resp.text()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def data_frames(text: str) -> list[Any]:
-    out: list[Any] = []
-    for line in text.split("\n"):
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
 
 
 def chunk_frames(frames: list[Any]) -> list[dict[str, Any]]:
@@ -153,7 +126,7 @@ async def test_azure_style_path_query_and_api_key_header(
     # The client's own credential never travels upstream, under any header.
     assert not any(creds.key in v for v in rec.headers.values())
     assert rec.json()["model"] == "gpt-4o-mini"
-    assert await month_counter(redis, config) == used(11, 3, cost(11, 3))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(11, 3, cost(11, 3))
 
 
 async def test_the_route_model_is_escaped_into_the_path(make_gateway, upstream) -> None:
@@ -292,7 +265,7 @@ async def test_groq_usage_on_the_finish_chunk_is_billed_and_reported_once(
         "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
         == "Hello there"
     )
-    assert await month_counter(redis, config) == used(41, 17, cost(41, 17))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(41, 17, cost(41, 17))
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
@@ -305,7 +278,7 @@ async def test_groq_usage_not_asked_for_appears_nowhere(make_gateway, upstream, 
     leaked = [json.dumps(c) for c in chunks if has_key(c, "usage")]
     assert leaked == [], "usage relayed although the client did not ask for it"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert await month_counter(redis, config) == used(41, 17, cost(41, 17))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(41, 17, cost(41, 17))
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
@@ -350,7 +323,7 @@ async def test_a_chunk_after_the_usage_chunk_is_relayed_not_taken_for_usage(
     else:
         assert with_usage == []
         assert chunks[-1] is moderation[0]
-    assert await month_counter(redis, config) == used(25, 9, cost(25, 9))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(25, 9, cost(25, 9))
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
@@ -369,7 +342,7 @@ async def test_a_server_that_never_reports_usage_is_billed_an_estimate(
     chunks = chunk_frames(data_frames(await resp.text()))
     produced = len("".join(pieces).encode())
     assert produced == 21
-    counter = await month_counter(redis, config)
+    counter = await month_counter(redis, config.gateway.redis.key_prefix)
     assert produced <= counter["u1"] <= CEILING
     assert counter["u0"] == INPUT_BOUND
     assert counter == used(INPUT_BOUND, produced, cost(INPUT_BOUND, produced))
@@ -393,7 +366,7 @@ async def test_a_unary_answer_without_usage_is_billed_an_estimate(
     assert resp.status == 200
     body = await resp.json()
     produced = len(b"Bonjour tout le monde")
-    counter = await month_counter(redis, config)
+    counter = await month_counter(redis, config.gateway.redis.key_prefix)
     assert produced <= counter["u1"] <= CEILING
     assert counter == used(INPUT_BOUND, produced, cost(INPUT_BOUND, produced))
     assert body["usage"]["completion_tokens"] == produced
@@ -430,4 +403,4 @@ async def test_non_standard_fields_pass_through_untouched(make_gateway, upstream
     for got, up in zip(chunks, sent[:5], strict=True):
         # Only the identity is re-stamped; every other field, standard or not, is as sent.
         assert got == {**up, "id": got["id"], "model": "default"}
-    assert await month_counter(redis, config) == used(30, 12, cost(30, 12))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(30, 12, cost(30, 12))

@@ -10,16 +10,12 @@ gpt-4o-mini 150 in / 600 out, gpt-4o 2_500 in / 10_000 out.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 
 from gateway.config import Config
 from gateway.context import STATE
@@ -31,10 +27,9 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import bearer, chat_body, free_port
+from tests.harness import bearer, chat_body, data_frames, free_port, metric, month_counter
 
 URL = "/v1/projects/alpha/chat/completions"
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")
 MINI = (150, 600)  # gpt-4o-mini, nano-USD per input / output token
 FOUR_O = (2_500, 10_000)  # gpt-4o
 INPUT_BOUND, CEILING = 33, 100
@@ -108,35 +103,6 @@ def month_key(config: Config, month: str, project_id: str = "prj_alpha") -> str:
     return f"{config.gateway.redis.key_prefix}:{{prj:{project_id}}}:p:{month}"
 
 
-async def month_counter(redis: Redis, config: Config) -> dict[str, int]:
-    seconds, _ = await redis.time()
-    month = f"m{datetime.fromtimestamp(seconds, UTC):%Y%m}"
-    raw = await redis.hgetall(month_key(config, month))
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
-
-
-async def metric(client: Any, name: str, **labels: str) -> float:
-    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    total = 0.0
-    for family in text_string_to_metric_families(await resp.text()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def data_frames(text: str) -> list[Any]:
-    out: list[Any] = []
-    for line in text.split("\n"):
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
-
-
 def content_of(frames: list[Any]) -> str:
     return "".join(
         (f["choices"][0].get("delta") or {}).get("content") or ""
@@ -195,7 +161,7 @@ async def test_retry_then_success_bills_only_the_successful_attempt(
         assert body["usage"]["prompt_tokens"] == 11
     assert len(upstream.requests) == 2
     assert upstream.requests[0].json() == upstream.requests[1].json()
-    assert await month_counter(redis, config) == DEFAULT_USED
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == DEFAULT_USED
     assert await metric(client, "gateway_upstream_retries_total", provider="upstream") == 1
     assert await metric(client, "gateway_upstream_fallbacks_total") == 0
     assert await metric(client, "gateway_estimated_usage_total") == 0
@@ -207,7 +173,7 @@ async def test_retries_stop_after_attempts_per_target(make_gateway, upstream, re
     resp = await post(client, creds.key)
     assert resp.status == 502
     assert len(upstream.requests) == 3
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
     assert await metric(client, "gateway_upstream_retries_total", provider="upstream") == 2
 
 
@@ -228,7 +194,7 @@ async def test_a_stream_error_frame_before_the_first_chunk_is_retried_and_not_bi
     assert content_of(frames) == "Hello there"
     assert not any("error" in f for f in frames if isinstance(f, dict))
     assert len(upstream.requests) == 2
-    assert await month_counter(redis, config) == DEFAULT_USED
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == DEFAULT_USED
     assert await metric(client, "gateway_upstream_retries_total", provider="upstream") == 1
 
 
@@ -247,7 +213,7 @@ async def test_connect_errors_are_retried_then_fall_back(
     if stream:
         assert content_of(data_frames(text)) == "Hello there"
     assert len(upstream.requests) == 1
-    assert await month_counter(redis, config) == DEFAULT_USED
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == DEFAULT_USED
     assert await metric(client, "gateway_upstream_retries_total", provider="dead") == 1
     assert await metric(client, "gateway_upstream_retries_total", provider="upstream") == 0
     assert await metric(client, "gateway_upstream_fallbacks_total", provider="dead") == 1
@@ -287,7 +253,7 @@ async def test_fallback_to_the_next_target(make_gateway, upstream, second, redis
     assert second.last.json()["model"] == "gpt-4o-mini"
     assert second.last.header("Authorization") == f"Bearer {creds.env['TEST_PROVIDER_KEY']}"
     # The failed first attempt bills nothing: only the second one's usage is settled.
-    assert await month_counter(redis, config) == used(20, 7, cost(20, 7))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(20, 7, cost(20, 7))
     assert await metric(client, "gateway_upstream_fallbacks_total", provider="upstream") == 1
     assert await metric(client, "gateway_upstream_fallbacks_total", provider="second") == 0
     assert await metric(client, "gateway_upstream_retries_total") == 0
@@ -306,7 +272,7 @@ async def test_every_target_failing_returns_the_last_error(
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "30"
     assert (len(upstream.requests), len(second.requests)) == (1, 1)
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
 
 
 # ----------------------------------------------------------------------------- pricier fallback
@@ -340,7 +306,7 @@ async def test_fallback_to_a_pricier_model_without_room_is_402(
     assert body["requested"] == WORST_4O
     assert len(upstream.requests) == 1
     assert second.requests == []  # refused before anything was sent to the pricier target
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
     assert (
         await metric(
             client, "gateway_budget_rejections_total", project="alpha", dimension="cost_usd"
@@ -371,7 +337,9 @@ async def test_fallback_to_a_pricier_model_with_room_bills_its_prices(
     assert resp.status == 200, await resp.text()
     assert len(second.requests) == 1
     assert second.last.json()["model"] == "gpt-4o"
-    assert await month_counter(redis, config) == used(20, 30, cost(20, 30, FOUR_O))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(
+        20, 30, cost(20, 30, FOUR_O)
+    )
     assert cost(20, 30, FOUR_O) == 350_000
     assert await metric(client, "gateway_cost_usd_total", project="alpha") == pytest.approx(
         350_000 / 1e9
@@ -396,7 +364,7 @@ async def test_fallback_to_a_pricier_model_rechecks_the_org_cost_cap(
     assert resp.status == 402, await resp.text()
     assert (await resp.json())["error"] == "budget_exhausted"
     assert second.requests == []
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
 
 
 # ----------------------------------------------------------------------------- Retry-After
@@ -416,7 +384,7 @@ async def test_retry_after_is_honoured(make_gateway, upstream, redis) -> None:
     assert len(arrivals) == 2
     assert arrivals[1] - arrivals[0] >= 0.99  # the upstream's 1 s, not a 10-40 ms backoff
     assert elapsed < 5
-    assert await month_counter(redis, config) == DEFAULT_USED
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == DEFAULT_USED
     assert await metric(client, "gateway_upstream_retries_total", provider="upstream") == 1
 
 
@@ -433,7 +401,7 @@ async def test_retry_after_above_the_max_is_relayed_without_retrying(
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "30"
     assert len(upstream.requests) == 1
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
     assert await metric(client, "gateway_upstream_retries_total") == 0
 
 
@@ -451,7 +419,7 @@ async def test_retry_after_above_the_max_falls_back(make_gateway, upstream, seco
     assert time.monotonic() - started < 2
     assert resp.status == 200, await resp.text()
     assert (len(upstream.requests), len(second.requests)) == (1, 1)
-    assert await month_counter(redis, config) == DEFAULT_USED
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == DEFAULT_USED
     assert await metric(client, "gateway_upstream_retries_total") == 0
     assert await metric(client, "gateway_upstream_fallbacks_total", provider="upstream") == 1
 
@@ -479,7 +447,7 @@ async def test_breaker_opens_skips_then_probes_and_closes(make_gateway, upstream
         assert resp.headers["Retry-After"] == "1"
         assert "circuit open" in (await resp.json())["detail"]
     assert len(upstream.requests) == 2
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
 
     # After the cooldown a probe goes through; its success closes the breaker.
     await asyncio.sleep(max(0.0, opened_at + 1.05 - time.monotonic()))
@@ -490,7 +458,9 @@ async def test_breaker_opens_skips_then_probes_and_closes(make_gateway, upstream
         resp = await post(client, creds.key)
         assert resp.status == 200
     assert len(upstream.requests) == 6
-    assert await month_counter(redis, config) == used(44, 12, 4 * cost(11, 3))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(
+        44, 12, 4 * cost(11, 3)
+    )
 
 
 async def test_breaker_retry_after_is_the_remaining_cooldown(make_gateway, upstream) -> None:
@@ -586,7 +556,7 @@ async def test_a_failure_after_the_first_byte_is_not_retried(make_gateway, upstr
     assert len(upstream.requests) == 1
     assert upstream.last.cut
     # Cut: the tokens generated unseen are unknown, so the whole ceiling is billed.
-    counter = await month_counter(redis, config)
+    counter = await month_counter(redis, config.gateway.redis.key_prefix)
     assert counter == used(INPUT_BOUND, CEILING, WORST_MINI)
     assert counter["u1"] >= len("p00 p01 p02 ")
     assert await metric(client, "gateway_upstream_retries_total") == 0
@@ -615,7 +585,7 @@ async def test_a_failure_after_the_first_byte_does_not_fall_back(
     assert content_of(frames) == "a b "
     assert frames[-1]["error"]["message"] == "boom"
     assert (len(upstream.requests), len(second.requests)) == (1, 0)
-    counter = await month_counter(redis, config)
+    counter = await month_counter(redis, config.gateway.redis.key_prefix)
     assert counter["u1"] >= len("a b ")
     assert counter["r0"] == counter["r1"] == counter["r3"] == 0
 
@@ -644,7 +614,7 @@ async def test_non_retryable_errors_are_not_retried(
     assert (await resp.json())["error"] == error
     assert len(upstream.requests) == 1
     assert second.requests == []  # not a fallback case either
-    assert await month_counter(redis, config) == NOTHING
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
     assert await metric(client, "gateway_upstream_retries_total") == 0
     assert await metric(client, "gateway_upstream_fallbacks_total") == 0
 
@@ -666,5 +636,7 @@ async def test_weighted_routes_share_the_traffic(make_gateway, upstream, second,
     assert light >= 1
     assert heavy >= 1
     assert heavy > light
-    assert await month_counter(redis, config) == used(11 * total, 3 * total, total * cost(11, 3))
+    assert await month_counter(redis, config.gateway.redis.key_prefix) == used(
+        11 * total, 3 * total, total * cost(11, 3)
+    )
     assert await metric(client, "gateway_upstream_fallbacks_total") == 0
