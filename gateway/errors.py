@@ -5,7 +5,6 @@
     ├── Forbidden           403       wrong project, scope, or model not allowed
     ├── NotFound            404       unknown project or model alias
     ├── Conflict            409       project disabled / no route
-    ├── PayloadTooLarge     413       body over the configured size
     ├── ValidationFailed    422       request body invalid (names the field)
     ├── ByokKeyRejected     422       the provider rejected the provider key
     ├── BudgetExhausted     402       a cap would be crossed
@@ -15,8 +14,10 @@
     ├── UpstreamTimeout     504       upstream timed out before the first byte
     └── ServiceUnavailable  503       budget store unreachable
 
-Only these bodies reach clients: an unexpected exception becomes a bare 500 and
-its type (never its message or traceback) is logged with the request id.
+aiohttp's own HTTP errors (404/405 routing, 413 over ``client_max_size``) are
+rendered as ``{"detail": ...}`` too. Only these bodies reach clients: an unexpected
+exception becomes a bare 500 and its type (never its message or traceback) is logged
+with the request id.
 """
 
 from __future__ import annotations
@@ -70,10 +71,6 @@ class NotFound(GatewayError):
 
 class Conflict(GatewayError):
     status = 409
-
-
-class PayloadTooLarge(GatewayError):
-    status = 413
 
 
 class ValidationFailed(GatewayError):

@@ -72,6 +72,3 @@ class Provider(ABC):
     @abstractmethod
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         """Send the request; return once the upstream answered 200 (raise otherwise)."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release pooled connections."""
