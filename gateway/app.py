@@ -73,10 +73,13 @@ def redis_client(url: str, timeout_s: float) -> RedisLike:
             retry=Retry(NoBackoff(), 0),
             max_connections=REDIS_MAX_CONNECTIONS,
         )
-    # No socket_timeout: every call is already bounded by asyncio.timeout in the store,
-    # and redis-py's per-command wait_for would cost a task per command.
+    # socket_timeout=None (redis-py 8 defaults to 5 s): every call is already bounded by
+    # asyncio.timeout in the store (and the auto-pipeline's reply timeout), while a socket
+    # timeout runs each command under wait_for, which costs a task per command and, on
+    # Python 3.11, can swallow a cancellation.
     pool = BlockingConnectionPool.from_url(
         url,
+        socket_timeout=None,
         max_connections=REDIS_MAX_CONNECTIONS,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,

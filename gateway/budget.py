@@ -254,7 +254,13 @@ class BudgetStore:
         self.reservation_ttl_ms = reservation_ttl_s * 1000
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
-        self._pipeline = AutoPipeline(redis) if isinstance(redis, Redis) else None
+        # Callers give up after timeout_s; a batch nobody answers frees its connection
+        # a little later (a slow reply past a caller's deadline is still read and dropped).
+        self._pipeline = (
+            AutoPipeline(redis, reply_timeout=max(3 * timeout_s, 1.0))
+            if isinstance(redis, Redis)
+            else None
+        )
 
     def _tag(self, owner_id: str, kind: str = "prj") -> str:
         return f"{self.key_prefix}:{{{kind}:{owner_id}}}:"

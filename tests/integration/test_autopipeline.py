@@ -77,3 +77,35 @@ async def test_an_unreachable_server_fails_every_pending_call() -> None:
         assert all(isinstance(r, RedisConnectionError) for r in results), results
     finally:
         await redis.aclose()
+
+
+async def test_a_server_that_stops_answering_frees_the_connection() -> None:
+    """A server that accepts and reads but never replies (a hung or partitioned Redis
+    keeps the TCP connection open): the batch is abandoned after the reply timeout, its
+    callers fail, and the connection is closed rather than left checked out for ever."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = redis_client(f"redis://127.0.0.1:{port}/0", 5.0)
+    try:
+        pipeline = AutoPipeline(redis, reply_timeout=0.3)
+        calls = [pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(3)]
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert len(accepted) == 1
+        pool = redis.connection_pool
+        assert not pool._in_use_connections  # released to the pool ...
+        assert all(not c.is_connected for c in pool._available_connections)  # ... closed
+    finally:
+        await redis.aclose()
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await server.wait_closed()

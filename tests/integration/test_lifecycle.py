@@ -117,12 +117,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def wait_settled(redis: Redis, creds: Credentials, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
     """The month counter once nothing is reserved on it any more."""
-    async with asyncio.timeout(timeout):
-        while True:
-            state = await month_counter(redis, creds)
-            if not any(state[f"r{d}"] for d in range(4)) and state["u2"]:
-                return state
-            await asyncio.sleep(0.05)
+    # A deadline, not asyncio.timeout: a cancellation can be swallowed inside redis-py
+    # on Python 3.11, and the loop would then never end.
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await month_counter(redis, creds)
+        if not any(state[f"r{d}"] for d in range(4)) and state["u2"]:
+            return state
+        assert time.monotonic() < deadline, f"still reserved after {timeout} s: {state}"
+        await asyncio.sleep(0.05)
 
 
 async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
