@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -62,6 +63,7 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
     limits = config.gateway.limits
 
     async def on_startup(app: web.Application) -> None:
+        _tune_gc()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_config, app)
         # Replaces aiohttp's own handlers: first fail /readyz, then stop.
@@ -85,6 +87,17 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
         # event) before aiohttp would close their connections.
         shutdown_timeout=limits.shutdown_grace_seconds + 10,
     )
+
+
+def _tune_gc() -> None:
+    """Once the app is built: move what lives for the whole process (modules, config,
+    routes) out of the collector's sight, and collect young objects less often. A
+    request allocates many short-lived containers, almost all freed by reference
+    counting; with the default thresholds the cyclic collector took 8% of a worker's
+    CPU under load (bench/, gc.callbacks), with these 2%."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
 
 
 def _port_free(host: str, port: int) -> int:

@@ -7,10 +7,12 @@ dropped for the same reason (exceptions are logged by type).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -36,8 +38,62 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class TurnBufferedHandler(logging.StreamHandler[TextIO]):
+    """Lines logged during one event-loop turn leave in one write at the end of it.
+
+    Under load many requests finish in the same turn; a write (and flush) per line
+    was a system call per request. Outside a running loop (start-up, the CLI, exit)
+    lines are written at once; ``flush()`` (also run by ``logging.shutdown``) writes
+    whatever is pending.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._pending_on: asyncio.AbstractEventLoop | None = None
+        # A forked worker must not write its parent's pending lines a second time.
+        os.register_at_fork(before=self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            if loop is None:
+                self._write_out()
+            elif self._pending_on is not loop:
+                self._pending_on = loop
+                loop.call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._pending_on = None
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # closed stream at exit: nothing to do
+            pass
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_out()
+
+
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnBufferedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +43,7 @@ from gateway.context import (
     Principal,
 )
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
+from gateway.ids import new_id
 from gateway.usage import Usage, cost_nano, worst_cost_nano
 
 log = logging.getLogger("gateway.budget")
@@ -116,12 +116,12 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
     try:
         if counters:
             call.org_reservation = await store.reserve(
-                project.org, uuid.uuid4().hex, counters, worst, kind="org"
+                project.org, new_id(), counters, worst, kind="org"
             )
         # The reservation id is ours, never the client's X-Request-Id: ids must not collide.
         call.reservation = await store.reserve(
             project.id,
-            uuid.uuid4().hex,
+            new_id(),
             project_counters(project, principal.key_id, principal.user),
             worst,
             rate_limits=project_rate_limits(project, principal.key_id),
@@ -172,7 +172,7 @@ async def _rebudget(
         steps.insert(0, ("org", project.org, org_counters(org_caps(org))))
     try:
         for kind, owner, counters in steps:
-            hold = await state.store.reserve(owner, uuid.uuid4().hex, counters, delta, kind=kind)
+            hold = await state.store.reserve(owner, new_id(), counters, delta, kind=kind)
             call.extra_holds.append(hold)
     except BudgetExceeded as exc:
         # Report it as the new model's whole worst case against what others hold.

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, REQUEST_STATE, STATE
 from gateway.errors import GatewayError
+from gateway.ids import new_id
 
 log = logging.getLogger("gateway.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -21,7 +21,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _SAFE_ID.match(incoming) else new_id()
     request[REQUEST_ID] = request_id
     state = request.app[STATE]  # the root app: observe is its middleware
     request[REQUEST_STATE] = state
