@@ -191,7 +191,11 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # No cookie jar: one session serves every project, so a cookie a provider sets
+        # (load balancers do) must not ride along on other projects' calls.
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+        )
         app[HTTP_SESSION] = session
         state.providers = build_providers(state.config, session)
         await state.store.prepare()

@@ -207,6 +207,33 @@ async def test_client_credentials_and_cookies_are_not_forwarded(gateway, upstrea
     assert creds.key.encode() not in rec.body
 
 
+async def test_cookies_a_provider_sets_are_not_sent_back_on_any_call(
+    make_gateway, upstream
+) -> None:
+    """One upstream session serves every project: a cookie set in an answer to one
+    project (as load balancers in front of providers do) must not ride along on the
+    next call, of that project or another."""
+    # By host name: a cookie jar would refuse cookies from a bare IP address anyway.
+    by_name = {
+        "kind": "openai",
+        "base_url": upstream.base_url.replace("127.0.0.1", "localhost"),
+        "api_key_env": "TEST_PROVIDER_KEY",
+    }
+    client, _, creds = await make_gateway(gateway={"providers": {"upstream": by_name}})
+    upstream.script(
+        Reply(
+            json=openai_completion(),
+            headers={"Set-Cookie": "lb_affinity=set-for-alpha; Path=/; Max-Age=3600"},
+        )
+    )
+    assert (await post(client, creds, chat_body())).status == 200
+    for project in ("alpha", "beta"):
+        resp = await post(client, creds, chat_body(), project=project)
+        assert resp.status == 200, await resp.text()
+        assert upstream.last.header("Cookie") is None, project
+    assert len(upstream.requests) == 3
+
+
 async def test_project_owned_provider_key_is_sent_instead_of_the_gateways(
     make_gateway, upstream
 ) -> None:
