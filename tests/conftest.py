@@ -44,7 +44,9 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    # No socket timeout (redis-py 8 defaults to 5 s, running each command under
+    # wait_for, which on Python 3.11 can swallow a cancellation of the test's task).
+    client = Redis.from_url(redis_url, socket_timeout=None)
     try:
         yield client
     finally:

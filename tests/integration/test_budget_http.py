@@ -26,7 +26,15 @@ from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
-from tests.harness import bearer, chat_body, counter, data_frames, metric, write_config
+from tests.harness import (
+    STORE_TIMEOUT_FAST,
+    bearer,
+    chat_body,
+    counter,
+    data_frames,
+    metric,
+    write_config,
+)
 
 URL = "/v1/projects/alpha/chat/completions"
 IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # nano-USD per token (gpt-4o-mini)
@@ -630,6 +638,7 @@ async def test_reserve_answered_too_late_does_not_hold_budget_for_the_ttl(
         client, config, creds = await make_gateway(
             redis_url=proxy.url,
             projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": 200}}}}},
+            gateway=STORE_TIMEOUT_FAST,
         )
         assert config.gateway.redis.timeout_ms == 300
         assert (await client.post(URL, json=chat_body(), headers=bearer(creds.key))).status == 200

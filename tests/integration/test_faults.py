@@ -33,7 +33,16 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import FIELDS, Credentials, RedisServer, bearer, chat_body, counter, write_config
+from tests.harness import (
+    FIELDS,
+    STORE_TIMEOUT_FAST,
+    Credentials,
+    RedisServer,
+    bearer,
+    chat_body,
+    counter,
+    write_config,
+)
 from tests.process import GatewayProcess, key_prefix
 
 URL = "/v1/projects/alpha/chat/completions"
@@ -487,9 +496,7 @@ async def _outage(
     server: RedisServer,
 ) -> None:
     creds = write_config(
-        tmp_path / "cfg",
-        upstream.base_url,
-        server.url,
+        tmp_path / "cfg", upstream.base_url, server.url, gateway=STORE_TIMEOUT_FAST
     )
     gateway = await spawn(creds)
     auth = bearer(creds.key)

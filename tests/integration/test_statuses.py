@@ -18,7 +18,15 @@ import pytest
 from gateway.credentials import generate_key
 from gateway.usage import input_token_bound
 from tests.fakeupstream import Reply, openai_completion, openai_error, openai_stream
-from tests.harness import BYOK_KEY, PROVIDER_KEY, Credentials, bearer, chat_body, free_port
+from tests.harness import (
+    BYOK_KEY,
+    PROVIDER_KEY,
+    STORE_TIMEOUT_FAST,
+    Credentials,
+    bearer,
+    chat_body,
+    free_port,
+)
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
 
@@ -558,7 +566,9 @@ async def silent_tcp_port() -> AsyncIterator[int]:
 async def test_503_budget_store_hung_fails_closed_without_hanging(
     make_gateway, upstream, silent_tcp_port: int
 ) -> None:
-    client, _, creds = await make_gateway(redis_url=f"redis://127.0.0.1:{silent_tcp_port}/0")
+    client, _, creds = await make_gateway(
+        redis_url=f"redis://127.0.0.1:{silent_tcp_port}/0", gateway=STORE_TIMEOUT_FAST
+    )
     started = time.perf_counter()
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
     text = await resp.text()
