@@ -585,23 +585,14 @@ class AnthropicStream(HttpChunkStream):
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         translator = self.translator
-        try:
-            async for piece in self.response.content.iter_any():
-                batch = translator.feed(piece)
-                if batch:
-                    yield batch
-                translator.check()
-                if translator.done:
-                    self.finished = True
-                    return
-            batch = translator.close()
+        async for piece in self.reads():
+            batch = translator.feed(piece) if piece is not None else translator.close()
             if batch:
                 yield batch
             translator.check()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
+            if translator.done:
+                self.finished = True
+                return
         self.finished = True
 
 

@@ -7,14 +7,14 @@ stream (back to the pool when finished, dropped when not: that stops generation)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
-from gateway.providers.base import ChunkStream, Provider
+from gateway.providers.base import ChunkStream, Provider, UpstreamStreamError
 
 # (provider name, status, body, headers, provider key) -> the gateway's answer
 ErrorMapper = Callable[[str, int, bytes, Any, str], GatewayError]
@@ -85,6 +85,18 @@ class HttpChunkStream(ChunkStream):
         self.provider = provider
         self.response = response
         self.finished = False
+
+    async def reads(self) -> AsyncIterator[bytes | None]:
+        """The body as it arrives, then None at its end. Transport failures (a cut, the
+        idle timeout) become the mid-stream error every adapter reports."""
+        try:
+            async for piece in self.response.content.iter_any():
+                yield piece
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
+        yield None
 
     async def aclose(self) -> None:
         if self.finished:

@@ -91,26 +91,15 @@ class OpenAIStream(HttpChunkStream):
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         parser = SSEParser()
         saw_finish = False
-        try:
-            async for piece in self.response.content.iter_any():
-                batch, done = self._decode_all(parser.feed(piece))
-                if batch:
-                    saw_finish = saw_finish or _has_finish(batch)
-                    yield batch
-                if done:
-                    self.finished = True
-                    return
-            batch, done = self._decode_all(parser.close())
+        async for piece in self.reads():
+            events = parser.feed(piece) if piece is not None else parser.close()
+            batch, done = self._decode_all(events)
             if batch:
                 saw_finish = saw_finish or _has_finish(batch)
                 yield batch
             if done:
                 self.finished = True
                 return
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
         if not saw_finish:
             raise UpstreamStreamError("upstream_error", "the provider stream ended early")
         self.finished = True
