@@ -6,6 +6,12 @@ each way and one pool checkout per batch instead of per call, on both sides of
 the socket. A lone call goes out on the next loop turn, so nothing waits for
 company. Replies are matched by order, which Redis guarantees per connection.
 
+Each call also has a deadline, ``call_timeout``: past it, its future fails with
+TimeoutError while the batch may still be read. One sweeper timer per pipeline
+enforces every deadline (calls are queued in submit order, so their deadlines are
+too), instead of a timer armed and cancelled around each call; a call fails at
+most a quarter of its timeout late.
+
 A batch that gets no answer within ``reply_timeout`` is abandoned: its connection is
 closed (a late reply must never reach the next batch) and its callers fail. The
 client has no socket timeout of its own (see ``gateway.app.redis_client``), so this
@@ -15,6 +21,7 @@ is what frees a connection to a server that stopped answering without closing it
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,23 +30,48 @@ from redis.exceptions import ResponseError
 
 
 class AutoPipeline:
-    def __init__(self, redis: Redis, max_batch: int = 128, reply_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        max_batch: int = 128,
+        reply_timeout: float = 10.0,
+        call_timeout: float | None = None,
+    ) -> None:
         self.pool = redis.connection_pool
         self.max_batch = max_batch
         self.reply_timeout = reply_timeout
+        self.call_timeout = reply_timeout if call_timeout is None else call_timeout
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; the future gets its reply (or its error)."""
+        """Queue one packed command; the future gets its reply, its error, or
+        TimeoutError once ``call_timeout`` has passed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((packed, future))
+        self._deadlines.append((loop.time() + self.call_timeout, future))
+        if self._sweeper is None or self._sweeper_loop is not loop:
+            self._sweeper_loop = loop
+            self._sweeper = loop.call_later(self.call_timeout / 4, self._sweep)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(TimeoutError("no reply from the store in time"))
+        self._sweeper = loop.call_later(self.call_timeout / 4, self._sweep) if deadlines else None
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -250,17 +250,28 @@ class BudgetStore:
     ) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
-        self.timeout_s = timeout_s
+        self._timeout_s = timeout_s
         self.reservation_ttl_ms = reservation_ttl_s * 1000
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         # Callers give up after timeout_s; a batch nobody answers frees its connection
         # a little later (a slow reply past a caller's deadline is still read and dropped).
         self._pipeline = (
-            AutoPipeline(redis, reply_timeout=max(3 * timeout_s, 1.0))
+            AutoPipeline(redis, reply_timeout=max(3 * timeout_s, 1.0), call_timeout=timeout_s)
             if isinstance(redis, Redis)
             else None
         )
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a call may wait for the store before it counts as unavailable."""
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self._timeout_s = value
+        if self._pipeline is not None:  # it enforces the deadline of pipelined calls
+            self._pipeline.call_timeout = value
 
     def _tag(self, owner_id: str, kind: str = "prj") -> str:
         return f"{self.key_prefix}:{{{kind}:{owner_id}}}:"
@@ -285,10 +296,10 @@ class BudgetStore:
 
     async def _call(self, script: Any, keys: list[str], args: list[str]) -> Any:
         try:
+            if self._pipeline is not None:
+                return await self._evalsha(script, keys, args)  # the pipeline times it out
             async with asyncio.timeout(self.timeout_s):
-                if isinstance(self.redis, RedisCluster):
-                    return await script(keys=keys, args=args)  # routed by slot
-                return await self._evalsha(script, keys, args)
+                return await script(keys=keys, args=args)  # a cluster: routed by slot
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         except (AttributeError, ValueError, IndexError) as exc:
@@ -306,7 +317,8 @@ class BudgetStore:
         try:
             return await self._pipeline.submit(packed)
         except NoScriptError:
-            await self.redis.script_load(script.script)
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.script_load(script.script)
             return await self._pipeline.submit(packed)
 
     async def reserve(

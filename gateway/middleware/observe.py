@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, REQUEST_STATE, STATE
 from gateway.errors import GatewayError
 from gateway.ids import new_id
+from gateway.logs import info_fields
 
 log = logging.getLogger("gateway.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -88,7 +89,7 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
             fields["input_tokens"] = call.billed.input_tokens
             fields["output_tokens"] = call.billed.output_tokens
             fields["estimated"] = call.billed.estimated
-    log.info("request", extra={"fields": fields})
+    info_fields(log, "request", fields)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

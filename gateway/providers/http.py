@@ -7,6 +7,7 @@ stream (back to the pool when finished, dropped when not: that stops generation)
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -43,10 +44,14 @@ class HttpProvider(Provider):
     ) -> aiohttp.ClientResponse:
         """POST and wait for a 200; anything else raises the gateway's error."""
         try:
-            async with asyncio.timeout(first_byte):
-                response = await self.session.post(
-                    url, params=params, data=data, headers=headers, timeout=self.client_timeout
-                )
+            sent = self.session.post(
+                url, params=params, data=data, headers=headers, timeout=self.client_timeout
+            )
+            if first_byte < (self.client_timeout.total or math.inf):
+                async with asyncio.timeout(first_byte):
+                    response = await sent
+            else:  # unary: the session's total timeout is already this bound
+                response = await sent
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
         except aiohttp.ClientError as exc:

@@ -109,3 +109,39 @@ async def test_a_server_that_stops_answering_frees_the_connection() -> None:
         for writer in accepted:
             writer.close()
         await server.wait_closed()
+
+
+async def test_a_call_past_its_deadline_fails_and_the_next_replies_stay_in_order(
+    client: Redis,
+) -> None:
+    """The pipeline's own deadline (no timer per call): a call whose reply is late fails
+    with TimeoutError soon after call_timeout, its late reply is read and dropped, and
+    the calls after it get their own replies."""
+    pipeline = AutoPipeline(client, call_timeout=0.2)
+    slow, echo = await _sha(client, SLOW), await _sha(client, ECHO)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await pipeline.submit(_pack_command(b"EVALSHA", slow, [], ["600", "late"]))
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.2 <= waited < 0.45, waited  # at most a quarter of the timeout late (+ slack)
+    await asyncio.sleep(0.5)  # the late reply arrives meanwhile, and must go nowhere
+    replies = await asyncio.gather(
+        *(pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
+    )
+    assert replies == [f"r{i}".encode() for i in range(20)]
+
+
+async def test_calls_answered_in_time_are_not_failed_by_the_deadline(client: Redis) -> None:
+    pipeline = AutoPipeline(client, call_timeout=0.1)
+    echo = await _sha(client, ECHO)
+    for round_ in range(5):  # across several sweeps
+        replies = await asyncio.gather(
+            *(
+                pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"{round_}"]))
+                for _ in range(10)
+            )
+        )
+        assert replies == [f"{round_}".encode()] * 10
+        await asyncio.sleep(0.04)
+    await asyncio.sleep(0.1)
+    assert pipeline._sweeper is None  # nothing waits: no timer left armed

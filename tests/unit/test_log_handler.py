@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from gateway.logs import JsonFormatter, TurnBufferedHandler
+from gateway.logs import JsonFormatter, TurnBufferedHandler, _timestamp, info_fields, setup_logging
 
 
 class CountingStream(io.StringIO):
@@ -73,3 +73,59 @@ def test_flush_writes_what_a_stopped_loop_left_pending() -> None:
     assert stream.writes == 0
     handler.flush()  # what logging.shutdown() does at exit
     assert [line["msg"] for line in lines(stream)] == ["last words"]
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_info_fields_writes_the_line_logger_info_writes() -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        setup_logging("INFO")
+        installed = root.handlers[0]
+        assert isinstance(installed, TurnBufferedHandler)
+        stream = CountingStream()
+        installed.setStream(stream)
+        logger = logging.getLogger("test.fields")
+        fields = {"request_id": "r1", "status": 200, "duration_ms": 1.5, "estimated": False}
+        info_fields(logger, "request", fields)  # the direct path
+        logger.info("request", extra={"fields": fields})  # through logging
+        installed.flush()
+        fast, slow = lines(stream)
+        assert str(fast.pop("ts")).endswith("Z")
+        assert str(slow.pop("ts")).endswith("Z")
+        assert (
+            fast == slow == {"level": "info", "logger": "test.fields", "msg": "request", **fields}
+        )
+
+        # Another handler on the root (say, an operator's): the line goes through logging.
+        other = ListHandler()
+        root.addHandler(other)
+        info_fields(logger, "request", fields)
+        assert [r.__dict__["fields"] for r in other.records] == [fields]
+        root.removeHandler(other)
+
+        installed.flush()
+        assert len(lines(stream)) == 3  # ... and the installed handler still has it
+
+        # Below the level: nothing at all.
+        root.setLevel(logging.WARNING)
+        info_fields(logger, "request", fields)
+        installed.flush()
+        assert len(lines(stream)) == 3
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_timestamps_are_iso_utc_with_milliseconds() -> None:
+    assert _timestamp(1700000000.5) == "2023-11-14T22:13:20.500Z"
+    assert _timestamp(1700000001.25) == "2023-11-14T22:13:21.250Z"  # next second, new prefix
+    assert _timestamp(1700000001.0) == "2023-11-14T22:13:21.000Z"
