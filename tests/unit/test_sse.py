@@ -376,3 +376,17 @@ def test_encode_event_rejects_unrepresentable_input() -> None:
 
 
 # --- speed ------------------------------------------------------------------------------------
+
+
+def test_an_event_begun_in_one_feed_is_finished_by_the_next() -> None:
+    """Whole "data: " events are taken as they are only when no line of an unfinished
+    event came before them: here the second feed's first line belongs to the first's."""
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n") == []
+    assert parser.feed(b"data: b\n\ndata: c\n\n") == [SSEEvent(None, b"a\nb"), SSEEvent(None, b"c")]
+    assert parser.feed(b"event: named\n") == []
+    assert parser.feed(b"data: d\n\n") == [SSEEvent("named", b"d")]
+    assert parser.feed(b"id: 7\n\ndata: e\n\n\n\ndata: f\n\n") == [
+        SSEEvent(None, b"e", "7"),
+        SSEEvent(None, b"f", "7"),
+    ]
