@@ -287,6 +287,9 @@ class Project:
     slug: str
     file: ProjectFile
     caps: tuple[Cap, ...]
+    # Derived from the fields above, once, by whoever needs it on the hot path (the
+    # budget counters of each API key): a reload builds new Projects, so it never goes stale.
+    derived: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def id(self) -> str:

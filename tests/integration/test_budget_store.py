@@ -185,6 +185,19 @@ async def test_key_and_user_counters_only_where_capped(
     for key in rsv.counter_keys:
         assert await counter(redis, key) == used(11, 3, 3_450)
 
+    # The project's and key's part is built once per key and reused: another user,
+    # another key or none get their own counters, never a previous call's.
+    other_hash = hashlib.sha256(b"user-2").hexdigest()[:24]
+    again = project_counters(project, "key_main", "user-2")
+    assert [c.suffix for c in again] == ["p", "p", "p", "k:key_main"] + [f"u:{other_hash}"] * 2
+    assert [c.suffix for c in project_counters(project, "key_other", None)] == [
+        "p", "p", "p", "k:key_other",
+    ]  # fmt: skip
+    assert [c.suffix for c in project_counters(project, None, None)] == ["p", "p", "p"]
+    assert [c.suffix for c in project_counters(project, "key_main", None)] == [
+        "p", "p", "p", "k:key_main",
+    ]  # fmt: skip
+
 
 # ----------------------------------------------------------------------------- refusals
 
