@@ -81,6 +81,7 @@ class Recorded:
     disconnected: bool = False  # client went away before the reply was fully written
     completed: bool = False  # the reply was fully written
     cut: bool = False  # the fake dropped the connection on purpose (Reply.cut_after_bytes)
+    peer: Any = None  # the client's (host, port): equal for requests on one connection
 
     def json(self) -> Any:
         return _json.loads(self.body)
@@ -116,6 +117,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     cut_after_bytes: int | None = None  # write N body bytes, then abort the TCP connection
     hang_after_bytes: int | None = None  # write N body bytes, then stall until the client leaves
+    delay_before_end: float = 0.0  # pause between the last body byte and the end of the body
 
     def payload(self) -> tuple[bytes, str]:
         """The body bytes and their Content-Type."""
@@ -553,6 +555,7 @@ class FakeUpstream:
             query=dict(request.query),
             headers=_headers_dict(request),
             body=body,
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
         )
         self.requests.append(rec)
         self._notify()
@@ -587,6 +590,7 @@ class FakeUpstream:
             or reply.cut_after_bytes is not None
             or reply.hang_after_bytes is not None
             or reply.delay_between_slices > 0
+            or reply.delay_before_end > 0
         )
         # Reply.headers may override Content-Type (case-insensitively).
         headers = CIMultiDict({"Content-Type": content_type})
@@ -624,5 +628,7 @@ class FakeUpstream:
         if reply.hang_after_bytes is not None:
             # Stall until the client goes away (handler cancellation) or close().
             await asyncio.get_running_loop().create_future()
+        if reply.delay_before_end:
+            await asyncio.sleep(reply.delay_before_end)
         await resp.write_eof()
         return resp

@@ -83,6 +83,11 @@ class HttpProvider(Provider):
             response.release()
 
 
+# After a stream's last event: how long, and how much, to read for the body's end.
+DRAIN_SECONDS = 0.25
+DRAIN_MAX_BYTES = 64 * 1024
+
+
 class HttpChunkStream(ChunkStream):
     """A stream read from an aiohttp response; ``finished`` once read to its end."""
 
@@ -104,7 +109,28 @@ class HttpChunkStream(ChunkStream):
         yield None
 
     async def aclose(self) -> None:
-        if self.finished:
-            self.response.release()  # back to the pool for keep-alive
-        else:
-            self.response.close()  # drop the connection: stops generation upstream
+        drained = False
+        try:
+            drained = self.finished and await self._drained()
+        finally:
+            if drained:
+                self.response.release()  # back to the pool for keep-alive
+            else:
+                self.response.close()  # drop the connection: stops generation upstream
+
+    async def _drained(self) -> bool:
+        """Whether the body reached its end. A stream is finished at its last event,
+        and providers often end the body a packet later (the chunked encoding's last
+        chunk): read that, briefly and boundedly, so the connection can be reused. A
+        connection dropped here costs the next call a new one (a TLS handshake)."""
+        content = self.response.content
+        left = DRAIN_MAX_BYTES
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while not content.at_eof():
+                    left -= len(await content.readany())
+                    if left < 0:
+                        return False
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        return True

@@ -7,6 +7,7 @@ with the gateway's own SSE parser, frame by frame.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -232,6 +233,40 @@ async def test_cookies_a_provider_sets_are_not_sent_back_on_any_call(
         assert resp.status == 200, await resp.text()
         assert upstream.last.header("Cookie") is None, project
     assert len(upstream.requests) == 3
+
+
+async def test_a_finished_stream_hands_its_connection_back_for_the_next_call(
+    gateway, upstream
+) -> None:
+    """Providers end the body a moment after [DONE] (the last chunk of the chunked
+    encoding comes in its own packet). The stream is finished at [DONE], and its
+    connection must still go back to the pool: a new one to a provider costs a TLS
+    handshake on the next call."""
+    client, _, creds = gateway
+    for _ in range(3):
+        upstream.script(Reply(sse=openai_stream(["Hel", "lo"]), delay_before_end=0.05))
+        resp = await post(client, creds, chat_body(stream=True))
+        raw, _ = await stream_events(resp)
+        assert raw.endswith(b"event: [DONE]\ndata: [DONE]\n\n")
+    peers = [rec.peer for rec in upstream.requests]
+    assert len(peers) == 3
+    assert peers[0] is not None
+    assert peers[1] == peers[0]
+    assert peers[2] == peers[0]
+
+
+async def test_a_body_left_open_after_the_last_event_is_dropped_soon(gateway, upstream) -> None:
+    """The wait for the body's end is short: an upstream that keeps it open after
+    [DONE] does not hold the client's stream, and its connection is not reused."""
+    client, _, creds = gateway
+    upstream.script(Reply(sse=openai_stream(["Hi"]), delay_before_end=3.0))
+    started = time.monotonic()
+    raw, _ = await stream_events(await post(client, creds, chat_body(stream=True)))
+    assert raw.endswith(b"event: [DONE]\ndata: [DONE]\n\n")
+    assert time.monotonic() - started < 1.5  # the drain gives up after 0.25 s
+    await upstream.wait_disconnect()
+    assert (await post(client, creds, chat_body())).status == 200
+    assert upstream.requests[1].peer != upstream.requests[0].peer
 
 
 async def test_project_owned_provider_key_is_sent_instead_of_the_gateways(
