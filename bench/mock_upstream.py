@@ -113,7 +113,6 @@ def stream_frames(n: int) -> list[bytes]:
 def make_handler(chunks: int, chunk_delay_ms: float):  # type: ignore[no-untyped-def]
     unary = completion_body()
     frames = stream_frames(chunks)
-    delay = chunk_delay_ms / 1000
     sse_headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     json_headers = {"Content-Type": "application/json"}
 
@@ -122,8 +121,11 @@ def make_handler(chunks: int, chunk_delay_ms: float):  # type: ignore[no-untyped
             return web.Response(body=b"ok")
         raw = await request.read()
         try:
-            stream = orjson.loads(raw).get("stream") is True
-        except (orjson.JSONDecodeError, AttributeError):
+            body = orjson.loads(raw)
+            stream = body.get("stream") is True
+            # A request may ask for its own pace (bench/run.py's paced scenario).
+            pause = float(body.get("mock_chunk_delay_ms", chunk_delay_ms)) / 1000
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             return web.Response(status=400, body=b'{"error":{"message":"bad json"}}')
         if not stream:
             return web.Response(body=unary, headers=json_headers)
@@ -131,8 +133,8 @@ def make_handler(chunks: int, chunk_delay_ms: float):  # type: ignore[no-untyped
         await response.prepare(request)
         for frame in frames:
             await response.write(frame)
-            if delay:
-                await asyncio.sleep(delay)
+            if pause:
+                await asyncio.sleep(pause)
         await response.write_eof()
         return response
 

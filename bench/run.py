@@ -1,6 +1,6 @@
 """Benchmark the gateway against a bare passthrough proxy and the mock upstream directly.
 
-    .venv/bin/python bench/run.py            # full: 3 rounds, ~3 minutes
+    .venv/bin/python bench/run.py            # full: 3 rounds, ~4 minutes
     .venv/bin/python bench/run.py --quick    # 1 short round, < 1 minute
     .venv/bin/python bench/run.py --profile 8   # then py-spy the gateway under load
 
@@ -46,7 +46,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from loadgen import Result, run_load  # noqa: E402
+from loadgen import Result, body_for, run_load  # noqa: E402
 from mock_upstream import stream_frames  # noqa: E402
 
 from gateway.credentials import generate_key  # noqa: E402
@@ -274,6 +274,15 @@ class Scenario:
     title: str
     concurrency: int
     stream: bool
+    # Milliseconds the mock waits between a stream's chunks (asked in the request body,
+    # which both proxies pass on): each chunk its own write, as providers send tokens.
+    pace_ms: float = 0.0
+
+    def body(self) -> dict[str, Any]:
+        body = body_for(self.stream)
+        if self.pace_ms:
+            body["mock_chunk_delay_ms"] = self.pace_ms
+        return body
 
 
 SCENARIOS = (
@@ -281,6 +290,7 @@ SCENARIOS = (
     Scenario("unary64", "unary, concurrency 64", 64, False),
     Scenario("latency1", "unary, concurrency 1", 1, False),
     Scenario("stream64", "streaming, 64 concurrent streams", 64, True),
+    Scenario("paced64", "streaming, 64 paced streams (1 ms between chunks)", 64, True, 1.0),
 )
 
 
@@ -319,6 +329,7 @@ def measure(
             stream=scenario.stream,
             headers=target.headers,
             expect_events=expect_events if scenario.stream else 0,
+            body=scenario.body(),
         )
     )
     wall = time.perf_counter() - wall0
@@ -332,7 +343,6 @@ def measure(
 async def sanity(targets: list[Target], expect_events: int) -> list[str]:
     """One unary and one streaming request per target, checked in full."""
     import aiohttp
-    from loadgen import body_for
 
     problems: list[str] = []
     async with aiohttp.ClientSession() as session:
@@ -480,6 +490,15 @@ def build_report(
         targets=("passthrough", "gateway"),
     )
     row("proxy CPU us / stream chunk", "stream64", cpu_chunk, 1, targets=("passthrough", "gateway"))
+    row("paced stream chunks/s, 64 streams", "paced64", eps, 0)
+    row("paced stream time to first chunk p50 ms", "paced64", ttfe, 2)
+    row(
+        "proxy CPU us / paced stream chunk",
+        "paced64",
+        cpu_chunk,
+        1,
+        targets=("passthrough", "gateway"),
+    )
     row(
         "mock CPU us / unary request (c=64)",
         "unary64",
