@@ -31,7 +31,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from loadgen import run_load  # noqa: E402
+from loadgen import body_for, run_load  # noqa: E402
 from run import (  # noqa: E402
     GATEWAY_BIN,
     PROJECT,
@@ -56,6 +56,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measured run")
     parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument(
+        "--pace-ms", type=float, default=0.0, help="ms between a stream's chunks (0: a burst)"
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="gw-ab-"))
@@ -104,13 +107,16 @@ def main() -> int:
         expect = max(args.chunks, 2) + 2
         for mode in ("unary", "stream"):
             stream = mode == "stream"
+            body = body_for(stream)
+            if stream and args.pace_ms:
+                body["mock_chunk_delay_ms"] = args.pace_ms
             per: dict[str, list[float]] = {"base": [], "new": []}
             ratios = []
             for name in ("base", "new"):  # warm-up
                 url, headers, _ = targets[name]
                 loop.run_until_complete(
                     run_load(url, concurrency=64, duration=1.0, warmup=0, stream=stream,
-                             headers=headers, expect_events=expect if stream else 0)
+                             headers=headers, expect_events=expect if stream else 0, body=body)
                 )  # fmt: skip
             for r in range(args.rounds):
                 order = ("base", "new") if r % 2 == 0 else ("new", "base")
@@ -121,7 +127,7 @@ def main() -> int:
                     result = loop.run_until_complete(
                         run_load(url, concurrency=64, duration=args.duration, warmup=0,
                                  stream=stream, headers=headers,
-                                 expect_events=expect if stream else 0)
+                                 expect_events=expect if stream else 0, body=body)
                     )  # fmt: skip
                     cpu = proc_cpu_s(pid) - before
                     if result.non_200 or result.conn_errors or result.bad_streams:

@@ -322,6 +322,9 @@ class _Relay:
         self.finished = False
         self.declined = False  # the provider refused before producing anything
         self.created = int(time.time())
+        # The profile's framing of one chunk, split around the JSON (one concatenation
+        # per chunk instead of two method calls).
+        self._head, _, self._tail = profile.frame(b"\x00").partition(b"\x00")
 
     async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
         """Relay one upstream read's chunks in a single write."""
@@ -370,7 +373,7 @@ class _Relay:
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias
         self.created = chunk.setdefault("created", self.created)
-        return self.profile.chunk(chunk)
+        return self._head + orjson.dumps(chunk) + self._tail
 
     def trailer(self) -> bytes:
         out = b""

@@ -72,6 +72,8 @@ class WireProfile:
         return b"data: " + data + b"\n\n"
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
+        # The stream relay frames chunks with frame()'s parts directly: a profile
+        # changes frame(), never this.
         return self.frame(orjson.dumps(chunk))
 
     def usage_chunk(self, gateway_id: str, created: int, alias: str, usage: Usage) -> bytes:
