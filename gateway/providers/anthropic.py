@@ -4,7 +4,8 @@ Pure translation first, unit-tested on dicts and bytes:
 
 * :func:`translate_request`: the gateway's OpenAI chat body -> a Messages body
   (system prompt, alternating turns of content blocks, tool_use / tool_result,
-  tools and tool_choice, stop sequences, the required ``max_tokens``).
+  tools and tool_choice, stop sequences, the required ``max_tokens``, and
+  ``response_format`` JSON modes as one forced tool, whose input is the answer).
 * :func:`translate_response`: a Messages answer -> an OpenAI ``chat.completion``.
 * :class:`StreamTranslator`: Messages SSE bytes -> OpenAI ``chat.completion.chunk``
   dicts, ending with a ``choices: []`` usage chunk.
@@ -38,6 +39,7 @@ from gateway.sse import SSEEvent, SSEParser
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "JSON_TOOL",
     "AnthropicProvider",
     "AnthropicStream",
     "StreamTranslator",
@@ -46,6 +48,7 @@ __all__ = [
     "openai_usage",
     "translate_request",
     "translate_response",
+    "wants_json",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -248,6 +251,59 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+# response_format's JSON modes: Messages has no such parameter, so the answer is asked
+# for as the input of one tool the model must call, and that input becomes the content.
+JSON_TOOL = "json_answer"
+
+
+def _json_tool(response_format: Any, has_tools: bool) -> dict[str, Any] | None:
+    """The forced tool that carries a JSON answer; None for plain text."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind not in ("json_object", "json_schema"):
+        raise _invalid(
+            'response_format.type must be "text", "json_object" or "json_schema"',
+            "response_format",
+        )
+    if has_tools:
+        raise _invalid(
+            "response_format with tools is not supported by Anthropic routes",
+            "response_format",
+        )
+    tool: dict[str, Any] = {
+        "name": JSON_TOOL,
+        "description": "Give the answer as this tool's input.",
+        "input_schema": {"type": "object"},
+    }
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("schema"), dict)
+            or spec["schema"].get("type") != "object"
+        ):
+            raise _invalid(
+                "json_schema.schema must be an object schema on Anthropic routes",
+                "response_format",
+            )
+        tool["input_schema"] = spec["schema"]
+        if isinstance(spec.get("description"), str):
+            tool["description"] = spec["description"]
+    return tool
+
+
+def wants_json(body: Mapping[str, Any]) -> bool:
+    """Whether the request asks for a JSON answer (carried by the forced tool)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+
+
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     out: dict[str, Any] | None
     if choice is None:
@@ -277,9 +333,9 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
     """The gateway's (validated, route-rewritten) OpenAI chat body as a Messages body.
 
-    Parameters Anthropic has no equivalent for (seed, penalties, logprobs,
-    response_format, ...) are dropped; ones that cannot be honoured raise
-    ValidationFailed (422) naming the field.
+    ``response_format`` JSON modes become one forced tool (see :data:`JSON_TOOL`).
+    Parameters Anthropic has no equivalent for (seed, penalties, logprobs, ...) are
+    dropped; ones that cannot be honoured raise ValidationFailed (422) naming the field.
     """
     n = body.get("n")
     if isinstance(n, int) and n > 1:
@@ -303,7 +359,11 @@ def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
         # temperature wins, as Anthropic advises altering one or the other.
         out["top_p"] = body["top_p"]
     tools = body.get("tools")
-    if tools:
+    json_tool = _json_tool(body.get("response_format"), bool(tools))
+    if json_tool is not None:
+        out["tools"] = [json_tool]
+        out["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+    elif tools:
         out["tools"] = _tools(tools)
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
@@ -344,12 +404,24 @@ def finish_reason(stop_reason: Any) -> str:
     return _STOP_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
+def _finish(stop_reason: Any, json_answer: bool) -> str:
+    if json_answer and stop_reason == "tool_use":
+        return "stop"  # it called the answer tool, as it was told to
+    return finish_reason(stop_reason)
+
+
 def _arguments(value: Any) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
-def translate_response(message: Any, created: int | None = None) -> dict[str, Any]:
-    """A Messages answer as an OpenAI ``chat.completion``; ValueError if it is not one."""
+def translate_response(
+    message: Any, created: int | None = None, *, json_answer: bool = False
+) -> dict[str, Any]:
+    """A Messages answer as an OpenAI ``chat.completion``; ValueError if it is not one.
+
+    ``json_answer``: the request asked for JSON, so the forced tool's input is the
+    answer's content (and the model stopping to call it is a normal stop).
+    """
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         raise ValueError("not an Anthropic message")
     texts: list[str] = []
@@ -358,7 +430,10 @@ def translate_response(message: Any, created: int | None = None) -> dict[str, An
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text" and isinstance(block.get("text"), str):
-            texts.append(block["text"])
+            if not json_answer:  # any words around the JSON are not part of it
+                texts.append(block["text"])
+        elif json_answer and block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+            texts.append(_arguments(block.get("input")))
         elif block.get("type") == "tool_use":
             calls.append(
                 {
@@ -386,7 +461,7 @@ def translate_response(message: Any, created: int | None = None) -> dict[str, An
             {
                 "index": 0,
                 "message": reply,
-                "finish_reason": finish_reason(message.get("stop_reason")),
+                "finish_reason": _finish(message.get("stop_reason"), json_answer),
             }
         ],
     }
@@ -412,8 +487,13 @@ class StreamTranslator:
     ``declared=True`` for the provider's own ``error`` frame.
     """
 
-    def __init__(self, created: int | None = None, secret: str = "") -> None:
+    def __init__(
+        self, created: int | None = None, secret: str = "", *, json_answer: bool = False
+    ) -> None:
         self.parser = SSEParser()
+        # The request asked for JSON: the forced tool's input streams as content.
+        self.json_answer = json_answer
+        self._json_block: Any = None  # the Anthropic block index of that tool call
         self.secret = secret  # the provider key: scrubbed from relayed error messages
         self.created = int(time.time()) if created is None else created
         self.id = ""
@@ -523,7 +603,7 @@ class StreamTranslator:
                         self.usage[key] = value
             delta = data.get("delta") or {}
             if delta.get("stop_reason"):
-                out.append(self._chunk({}, finish_reason(delta["stop_reason"])))
+                out.append(self._chunk({}, _finish(delta["stop_reason"], self.json_answer)))
         elif kind == "message_stop":
             if not self.saw_delta:
                 raise UpstreamStreamError("upstream_error", "the provider stream ended early")
@@ -532,6 +612,12 @@ class StreamTranslator:
 
     def _block_start(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
         block = data.get("content_block") or {}
+        if self.json_answer:
+            if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+                self._json_block = data.get("index")
+                if block.get("input"):  # complete up front (not streamed in pieces)
+                    out.append(self._chunk({"content": _arguments(block["input"])}))
+            return  # text around the JSON is not part of it
         if block.get("type") == "text" and block.get("text"):
             out.append(self._chunk({"content": block["text"]}))
         elif block.get("type") == "tool_use":
@@ -551,6 +637,11 @@ class StreamTranslator:
     def _block_delta(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
         delta = data.get("delta") or {}
         kind = delta.get("type")
+        if self.json_answer:
+            fragment = delta.get("partial_json")
+            if kind == "input_json_delta" and data.get("index") == self._json_block and fragment:
+                out.append(self._chunk({"content": fragment}))
+            return
         if kind == "text_delta":
             if delta.get("text"):
                 out.append(self._chunk({"content": delta["text"]}))
@@ -579,9 +670,16 @@ def anthropic_error_for_status(
 
 
 class AnthropicStream(HttpChunkStream):
-    def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
+    def __init__(
+        self,
+        provider: str,
+        response: aiohttp.ClientResponse,
+        secret: str = "",
+        *,
+        json_answer: bool = False,
+    ) -> None:
         super().__init__(provider, response)
-        self.translator = StreamTranslator(secret=secret)
+        self.translator = StreamTranslator(secret=secret, json_answer=json_answer)
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         translator = self.translator
@@ -639,7 +737,7 @@ class AnthropicProvider(HttpProvider):
         response = await self._send(request, False, self.config.timeouts.total)
         body = await self.read_answer(response)
         try:
-            return translate_response(orjson.loads(body))
+            return translate_response(orjson.loads(body), json_answer=wants_json(request.body))
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
         except ValueError as exc:
@@ -647,4 +745,6 @@ class AnthropicProvider(HttpProvider):
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         response = await self._send(request, True, self.config.timeouts.first_byte)
-        return AnthropicStream(self.name, response, request.api_key)
+        return AnthropicStream(
+            self.name, response, request.api_key, json_answer=wants_json(request.body)
+        )

@@ -306,6 +306,71 @@ async def test_sdk_unary(
     assert await settled(client, creds, project) == used(11, 3, 11 * IN + 3 * OUT)
 
 
+CITY_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "city",
+        "schema": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
+    },
+}
+
+
+async def test_sdk_json_mode_unary_and_stream(
+    claude: Gateway, upstream: FakeUpstream, sdk: SdkFactory
+) -> None:
+    """response_format reaches Claude as one forced tool, and its input comes back as
+    the JSON content (before, it was silently dropped: prose where JSON was asked)."""
+    client, _, creds = claude
+    message = anthropic_message("", CLAUDE, 40, 12, "tool_use")
+    message["content"] = [
+        {"type": "tool_use", "id": TOOL_ID, "name": "json_answer", "input": {"location": "Paris"}}
+    ]
+    upstream.script(Reply(json=message))
+    api = sdk(client, creds.key)
+    ask = [{"role": "user", "content": "Which city? Answer in JSON."}]
+    completion = await api.chat.completions.create(
+        model="default", messages=ask, response_format=CITY_FORMAT
+    )
+    sent = upstream.last.json()
+    assert sent["tools"][0]["name"] == "json_answer"
+    assert sent["tools"][0]["input_schema"] == CITY_FORMAT["json_schema"]["schema"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    choice = completion.choices[0]
+    assert json.loads(choice.message.content or "") == {"location": "Paris"}
+    assert not choice.message.tool_calls
+    assert choice.finish_reason == "stop"
+
+    # The recorded tool-use stream, its tool renamed to the answer tool.
+    raw = fixture(TOOL_FIXTURE).replace(b'"name":"get_weather"', b'"name":"json_answer"')
+    upstream.script(Reply(sse=raw))
+    chunks = await collect(
+        await api.chat.completions.create(
+            model="default", messages=ask, response_format={"type": "json_object"}, stream=True
+        )
+    )
+    assert upstream.last.json()["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    assert json.loads(text_of(chunks)) == {"location": "Paris"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+async def test_json_mode_with_tools_is_refused_before_any_call(
+    claude: Gateway, upstream: FakeUpstream
+) -> None:
+    client, _, creds = claude
+    resp = await client.post(
+        chat_url(),
+        json=chat_body(response_format={"type": "json_object"}, tools=[WEATHER_TOOL]),
+        headers=bearer(creds.key),
+    )
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["param"] == "response_format"
+    assert upstream.requests == []
+
+
 async def test_sdk_unary_tool_use(claude: Gateway, upstream: FakeUpstream, sdk: SdkFactory) -> None:
     client, _, creds = claude
     message = anthropic_message("Let me check.", CLAUDE, 377, 65, "tool_use")

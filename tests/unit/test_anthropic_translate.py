@@ -16,6 +16,7 @@ import pytest
 
 from gateway.errors import ValidationFailed
 from gateway.providers.anthropic import (
+    JSON_TOOL,
     StreamTranslator,
     anthropic_error_for_status,
     finish_reason,
@@ -411,12 +412,101 @@ def test_openai_only_parameters_are_not_sent() -> None:
             presence_penalty=0.5,
             frequency_penalty=0.5,
             logprobs=True,
-            response_format={"type": "json_object"},
+            response_format={"type": "text"},
             stream_options={"include_usage": True},
             metadata={"k": "v"},
         )
     )
     assert set(out) == {"model", "messages", "max_tokens"}
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+def test_json_object_is_asked_as_one_forced_tool() -> None:
+    out = translate_request(body(response_format={"type": "json_object"}))
+    assert out["tools"] == [
+        {
+            "name": JSON_TOOL,
+            "description": "Give the answer as this tool's input.",
+            "input_schema": {"type": "object"},
+        }
+    ]
+    assert out["tool_choice"] == {"type": "tool", "name": JSON_TOOL}
+
+
+def test_json_schema_becomes_the_tools_input_schema() -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "city", "description": "The city asked about.", "schema": SCHEMA},
+    }
+    out = translate_request(body(response_format=response_format))
+    assert out["tools"] == [
+        {"name": JSON_TOOL, "description": "The city asked about.", "input_schema": SCHEMA}
+    ]
+    assert out["tool_choice"] == {"type": "tool", "name": JSON_TOOL}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "extra"),
+    [
+        ({"type": "json_object"}, {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}, {}),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, {}),
+        ({"type": "yaml"}, {}),
+        ("json", {}),
+    ],
+)
+def test_json_modes_it_cannot_honour_are_refused_not_dropped(
+    response_format: Any, extra: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        translate_request(body(response_format=response_format, **extra))
+    assert info.value.body["param"] == "response_format"
+
+
+def test_a_json_answer_is_the_forced_tools_input() -> None:
+    message = {
+        "id": "msg_1",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "text", "text": "Here it is:"},
+            {"type": "tool_use", "id": "toolu_1", "name": JSON_TOOL, "input": {"city": "Paris"}},
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 20, "output_tokens": 9},
+    }
+    completion = translate_response(message, created=1, json_answer=True)
+    choice = completion["choices"][0]
+    assert json.loads(choice["message"]["content"]) == {"city": "Paris"}
+    assert "tool_calls" not in choice["message"]
+    assert choice["finish_reason"] == "stop"
+    # Without JSON mode the same answer is a tool call, as before.
+    plain = translate_response(message, created=1)["choices"][0]
+    assert plain["message"]["tool_calls"][0]["function"]["name"] == JSON_TOOL
+    assert plain["finish_reason"] == "tool_calls"
+
+
+def test_a_streamed_json_answer_is_content_at_every_split() -> None:
+    """The recorded tool-use stream, its tool renamed to the answer tool: the JSON
+    fragments become content (the text around them does not), the stop is a stop."""
+    raw = TOOL_FIXTURE.replace(b'"name":"get_weather"', b'"name":"' + JSON_TOOL.encode() + b'"')
+    assert raw != TOOL_FIXTURE
+    for size in (1, 7, 97, len(raw)):
+        translator = StreamTranslator(created=1, json_answer=True)
+        chunks: list[dict[str, Any]] = []
+        for piece in slices(raw, size):
+            chunks += translator.feed(piece)
+        chunks += translator.close()
+        translator.check()
+        assert json.loads(content(chunks)) == json.loads(TOOL_ARGS), size
+        assert tool_calls(chunks) == {}
+        assert finishes(chunks) == ["stop"]
+        assert from_openai(chunks[-1]["usage"]) is not None
 
 
 def test_n_above_one_is_rejected() -> None:
