@@ -7,6 +7,7 @@ Every failure raises ValidationFailed naming the offending field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,4 +163,13 @@ def validate_chat_request(body: Any) -> ChatRequest:
         include_usage=stream and bool(options and options.get("include_usage")),
         max_tokens=max_completion if max_completion is not None else max_tokens,
         n=n,
+    )
+
+
+def asks_for_json(body: Mapping[str, Any]) -> bool:
+    """Whether a chat request asks for a JSON answer (``response_format`` JSON modes)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
     )

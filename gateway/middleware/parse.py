@@ -14,7 +14,7 @@ from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.routing import plan_targets
 from gateway.usage import input_token_bound, output_ceiling
-from gateway.validation import validate_chat_request
+from gateway.validation import asks_for_json, validate_chat_request
 
 CHAT_ROUTE = "chat_completions"
 
@@ -41,9 +41,10 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise Conflict.detail(f"model {alias!r} has no active route")
     targets = plan_targets(spec.routes, state.rng)
     providers = state.config.gateway.providers
-    tools_overhead = (
-        max(providers[t.provider].tools_overhead for t in targets) if body.get("tools") else 0
-    )
+    # Anthropic routes carry a JSON response_format as a forced tool: the provider's
+    # tool-use prompt then counts as well.
+    uses_tools = bool(body.get("tools")) or asks_for_json(body)
+    tools_overhead = max(providers[t.provider].tools_overhead for t in targets) if uses_tools else 0
     route = targets[0]
     limits = state.config.gateway.limits
     request[CALL] = CallContext(

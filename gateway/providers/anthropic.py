@@ -36,6 +36,7 @@ from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamE
 from gateway.providers.http import HttpChunkStream, HttpProvider
 from gateway.providers.openai import error_for_status, scrub
 from gateway.sse import SSEEvent, SSEParser
+from gateway.validation import asks_for_json
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -48,7 +49,6 @@ __all__ = [
     "openai_usage",
     "translate_request",
     "translate_response",
-    "wants_json",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -293,15 +293,6 @@ def _json_tool(response_format: Any, has_tools: bool) -> dict[str, Any] | None:
         if isinstance(spec.get("description"), str):
             tool["description"] = spec["description"]
     return tool
-
-
-def wants_json(body: Mapping[str, Any]) -> bool:
-    """Whether the request asks for a JSON answer (carried by the forced tool)."""
-    response_format = body.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -737,7 +728,7 @@ class AnthropicProvider(HttpProvider):
         response = await self._send(request, False, self.config.timeouts.total)
         body = await self.read_answer(response)
         try:
-            return translate_response(orjson.loads(body), json_answer=wants_json(request.body))
+            return translate_response(orjson.loads(body), json_answer=asks_for_json(request.body))
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
         except ValueError as exc:
@@ -746,5 +737,5 @@ class AnthropicProvider(HttpProvider):
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         response = await self._send(request, True, self.config.timeouts.first_byte)
         return AnthropicStream(
-            self.name, response, request.api_key, json_answer=wants_json(request.body)
+            self.name, response, request.api_key, json_answer=asks_for_json(request.body)
         )

@@ -23,6 +23,7 @@ from gateway.config import ProviderConfig, Timeouts
 from gateway.providers.anthropic import AnthropicProvider, AnthropicStream
 from gateway.providers.base import UpstreamRequest
 from gateway.sse import SSEEvent, SSEParser
+from gateway.usage import input_token_bound
 from tests.fakeupstream import (
     FakeUpstream,
     Reply,
@@ -355,6 +356,46 @@ async def test_sdk_json_mode_unary_and_stream(
     assert upstream.last.json()["tool_choice"] == {"type": "tool", "name": "json_answer"}
     assert json.loads(text_of(chunks)) == {"location": "Paris"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+async def _reserved_input(client: Any, creds: Credentials) -> int:
+    """The project's reserved input tokens (month window) once something is held."""
+    async with asyncio.timeout(5):
+        while True:
+            resp = await client.get(f"/v1/projects/{KARTA}/usage", headers=bearer(creds.key))
+            report = await resp.json()
+            [month] = [
+                c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
+            ]
+            held = int(month["dimensions"]["input_tokens"]["reserved"])
+            if held:
+                return held
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("extra", "overhead"),
+    [
+        ({}, 0),
+        ({"response_format": {"type": "json_object"}}, 800),
+        ({"tools": [WEATHER_TOOL]}, 800),
+    ],
+    ids=["plain", "json-mode", "tools"],
+)
+async def test_the_reservation_covers_anthropics_tool_prompt(
+    claude: Gateway, upstream: FakeUpstream, extra: dict[str, Any], overhead: int
+) -> None:
+    """Anthropic adds a tool-use system prompt (a few hundred tokens) to any request
+    with a tool, the forced JSON-answer tool included: the input reservation holds it."""
+    client, config, creds = claude
+    body = chat_body(**extra)
+    upstream.script(Reply(json=anthropic_message("{}", CLAUDE), delay_before_headers=0.5))
+    call = asyncio.create_task(client.post(chat_url(), json=body, headers=bearer(creds.key)))
+    try:
+        bound = input_token_bound(body, config.gateway.limits.image_token_bound)
+        assert await _reserved_input(client, creds) == bound + overhead
+    finally:
+        assert (await call).status == 200
 
 
 async def test_json_mode_with_tools_is_refused_before_any_call(
