@@ -53,10 +53,13 @@ class AutoPipeline:
         TimeoutError once ``call_timeout`` has passed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._sweeper_loop is not loop:
+            # A new event loop (tests run several): the old one's calls are not ours to fail.
+            self._deadlines.clear()
+            self._sweeper_loop, self._sweeper = loop, None
         self._pending.append((packed, future))
         self._deadlines.append((loop.time() + self.call_timeout, future))
-        if self._sweeper is None or self._sweeper_loop is not loop:
-            self._sweeper_loop = loop
+        if self._sweeper is None:
             self._sweeper = loop.call_later(self.call_timeout / 4, self._sweep)
         if not self._scheduled:
             self._scheduled = True
