@@ -122,23 +122,39 @@ def worst_cost_nano(input_bound: int, output_ceiling: int, price: PriceConfig | 
     return _ceil_div(input_bound * dearest + output_ceiling * price.output, MILLION)
 
 
+def _token_count(value: Any) -> int | None:
+    """A count of tokens: a non-negative integer (not a bool), else None."""
+    if type(value) is int and value >= 0:
+        return value
+    return None
+
+
 def from_openai(usage: Any) -> Usage | None:
-    """Usage from an OpenAI ``usage`` object (unary body or stream chunk)."""
+    """Usage from an OpenAI ``usage`` object (unary body or stream chunk).
+
+    None unless both counts are non-negative integers: a usage the upstream got wrong
+    is no usage (the caller then estimates, never below the truth), and a negative
+    count could otherwise take tokens off a counter. Details of the wrong shape count 0.
+    """
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    prompt = _token_count(usage.get("prompt_tokens"))
+    completion = _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
         return None
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    if not isinstance(prompt_details, dict):
+        prompt_details = {}
+    if not isinstance(completion_details, dict):
+        completion_details = {}
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
-        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        cached_input_tokens=_token_count(prompt_details.get("cached_tokens")) or 0,
+        reasoning_tokens=_token_count(completion_details.get("reasoning_tokens")) or 0,
         # Not OpenAI's: the Anthropic adapter reports cache writes here.
-        cache_creation_input_tokens=int(prompt_details.get("cache_creation_tokens") or 0),
+        cache_creation_input_tokens=_token_count(prompt_details.get("cache_creation_tokens")) or 0,
     )
 
 

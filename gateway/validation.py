@@ -71,7 +71,7 @@ def _content(content: Any, where: str, role: str) -> None:
         if not isinstance(part, dict):
             raise ValidationFailed(f"{pwhere} must be an object", pwhere)
         kind = part.get("type")
-        if kind not in PART_TYPES:
+        if not isinstance(kind, str) or kind not in PART_TYPES:
             raise ValidationFailed(
                 f"{pwhere}.type must be one of {sorted(PART_TYPES)}", f"{pwhere}.type"
             )
@@ -95,7 +95,7 @@ def _messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise ValidationFailed(f"{where} must be an object", where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list is no role (nor hashable)
             raise ValidationFailed(f"{where}.role must be one of {sorted(ROLES)}", f"{where}.role")
         if "content" not in message and not message.get("tool_calls"):
             raise ValidationFailed(f"{where}.content is required", f"{where}.content")

@@ -462,6 +462,24 @@ def translate_response(
     return completion
 
 
+def _member(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """An event's object member (empty when absent); any other type fails the stream."""
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UpstreamStreamError("upstream_error", f"the provider sent an invalid {name}")
+    return value
+
+
+def _index(data: dict[str, Any]) -> int | None:
+    """A content block's index: an integer (None when absent); else the stream fails."""
+    index = data.get("index")
+    if index is None or type(index) is int:
+        return index
+    raise UpstreamStreamError("upstream_error", "the provider sent an invalid block index")
+
+
 class StreamTranslator:
     """Messages SSE bytes in, OpenAI chunk dicts out (pure, incremental).
 
@@ -494,7 +512,7 @@ class StreamTranslator:
         self.saw_delta = False
         self.done = False  # the usage chunk was emitted: nothing follows
         self.error: UpstreamStreamError | None = None
-        self._tools: dict[Any, int] = {}  # Anthropic block index -> OpenAI tool index
+        self._tools: dict[int | None, int] = {}  # Anthropic block index -> OpenAI tool index
 
     def check(self) -> None:
         """Raise the failure the input carried, if any."""
@@ -573,7 +591,7 @@ class StreamTranslator:
                 declared=True,
             )
         if kind == "message_start":
-            message = data.get("message") or {}
+            message = _member(data, "message")
             self.id = str(message.get("id") or "")
             self.model = str(message.get("model") or "")
             if isinstance(message.get("usage"), dict):
@@ -592,7 +610,7 @@ class StreamTranslator:
                 for key, value in usage.items():
                     if isinstance(value, int) and value > _count(self.usage.get(key)):
                         self.usage[key] = value
-            delta = data.get("delta") or {}
+            delta = _member(data, "delta")
             if delta.get("stop_reason"):
                 out.append(self._chunk({}, _finish(delta["stop_reason"], self.json_answer)))
         elif kind == "message_stop":
@@ -602,17 +620,17 @@ class StreamTranslator:
         # ping, content_block_stop and unknown events carry nothing to relay
 
     def _block_start(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        block = data.get("content_block") or {}
+        block = _member(data, "content_block")
         if self.json_answer:
             if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
-                self._json_block = data.get("index")
+                self._json_block = _index(data)
                 if block.get("input"):  # complete up front (not streamed in pieces)
                     out.append(self._chunk({"content": _arguments(block["input"])}))
             return  # text around the JSON is not part of it
-        if block.get("type") == "text" and block.get("text"):
+        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             out.append(self._chunk({"content": block["text"]}))
         elif block.get("type") == "tool_use":
-            index = self._tools[data.get("index")] = len(self._tools)
+            index = self._tools[_index(data)] = len(self._tools)
             initial = block.get("input")
             call = {
                 "index": index,
@@ -626,19 +644,20 @@ class StreamTranslator:
             out.append(self._chunk({"tool_calls": [call]}))
 
     def _block_delta(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
-        delta = data.get("delta") or {}
+        delta = _member(data, "delta")
         kind = delta.get("type")
+        fragment = delta.get("partial_json")
+        if not isinstance(fragment, str):
+            fragment = ""
         if self.json_answer:
-            fragment = delta.get("partial_json")
-            if kind == "input_json_delta" and data.get("index") == self._json_block and fragment:
+            if kind == "input_json_delta" and _index(data) == self._json_block and fragment:
                 out.append(self._chunk({"content": fragment}))
             return
         if kind == "text_delta":
-            if delta.get("text"):
+            if isinstance(delta.get("text"), str) and delta["text"]:
                 out.append(self._chunk({"content": delta["text"]}))
         elif kind == "input_json_delta":
-            index = self._tools.get(data.get("index"))
-            fragment = delta.get("partial_json")
+            index = self._tools.get(_index(data))
             if index is not None and fragment:
                 call = {"index": index, "function": {"arguments": fragment}}
                 out.append(self._chunk({"tool_calls": [call]}))

@@ -88,6 +88,34 @@ def _has_finish(batch: list[dict[str, Any]]) -> bool:
     return False
 
 
+def check_completion(provider: str, completion: Any) -> dict[str, Any]:
+    """A unary answer whose shape the handler can read, or UpstreamFailed (502)."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("message") or {}, dict) for c in choices
+    ):
+        raise UpstreamFailed.detail(f"provider {provider} sent an invalid completion")
+    assert isinstance(completion, dict)
+    return completion
+
+
+def _well_formed(chunk: dict[str, Any]) -> bool:
+    """Whether the relay can read the chunk: choices a list of objects, each delta an
+    object (any other field may hold anything: it is relayed, not read)."""
+    choices = chunk.get("choices")
+    if choices is None:
+        return True
+    if type(choices) is not list:
+        return False
+    for choice in choices:
+        if type(choice) is not dict:
+            return False
+        delta = choice.get("delta")
+        if delta is not None and type(delta) is not dict:
+            return False
+    return True
+
+
 class OpenAIStream(HttpChunkStream):
     def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
         super().__init__(provider, response)
@@ -131,7 +159,7 @@ class OpenAIStream(HttpChunkStream):
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamStreamError("upstream_error", "the provider sent invalid JSON") from exc
-        if type(chunk) is dict and event is None and "error" not in chunk:
+        if type(chunk) is dict and event is None and "error" not in chunk and _well_formed(chunk):
             return chunk  # the common case, checked in one go
         if not isinstance(chunk, dict):
             raise UpstreamStreamError("upstream_error", "the provider sent an invalid chunk")
@@ -143,6 +171,8 @@ class OpenAIStream(HttpChunkStream):
                 scrub(message, self.secret) if isinstance(message, str) else "provider error",
                 declared=True,
             )
+        if not _well_formed(chunk):
+            raise UpstreamStreamError("upstream_error", "the provider sent an invalid chunk")
         return chunk
 
 
@@ -189,9 +219,7 @@ class OpenAIProvider(HttpProvider):
             completion = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
-        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-            raise UpstreamFailed.detail(f"provider {self.name} sent an invalid completion")
-        return completion
+        return check_completion(self.name, completion)
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         response = await self._send(request, self.config.timeouts.first_byte)

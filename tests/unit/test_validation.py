@@ -183,7 +183,7 @@ def test_message_not_an_object() -> None:
     assert _param({"messages": [dict(USER), "hello"]}) == "messages[1]"
 
 
-@pytest.mark.parametrize("role", ["robot", "User", "", None, 1])
+@pytest.mark.parametrize("role", ["robot", "User", "", None, 1, ["user"], {"a": 1}])
 def test_bad_role(role: Any) -> None:
     assert _param({"messages": [dict(USER), {"role": role, "content": "x"}]}) == "messages[1].role"
 
@@ -202,7 +202,7 @@ def test_content_missing_for_user() -> None:
     assert _param({"messages": [{"role": "user", "content": None}]}) == "messages[0].content"
 
 
-@pytest.mark.parametrize("part_type", ["video", None, "TEXT", 3])
+@pytest.mark.parametrize("part_type", ["video", None, "TEXT", 3, ["text"], {"t": 1}])
 def test_content_part_bad_type(part_type: Any) -> None:
     body = {
         "messages": [

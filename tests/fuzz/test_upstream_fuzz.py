@@ -1,0 +1,207 @@
+"""Fuzz: whatever an upstream sends, the gateway fails only the documented way.
+
+A provider (or anything answering at its URL) is untrusted input. Chunks and answers
+of any shape, valid JSON with every field of the wrong type included, must end in
+either a relayed chunk or the mid-stream error (UpstreamStreamError) for streams, and
+in an answer or the gateway's own 502 (ValueError / UpstreamFailed) for unary calls:
+never in an AttributeError that cuts a stream without an error event or answers 500.
+
+Hypothesis generates the inputs (profile in tests/fuzz/conftest.py: a fixed seed in
+CI, so a failure reproduces; ``HYPOTHESIS_PROFILE=deep`` for long local runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Any
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import UpstreamFailed
+from gateway.providers.anthropic import StreamTranslator, translate_response
+from gateway.providers.base import UpstreamStreamError
+from gateway.providers.openai import OpenAIStream, check_completion
+from gateway.proxy import _Relay
+from gateway.sse import SSEParser
+from gateway.wire import PROFILES
+
+# Any JSON value.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def shaped(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects with these keys (each optional), their values of the right shape or any."""
+    return st.fixed_dictionaries({}, optional={k: v | json_values for k, v in fields.items()})
+
+
+usage_like = shaped(
+    {
+        "prompt_tokens": st.integers(0, 10**6),
+        "completion_tokens": st.integers(0, 10**6),
+        "total_tokens": st.integers(0, 10**6),
+        "prompt_tokens_details": shaped({"cached_tokens": st.integers(0, 10**6)}),
+        "completion_tokens_details": shaped({"reasoning_tokens": st.integers(0, 10**6)}),
+    }
+)
+delta_like = shaped(
+    {
+        "role": st.just("assistant"),
+        "content": st.text(max_size=8),
+        "tool_calls": st.lists(json_values, max_size=2),
+        "refusal": st.text(max_size=4),
+    }
+)
+choice_like = shaped(
+    {
+        "index": st.integers(0, 3),
+        "delta": delta_like,
+        "message": shaped({"role": st.just("assistant"), "content": st.text(max_size=8)}),
+        "finish_reason": st.sampled_from(["stop", "length", "tool_calls"]),
+        "logprobs": st.none(),
+    }
+)
+chunk_like = shaped(
+    {
+        "id": st.text(max_size=8),
+        "object": st.just("chat.completion.chunk"),
+        "created": st.integers(0, 2**40),
+        "model": st.text(max_size=8),
+        "choices": st.lists(choice_like, max_size=3),
+        "usage": usage_like,
+        "x_groq": shaped({"usage": usage_like}),
+    }
+)
+
+CALL = types.SimpleNamespace(
+    alias="default",
+    first_token_at=None,
+    chat=types.SimpleNamespace(include_usage=True),
+    input_bound=100,
+    output_ceiling=50,
+)
+
+
+def _openai_relay(frames: list[bytes], profile: str) -> None:
+    stream = OpenAIStream.__new__(OpenAIStream)
+    stream.secret = ""
+    relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])  # type: ignore[arg-type]
+    parser = SSEParser()
+    try:
+        for frame in frames:
+            batch, done = stream._decode_all(parser.feed(frame))
+            relay.encode(batch)
+            if done:
+                break
+    except UpstreamStreamError:
+        return  # the documented failure: becomes the mid-stream error event
+    relay.trailer()
+
+
+@given(st.lists(chunk_like | json_values, max_size=6), st.sampled_from(["openai", "karta"]))
+def test_any_openai_stream_relays_or_fails_as_a_stream_error(
+    chunks: list[Any], profile: str
+) -> None:
+    frames = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+    _openai_relay(frames, profile)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=6))
+def test_any_bytes_in_an_openai_stream_fail_as_a_stream_error(pieces: list[bytes]) -> None:
+    _openai_relay(pieces, "karta")
+
+
+event_like = shaped(
+    {
+        "type": st.sampled_from(
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "message_delta",
+                "message_stop",
+                "ping",
+            ]
+        ),
+        "index": st.integers(0, 2),
+        "message": shaped({"id": st.text(max_size=6), "usage": usage_like}),
+        "content_block": shaped(
+            {
+                "type": st.sampled_from(["text", "tool_use"]),
+                "text": st.text(max_size=6),
+                "name": st.text(max_size=6),
+                "input": json_values,
+            }
+        ),
+        "delta": shaped(
+            {
+                "type": st.sampled_from(["text_delta", "input_json_delta"]),
+                "text": st.text(max_size=6),
+                "partial_json": st.text(max_size=6),
+                "stop_reason": st.sampled_from(["end_turn", "tool_use", "max_tokens"]),
+            }
+        ),
+        "usage": shaped({"output_tokens": st.integers(0, 10**6)}),
+    }
+)
+
+
+@given(st.lists(event_like | json_values, max_size=8), st.booleans())
+def test_any_anthropic_stream_translates_or_fails_as_a_stream_error(
+    events: list[Any], json_answer: bool
+) -> None:
+    translator = StreamTranslator(created=1, json_answer=json_answer)
+    raw = b"".join(b"event: x\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+    with contextlib.suppress(UpstreamStreamError):  # the documented failure
+        translator.feed(raw)
+        translator.close()
+        translator.check()
+
+
+@given(
+    shaped(
+        {
+            "content": st.lists(
+                shaped(
+                    {
+                        "type": st.sampled_from(["text", "tool_use"]),
+                        "text": st.text(max_size=6),
+                        "name": st.text(max_size=6),
+                        "input": json_values,
+                    }
+                ),
+                max_size=3,
+            ),
+            "usage": shaped({"input_tokens": st.integers(0, 10**6)}),
+            "stop_reason": st.text(max_size=8),
+        }
+    )
+    | json_values,
+    st.booleans(),
+)
+def test_any_anthropic_answer_translates_or_is_refused(message: Any, json_answer: bool) -> None:
+    with contextlib.suppress(ValueError):  # the adapter answers 502: "an invalid message"
+        translate_response(message, created=1, json_answer=json_answer)
+
+
+@given(shaped({"choices": st.lists(choice_like, max_size=3), "usage": usage_like}) | json_values)
+def test_any_openai_answer_is_accepted_whole_or_refused(completion: Any) -> None:
+    try:
+        checked = check_completion("fuzz", completion)
+    except UpstreamFailed:
+        return  # 502
+    for choice in checked["choices"]:  # what the handler reads, without type checks
+        message = choice.get("message") or {}
+        str(message.get("content") or "")
