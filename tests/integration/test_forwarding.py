@@ -499,6 +499,31 @@ async def test_recorded_midstream_error_becomes_an_error_event(gateway, upstream
     assert PROVIDER_KEY not in raw.decode()
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"choices": [None]}, {"choices": "text"}, {"choices": [{"delta": ["x"]}]}],
+    ids=["choice-null", "choices-string", "delta-list"],
+)
+async def test_a_malformed_chunk_mid_stream_becomes_an_error_event(
+    gateway, upstream, bad: dict[str, Any]
+) -> None:
+    """Found by the fuzz suite: a chunk of the wrong shape crashed the relay, which cut
+    the stream with no error event. It is the provider's error, told as such."""
+    client, _, creds = gateway
+    good = openai_stream(["Hel", "lo"]).split(b"\n\n")
+    sse = b"\n\n".join([good[0], good[1], b"data: " + json.dumps(bad).encode(), *good[2:]])
+    upstream.script(Reply(sse=sse))
+    resp = await post(client, creds, chat_body(stream=True))
+    assert resp.status == 200
+    raw, events = await stream_events(resp)
+    assert events[-1].event == "error", raw
+    error = json.loads(events[-1].data)
+    assert error["data"]["code"] == "upstream_error"
+    assert "invalid chunk" in error["data"]["message"]
+    assert all(e.event == "chunk" for e in events[:-1])
+    assert content_of([json.loads(e.data) for e in events[:-1]]) == "Hel"
+
+
 async def test_openai_profile_midstream_error_is_a_data_only_error_frame(gateway, upstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture(GROQ_FIXTURE)))
