@@ -84,7 +84,7 @@ body_like = shaped(
                 ),
             }
         ),
-        "seed": st.integers(),
+        "seed": st.integers(-(2**63), 2**63 - 1),
         "user": st.text(max_size=6),
     }
 )
