@@ -7,14 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.sse import SSEParser
+from tests.fakeupstream import FakeUpstream, Reply
 from tests.fuzz.test_request_fuzz import body_like
-from tests.fuzz.test_upstream_fuzz import json_values
+from tests.fuzz.test_upstream_fuzz import chunk_like, json_values
 from tests.harness import bearer
 
 VALID = b'{"messages": [{"role": "user", "content": "hi"}], "stream": false}'
+STREAM = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
 DOCUMENTED = {200, 401, 402, 403, 404, 409, 413, 422, 429, 502, 503, 504}
 
 # Mostly valid requests too, so that the path through budget, upstream and relay runs.
@@ -83,3 +87,59 @@ async def test_any_request_gets_a_documented_status_and_a_json_body(
         assert body
     else:
         await resp.read()
+
+
+@pytest.fixture
+async def tolerant_gateway(make_gateway: Any) -> Any:
+    """A gateway whose circuit breaker never opens: every example reaches the relay
+    (a run of failures before the first byte would otherwise answer 503 for 30 s)."""
+    return await make_gateway(gateway={"resilience": {"breaker": {"failure_threshold": 10**6}}})
+
+
+GOOD_CHUNKS = [
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}},
+]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    st.lists(chunk_like | json_values, max_size=5),
+    st.booleans(),
+    st.integers(1, 120),
+    st.none(),
+)
+# Pinned: a well-formed stream in small slices ends in [DONE]; one with a bad chunk in
+# the middle ends in the error event.
+@example(GOOD_CHUNKS, True, 7, "[DONE]")
+@example([GOOD_CHUNKS[0], {"choices": "bad"}, *GOOD_CHUNKS[1:]], True, 500, "error")
+async def test_any_upstream_stream_ends_in_done_or_an_error_event(
+    tolerant_gateway: Any,
+    upstream: FakeUpstream,
+    chunks: list[Any],
+    done: bool,
+    slice_size: int,
+    expect_last: str | None,
+) -> None:
+    """Whatever the provider streams, in whatever slices: the client gets a documented
+    status before the first byte, or a stream that ends in [DONE] or an error event."""
+    client, _, creds = tolerant_gateway
+    sse = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    upstream.script(Reply(sse=sse + (b"data: [DONE]\n\n" if done else b""), slice_size=slice_size))
+    resp = await client.post(
+        "/v1/projects/alpha/chat/completions", data=STREAM, headers=bearer(creds.key)
+    )
+    if resp.status != 200:
+        assert resp.status in (502, 504), (resp.status, await resp.text())
+        assert isinstance(await resp.json(), dict)
+        return
+    parser = SSEParser()
+    events = parser.feed(await resp.read()) + parser.close()
+    assert events
+    assert events[-1].event in ("[DONE]", "error"), events[-1]
+    if expect_last is not None:
+        assert events[-1].event == expect_last, events
+    for event in events[:-1]:
+        assert event.event == "chunk", event
+        assert isinstance(orjson.loads(event.data), dict)
