@@ -12,9 +12,12 @@ them (counters and histograms add up, gauges sum over live workers).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -171,8 +174,25 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            merged = CollectorRegistry()
-            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged)
-        return generate_latest(self.registry)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        # The workers' files only hold series something touched: a family nobody has
+        # (no budget rejection yet, say) would vanish from the scrape, where one worker
+        # alone shows it with no samples. Announce those too, as that worker would.
+        present = {family.name for family in merged.collect()}
+        untouched = [f for f in self.registry.collect() if f.name not in present and not f.samples]
+        announced = CollectorRegistry(auto_describe=False)
+        announced.register(_Families(untouched))
+        return generate_latest(merged) + generate_latest(announced)
+
+
+class _Families(Collector):
+    """A fixed list of metric families, as a collector."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

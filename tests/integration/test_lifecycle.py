@@ -442,6 +442,12 @@ async def test_workers_share_the_port_restart_and_add_up_metrics(
     alpha = gw.url(CHAT.format("alpha"))
     workers = await gw.wait_workers_listening(2)
     assert len(set(workers)) == 2
+    # Before anything moved, every family is announced all the same (HELP and TYPE),
+    # as a single process shows them: dashboards and alerts find their metrics.
+    async with http.get(gw.url("/metrics")) as resp:
+        fresh = {f.name for f in text_string_to_metric_families(await resp.text())}
+    for name in ("gateway_budget_rejections", "gateway_upstream_errors", "gateway_tokens"):
+        assert name in fresh, sorted(fresh)
 
     async def serve(n: int) -> None:
         answers = await asyncio.gather(
