@@ -379,6 +379,28 @@ def fixture(name: str) -> bytes:
     return (DATA_DIR / name).read_bytes()
 
 
+class UsagePerRequest:
+    """A default reply reporting a different usage per request ("req-NN" messages),
+    after a delay so that concurrent requests overlap; remembers what it reported."""
+
+    def __init__(self, delay: float = 0.1) -> None:
+        self.delay = delay
+        self.reported: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, rec: Recorded) -> Reply:
+        body = rec.json()
+        text = body["messages"][0]["content"]
+        n = int(text.split("-")[1])
+        prompt, completion = 10 + n % 7, 5 + n % 13
+        assert text not in self.reported, f"{text} asked twice"
+        self.reported[text] = (prompt, completion)
+        if body.get("stream"):
+            sse = openai_stream(["o", "k"], prompt_tokens=prompt, completion_tokens=completion)
+            return Reply(sse=sse, delay_before_headers=self.delay)
+        answer = openai_completion(prompt_tokens=prompt, completion_tokens=completion)
+        return Reply(json=answer, delay_before_headers=self.delay)
+
+
 def default_reply(rec: Recorded) -> Reply:
     """The fake's default: a valid reply for the endpoint, honouring ``"stream"``.
 

@@ -253,3 +253,25 @@ def data_frames(text: str) -> list[Any]:
             payload = line[len("data: ") :]
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
+
+
+def tag(prefix: str, owner: str = "prj_alpha", kind: str = "prj") -> str:
+    """The key prefix, hash tag included, of a project's (or, kind "org", an org's) keys."""
+    return f"{prefix}:{{{kind}:{owner}}}:"
+
+
+async def window_ids(redis: Any) -> dict[str, str]:
+    """Today's window ids on the Redis server's clock (a client or a cluster client)."""
+    seconds, _ = await redis.time()
+    now = datetime.fromtimestamp(seconds, UTC)
+    return {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
+
+
+def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """One ledger stream entry: the usage event (JSON in field "event") plus "settled"
+    (also reads flat field/value entries)."""
+    if b"event" in fields:
+        event = dict(json.loads(fields[b"event"]))
+        event["settled"] = fields.get(b"settled", b"").decode()
+        return event
+    return {k.decode(): v.decode() for k, v in fields.items()}

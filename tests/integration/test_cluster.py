@@ -12,14 +12,12 @@ is 100: a worst case of 133 tokens (64_950 nano-USD); the fake reports 11 + 3 to
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +33,21 @@ from tests.fakeupstream import (
     FakeUpstream,
     Recorded,
     Reply,
+    UsagePerRequest,
     default_reply,
     openai_completion,
     openai_stream,
 )
-from tests.harness import bearer, chat_body, counter, free_port, write_config
+from tests.harness import (
+    bearer,
+    chat_body,
+    counter,
+    free_port,
+    parse_event,
+    tag,
+    window_ids,
+    write_config,
+)
 from tests.process import edit_gateway_yaml
 
 IN_PRICE, OUT_PRICE = 150, 600
@@ -198,26 +206,6 @@ def gateway_on(
     return factory
 
 
-async def window_ids(rc: RedisCluster) -> dict[str, str]:
-    seconds, _ = await rc.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    return {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
-
-
-def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """One ledger stream entry: the usage event (JSON in field "event") plus "settled"
-    (also reads flat field/value entries)."""
-    if b"event" in fields:
-        event = dict(json.loads(fields[b"event"]))
-        event["settled"] = fields.get(b"settled", b"").decode()
-        return event
-    return {k.decode(): v.decode() for k, v in fields.items()}
-
-
-def tag(prefix: str, owner: str = "prj_alpha", kind: str = "prj") -> str:
-    return f"{prefix}:{{{kind}:{owner}}}:"
-
-
 def used(i: int, o: int, c: int) -> dict[str, int]:
     return {"u0": i, "u1": o, "u2": i + o, "u3": c, **ZERO_HELD}
 
@@ -305,31 +293,10 @@ async def test_402_at_the_cap(gateway_on, upstream, rc) -> None:
     assert len(upstream.requests) == 2
 
 
-class Reporting:
-    """Per-request usage after a delay, so that requests overlap; remembers it."""
-
-    def __init__(self) -> None:
-        self.reported: dict[str, tuple[int, int]] = {}
-
-    def __call__(self, rec: Recorded) -> Reply:
-        body = rec.json()
-        text = body["messages"][0]["content"]
-        n = int(text.split("-")[1])
-        prompt, completion = 10 + n % 7, 5 + n % 13
-        self.reported[text] = (prompt, completion)
-        if body.get("stream"):
-            sse = openai_stream(["o", "k"], prompt_tokens=prompt, completion_tokens=completion)
-            return Reply(sse=sse, delay_before_headers=0.1)
-        return Reply(
-            json=openai_completion(prompt_tokens=prompt, completion_tokens=completion),
-            delay_before_headers=0.1,
-        )
-
-
 async def test_concurrent_requests_cannot_overshoot(gateway_on, upstream, rc) -> None:
     worst = 16 + 8 + 4 + len("req-00") + 100  # 134
     cap = 5 * worst + worst // 2  # five worst cases fit, six do not
-    fake = Reporting()
+    fake = UsagePerRequest()
     upstream.default = fake
     client, config, creds = await gateway_on(
         projects={"delta": {"budgets": {"project": {"month": {"total_tokens": cap}}}}}

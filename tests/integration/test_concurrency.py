@@ -31,9 +31,8 @@ from tests.fakeupstream import (
     FakeUpstream,
     Recorded,
     Reply,
+    UsagePerRequest,
     default_reply,
-    openai_completion,
-    openai_stream,
 )
 from tests.harness import bearer, chat_body, counter, write_config
 
@@ -60,25 +59,8 @@ async def month_key(redis: Redis, prefix: str) -> str:
     return f"{prefix}:{{prj:prj_alpha}}:p:{month}"
 
 
-class Ledger:
-    """A fake-upstream default reply that reports a different usage per request,
-    after a delay so that requests overlap, and remembers what it reported."""
-
-    def __init__(self) -> None:
-        self.reported: dict[str, tuple[int, int]] = {}
-
-    def __call__(self, rec: Recorded) -> Reply:
-        body = rec.json()
-        text = body["messages"][0]["content"]
-        n = int(text.split("-")[1])
-        prompt, completion = 10 + n % 7, 5 + n % 13
-        assert text not in self.reported
-        self.reported[text] = (prompt, completion)
-        if body.get("stream"):
-            sse = openai_stream(["o", "k"], prompt_tokens=prompt, completion_tokens=completion)
-            return Reply(sse=sse, delay_before_headers=0.1)
-        completion_body = openai_completion(prompt_tokens=prompt, completion_tokens=completion)
-        return Reply(json=completion_body, delay_before_headers=0.1)
+class Ledger(UsagePerRequest):
+    """Per-request usage (see UsagePerRequest), and the counters it should add up to."""
 
     def totals(self, texts: set[str]) -> dict[str, int]:
         i = sum(self.reported[t][0] for t in texts)

@@ -16,7 +16,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ from tests.harness import (
     bearer,
     chat_body,
     counter,
+    parse_event,
+    window_ids,
     write_config,
 )
 from tests.process import GatewayProcess, key_prefix
@@ -48,6 +49,11 @@ from tests.process import GatewayProcess, key_prefix
 URL = "/v1/projects/alpha/chat/completions"
 IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 CEILING = 100
+# Each test's end users get their own counter, so every request's hold can be read apart.
+PER_USER_BUDGETS = {
+    "project": {"month": {"total_tokens": 1_000_000}},
+    "per_user": {"day": {"total_tokens": 100_000}},
+}
 FIGURES = Path("/tmp/gateway-fault-figures.json")
 
 
@@ -71,24 +77,8 @@ def record_figures(section: str, figures: dict[str, Any]) -> None:
     FIGURES.write_text(json.dumps(existing, indent=2, sort_keys=True))
 
 
-def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """One ledger stream entry: the usage event (JSON in field "event") plus "settled"
-    (also reads flat field/value entries)."""
-    if b"event" in fields:
-        event = dict(json.loads(fields[b"event"]))
-        event["settled"] = fields.get(b"settled", b"").decode()
-        return event
-    return {k.decode(): v.decode() for k, v in fields.items()}
-
-
 def held_amount(state: dict[str, int]) -> int:
     return sum(abs(state[f"r{d}"]) for d in range(4))
-
-
-async def window_ids(redis: Redis) -> dict[str, str]:
-    seconds, _ = await redis.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    return {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
 
 
 def ptag(creds: Credentials, project_id: str = "prj_alpha") -> str:
@@ -177,14 +167,7 @@ async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_
         tmp_path / "cfg",
         upstream.base_url,
         redis_url,
-        projects={
-            "alpha": {
-                "budgets": {
-                    "project": {"month": {"total_tokens": 1_000_000}},
-                    "per_user": {"day": {"total_tokens": 100_000}},
-                }
-            }
-        },
+        projects={"alpha": {"budgets": PER_USER_BUDGETS}},
     )
     gateway = await spawn(creds)
     upstream.default = lambda rec: slow_stream()
@@ -273,14 +256,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
         tmp_path / "cfg",
         upstream.base_url,
         redis_url,
-        projects={
-            "alpha": {
-                "budgets": {
-                    "project": {"month": {"total_tokens": 1_000_000}},
-                    "per_user": {"day": {"total_tokens": 100_000}},
-                }
-            }
-        },
+        projects={"alpha": {"budgets": PER_USER_BUDGETS}},
         gateway={
             "providers": {"upstream": provider(upstream, first_byte=1, idle=1)},
             "resilience": {"breaker": {"failure_threshold": 100}},

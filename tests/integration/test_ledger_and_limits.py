@@ -42,7 +42,15 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import RedisServer, bearer, chat_body, counter, write_config
+from tests.harness import (
+    RedisServer,
+    bearer,
+    chat_body,
+    counter,
+    tag,
+    window_ids,
+    write_config,
+)
 from tests.process import add_api_key, edit_gateway_yaml
 
 URL = "/v1/projects/alpha/chat/completions"
@@ -56,16 +64,6 @@ SMALL_COST = 11 * IN_PRICE + 3 * OUT_PRICE  # 3_450
 
 def cost(i: int, o: int, cached: int = 0) -> int:
     return (i - cached) * IN_PRICE + cached * CACHED_PRICE + o * OUT_PRICE
-
-
-async def window_ids(redis: Redis) -> dict[str, str]:
-    seconds, _ = await redis.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    return {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
-
-
-def tag(prefix: str, owner: str = "prj_alpha", kind: str = "prj") -> str:
-    return f"{prefix}:{{{kind}:{owner}}}:"
 
 
 def flat(value: Any) -> str:
@@ -379,6 +377,13 @@ def _rate_limited_body(status: int, headers: Any, body: Any) -> str:
     return str(body["detail"])
 
 
+def assert_refusals(results: list[tuple], detail: str) -> None:
+    """Every 429 of a burst is the documented one, with this reason."""
+    for status, headers, body in results:
+        if status == 429:
+            assert _rate_limited_body(status, headers, body) == detail
+
+
 async def _burst(client: Any, auth: dict[str, str], n: int, **body: Any) -> list[tuple]:
     async def one() -> tuple[int, Any, Any]:
         resp = await client.post(URL, json=chat_body(**body), headers=auth)
@@ -400,10 +405,7 @@ async def test_requests_per_minute_burst_gets_429_and_charges_nothing(
     results = await _burst(client, bearer(creds.key), 8)
     statuses = sorted(s for s, _, _ in results)
     assert statuses == [200] * 5 + [429] * 3
-    for status, headers, body in results:
-        if status == 429:
-            detail = _rate_limited_body(status, headers, body)
-            assert detail == "requests per minute limit (5) reached"
+    assert_refusals(results, "requests per minute limit (5) reached")
     assert len(upstream.requests) == 5
     # The 429s reserved and charged nothing: the counters hold the 5 admitted requests.
     for window_id in (await window_ids(redis)).values():
@@ -429,10 +431,7 @@ async def test_per_key_limits_are_independent_and_a_429_holds_nothing(
     prefix = config.gateway.redis.key_prefix
     results = await _burst(client, bearer(creds.key), 4)
     assert sorted(s for s, _, _ in results) == [200, 200, 429, 429]
-    for status, headers, body in results:
-        if status == 429:
-            detail = _rate_limited_body(status, headers, body)
-            assert detail == "per-key requests per minute limit (2) reached"
+    assert_refusals(results, "per-key requests per minute limit (2) reached")
     # The other key has its own allowance, and key one's refusals took nothing from the
     # project's limit (all or nothing): the project still has 2 of its 4.
     results = await _burst(client, bearer(two), 2)
@@ -484,10 +483,7 @@ async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
     upstream.default = slow
     results = await _burst(client, auth, 4, stream=True)
     assert sorted(s for s, _, _ in results) == [200, 429, 429, 429]
-    for status, headers, body in results:
-        if status == 429:
-            detail = _rate_limited_body(status, headers, body)
-            assert detail == "tokens per minute limit (300) reached"
+    assert_refusals(results, "tokens per minute limit (300) reached")
     assert len(upstream.requests) == 9
     for window_id in (await window_ids(redis)).values():
         state = await counter(redis, f"{tag(prefix)}p:{window_id}")
