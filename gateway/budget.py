@@ -205,14 +205,14 @@ def project_counters(project: Project, key_id: str | None, user: str | None) -> 
     tracked), the key's and the end user's only in windows where they have caps."""
     # The project's and the key's counters never change between requests: built once
     # per key (key ids come from the config, so this stays bounded).
-    cached = project.derived.get(("counters", key_id))
+    cached = project.key_counters.get(key_id)
     if cached is None:
         cached = [Counter("project", "p", w, c) for w, c in _window_caps(project.caps, "project")]
         if key_id is not None:
             cached += (
                 Counter("key", "k:" + key_id, w, c) for w, c in _window_caps(project.caps, "key")
             )
-        project.derived[("counters", key_id)] = cached
+        project.key_counters[key_id] = cached
     counters = list(cached)
     if user is not None:
         user_caps = _window_caps(project.caps, "user")

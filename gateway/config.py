@@ -287,9 +287,11 @@ class Project:
     slug: str
     file: ProjectFile
     caps: tuple[Cap, ...]
-    # Derived from the fields above, once, by whoever needs it on the hot path (the
-    # budget counters of each API key): a reload builds new Projects, so it never goes stale.
-    derived: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The budget counters of each API key (None: no key), built from caps once by
+    # gateway.budget.project_counters; a reload builds new Projects, so never stale.
+    key_counters: dict[str | None, list[Any]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @property
     def id(self) -> str:

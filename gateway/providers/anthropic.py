@@ -502,7 +502,7 @@ class StreamTranslator:
         self.parser = SSEParser()
         # The request asked for JSON: the forced tool's input streams as content.
         self.json_answer = json_answer
-        self._json_block: Any = None  # the Anthropic block index of that tool call
+        self._json_block: int | None = None  # the Anthropic block index of that tool call
         self.secret = secret  # the provider key: scrubbed from relayed error messages
         self.created = int(time.time()) if created is None else created
         self.id = ""

@@ -90,13 +90,13 @@ def _has_finish(batch: list[dict[str, Any]]) -> bool:
 
 def check_completion(provider: str, completion: Any) -> dict[str, Any]:
     """A unary answer whose shape the handler can read, or UpstreamFailed (502)."""
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    if not isinstance(choices, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("message") or {}, dict) for c in choices
-    ):
-        raise UpstreamFailed.detail(f"provider {provider} sent an invalid completion")
-    assert isinstance(completion, dict)
-    return completion
+    if isinstance(completion, dict):
+        choices = completion.get("choices")
+        if isinstance(choices, list) and all(
+            isinstance(c, dict) and isinstance(c.get("message") or {}, dict) for c in choices
+        ):
+            return completion
+    raise UpstreamFailed.detail(f"provider {provider} sent an invalid completion")
 
 
 def _well_formed(chunk: dict[str, Any]) -> bool:
