@@ -377,6 +377,15 @@ def _rate_limited_body(status: int, headers: Any, body: Any) -> str:
     return str(body["detail"])
 
 
+async def assert_project_holds_only(redis: Redis, prefix: str, n: int) -> None:
+    """In every window, the project's counter holds n settled default answers (11 in,
+    3 out) and nothing reserved."""
+    settled = {"u0": 11 * n, "u1": 3 * n, "u2": n * SMALL, "u3": n * SMALL_COST}
+    for window_id in (await window_ids(redis)).values():
+        state = await counter(redis, f"{tag(prefix)}p:{window_id}")
+        assert state == {**settled, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
+
+
 def assert_refusals(results: list[tuple], detail: str) -> None:
     """Every 429 of a burst is the documented one, with this reason."""
     for status, headers, body in results:
@@ -408,12 +417,7 @@ async def test_requests_per_minute_burst_gets_429_and_charges_nothing(
     assert_refusals(results, "requests per minute limit (5) reached")
     assert len(upstream.requests) == 5
     # The 429s reserved and charged nothing: the counters hold the 5 admitted requests.
-    for window_id in (await window_ids(redis)).values():
-        state = await counter(redis, f"{tag(prefix)}p:{window_id}")
-        assert state == {
-            "u0": 55, "u1": 15, "u2": 5 * SMALL, "u3": 5 * SMALL_COST,
-            "r0": 0, "r1": 0, "r2": 0, "r3": 0,
-        }  # fmt: skip
+    await assert_project_holds_only(redis, prefix, 5)
     assert await redis.hlen(tag(prefix) + "rsv") == 0
     # Still limited right after (the limit is per minute, not per burst).
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
@@ -485,12 +489,7 @@ async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
     assert sorted(s for s, _, _ in results) == [200, 429, 429, 429]
     assert_refusals(results, "tokens per minute limit (300) reached")
     assert len(upstream.requests) == 9
-    for window_id in (await window_ids(redis)).values():
-        state = await counter(redis, f"{tag(prefix)}p:{window_id}")
-        assert state == {
-            "u0": 99, "u1": 27, "u2": 9 * SMALL, "u3": 9 * SMALL_COST,
-            "r0": 0, "r1": 0, "r2": 0, "r3": 0,
-        }  # fmt: skip
+    await assert_project_holds_only(redis, prefix, 9)
 
 
 # ============================================================================== org caps
