@@ -203,6 +203,10 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         state.ready = False
         if state.background:  # pending settle retries finish before the store closes
             await asyncio.wait(state.background, timeout=10)
+        # Still retrying (the store is down): stop them; each logs what it could not record.
+        for task in list(state.background):
+            task.cancel()
+        await asyncio.gather(*state.background, return_exceptions=True)
         await session.close()
         await redis.aclose()
 

@@ -40,6 +40,8 @@ def _script(name: str) -> str:
 
 RESERVE_LUA = _script("reserve.lua")
 SETTLE_LUA = _script("settle.lua")
+# How much longer than a hold a settled marker lives (see BudgetStore.settled_marker_ttl_s).
+SETTLED_MARKER_MARGIN_S = 300
 
 
 RedisLike = Redis | RedisCluster
@@ -257,7 +259,12 @@ class BudgetStore:
         self.redis = redis
         self.key_prefix = key_prefix
         self._timeout_s = timeout_s
+        self.reservation_ttl_s = reservation_ttl_s
         self.reservation_ttl_ms = reservation_ttl_s * 1000
+        # A settled reservation's marker (one small key per request) lives past every
+        # retry of its settle, which stop once the hold would have expired, and no
+        # longer: at a day, a busy gateway kept millions of them in Redis.
+        self.settled_marker_ttl_s = reservation_ttl_s + SETTLED_MARKER_MARGIN_S
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         # Callers give up after timeout_s; a batch nobody answers frees its connection
@@ -417,6 +424,7 @@ class BudgetStore:
             refunds,
             str(ledger_max_events if event else 0),
             event,
+            str(self.settled_marker_ttl_s),
         ]
         return int(await self._call(self._settle, keys, args)) == 1
 

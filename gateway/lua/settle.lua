@@ -11,11 +11,14 @@
 --          charged the worst case; they get the difference back); "" for none
 -- ARGV[5]  ledger bound: max events (0: no ledger event)
 -- ARGV[6]  the usage event (JSON), appended to the ledger stream KEYS[4] as field "event"
+-- ARGV[7]  lifetime of the settled marker KEYS[3], in seconds: it must outlive every retry
+--          of this settle (and a timed-out reserve's late arrival), and no more: it is one
+--          key per request
 -- Returns  1 if the reservation was still held, 0 if it had expired and was released already
 --          (the usage is charged either way: never bill less than the truth),
 --          2 if this reservation was settled before (nothing changes: retries are safe).
 
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 86400) then return 2 end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[7]) then return 2 end
 
 purge_expired(KEYS[1], KEYS[2], now_ms(ARGV[3]))
 

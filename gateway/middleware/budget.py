@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +49,27 @@ from gateway.ids import new_id
 from gateway.usage import Usage, cost_nano, worst_cost_nano
 
 log = logging.getLogger("gateway.budget")
+# Pauses between attempts at a settle (or release) the store did not answer: quick at
+# first, then every SETTLE_RETRY_EVERY seconds for as long as the hold would still be
+# held (the reservation TTL). A Redis failover or restart shorter than that loses no
+# usage; the hold keeps the budget meanwhile, so waiting longer costs nothing more.
 SETTLE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+SETTLE_RETRY_EVERY = 5.0
+
+
+async def retry_until_done(window_s: float, attempt: Callable[[], Awaitable[bool]]) -> bool:
+    """Call ``attempt`` after each pause until it returns True or ``window_s`` has
+    passed; whether it succeeded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window_s
+    delays = itertools.chain(SETTLE_RETRY_DELAYS, itertools.repeat(SETTLE_RETRY_EVERY))
+    for delay in delays:
+        if loop.time() + delay > deadline:
+            return False
+        await asyncio.sleep(delay)
+        if await attempt():
+            return True
+    return False  # unreachable: the delays never run out
 
 
 def amounts_for(usage: Usage, call: CallContext) -> Amounts:
@@ -194,14 +216,16 @@ def _release_later(state: GatewayState, reservation: Reservation | None, request
     if reservation is None:
         return
 
+    async def attempt() -> bool:
+        try:
+            await state.store.release(reservation, refund_rate_limits=True)
+        except StoreUnavailable:
+            return False
+        return True
+
     async def release() -> None:
-        for delay in (0.0, *SETTLE_RETRY_DELAYS):
-            await asyncio.sleep(delay)
-            try:
-                await state.store.release(reservation, refund_rate_limits=True)
-                return
-            except StoreUnavailable:
-                continue
+        if await attempt() or await retry_until_done(state.store.reservation_ttl_s, attempt):
+            return
         log.warning(
             "could not release a timed-out reservation; it expires by itself",
             extra={"request_id": request_id},
@@ -302,16 +326,28 @@ async def _settle_later(
     ledger: dict[str, Any] | None,
 ) -> None:
     max_events = state.config.gateway.ledger.max_events
-    for delay in SETTLE_RETRY_DELAYS:
-        await asyncio.sleep(delay)
+
+    async def attempt() -> bool:
         try:
             await state.store.settle(
                 reservation, actual, ledger=ledger, ledger_max_events=max_events
             )
-            return
         except StoreUnavailable:
             state.metrics.store_errors.labels("settle").inc()
-    # Still down: the hold releases at its expiry; log what to reconcile (no secrets here).
+            return False
+        return True
+
+    try:
+        if await retry_until_done(state.store.reservation_ttl_s, attempt):
+            return
+    except asyncio.CancelledError:
+        _usage_lost(request_id, actual)  # shutdown came first: say what to reconcile
+        raise
+    # Still down: the hold released at its expiry; log what to reconcile.
+    _usage_lost(request_id, actual)
+
+
+def _usage_lost(request_id: str, actual: Amounts) -> None:
     log.error(
         "settle failed; usage not recorded",
         extra={

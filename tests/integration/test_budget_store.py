@@ -463,6 +463,28 @@ async def test_late_settle_after_purge_does_not_release_twice(
         assert await counter(redis, key) == used(21, 52, cost_slow + 150 + 1200)
 
 
+async def test_settled_markers_live_past_the_hold_and_not_a_day(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """Each settle (or release) leaves one marker key that makes its retries no-ops. It
+    must outlive every retry, which stop once the hold would have expired, and not much
+    longer: a day's markers of a busy gateway were millions of keys."""
+    store = make_store(ttl_s=900)
+    project = make_project({"project": {"month": {"total_tokens": 1000}}})
+    counters = project_counters(project, None, None)
+    settled = await store.reserve(project.id, "settled", counters, amounts(33, 100))
+    released = await store.reserve(project.id, "released", counters, amounts(33, 100))
+    assert await store.settle(settled, amounts(11, 3)) is True
+    await store.release(released)
+    for rid in ("settled", "released"):
+        ttl = await redis.ttl(f"{settled.project_tag}done:{rid}")
+        assert 900 < ttl <= 900 + 300, (rid, ttl)
+    # Still a no-op when retried within that time.
+    assert await store.settle(settled, amounts(11, 3)) is False
+    for key in settled.counter_keys:
+        assert await counter(redis, key) == used(11, 3, 3_450)
+
+
 # ----------------------------------------------------------------------------- cost
 
 

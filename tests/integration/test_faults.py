@@ -598,6 +598,66 @@ async def _outage(
     assert held_amount(after) == 0
 
 
+async def test_usage_finished_during_a_long_redis_outage_is_recorded_when_it_returns(
+    make_gateway, upstream: FakeUpstream
+) -> None:
+    """An answer that ends while Redis is down (a failover, a restart) is settled once
+    Redis is back, also after longer than the first quick retries (7.85 s): the
+    settle keeps trying while the hold would still be held. Nothing is lost, and
+    the hold is given back."""
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        client, _, creds = await make_gateway(redis_url=server.url)
+        auth = bearer(creds.key)
+        redis = Redis.from_url(server.url, socket_timeout=2)
+        month_key = f"{ptag(creds)}p:{(await window_ids(redis))['month']}"
+        await redis.aclose()
+
+        def slow(rec: Recorded) -> Reply:
+            reply = default_reply(rec)
+            reply.delay_before_headers = 0.5
+            return reply
+
+        upstream.default = slow
+        answer = asyncio.create_task(client.post(URL, json=chat_body(), headers=auth))
+        await wait_for(lambda: _has_requests(upstream), what="the upstream call")
+        assert server.proc is not None
+        server.proc.terminate()  # the request is reserved and at the upstream
+        await asyncio.to_thread(server.proc.wait, 10)
+        server.proc = None
+        resp = await answer
+        assert resp.status == 200
+        usage = (await resp.json())["usage"]
+        failed_at = time.monotonic()
+
+        await asyncio.sleep(9.0)  # past the last of the quick retries
+        await asyncio.to_thread(server.start)
+        redis = Redis.from_url(server.url, socket_timeout=2)
+        try:
+
+            async def settled() -> bool:
+                return (await counter(redis, month_key))["u2"] > 0
+
+            await wait_for(settled, timeout=8.0, what="the settle after the outage", interval=0.2)
+            settled_after = time.monotonic() - failed_at
+            after = await counter(redis, month_key)
+            assert await redis.hlen(ptag(creds) + "rsv") == 0
+        finally:
+            await redis.aclose()
+        assert settled_after > 9.0
+        assert after["u0"] == usage["prompt_tokens"]
+        assert after["u1"] == usage["completion_tokens"]
+        assert after["u2"] == usage["total_tokens"]
+        assert held_amount(after) == 0
+    finally:
+        server.stop()
+
+
+async def _has_requests(upstream: FakeUpstream) -> bool:
+    return bool(upstream.requests)
+
+
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A private redis-server; requested before ``make_gateway``, it outlives the gateway
