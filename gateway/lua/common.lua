@@ -18,15 +18,22 @@ local function split(s, sep)
   return out
 end
 
+-- Field names by dimension, built once: a number-to-string concatenation per call
+-- was a measurable part of each script's run time.
+local RESERVED = { 'r0', 'r1', 'r2', 'r3' }
+local USED = { 'u0', 'u1', 'u2', 'u3' }
+
 -- Give back the amounts a reservation record holds.
 local function release(record)
   local parts = split(record, '|')
   local amounts = split(parts[1], ',')
+  local give_back = {}
+  for d = 1, 4 do
+    if amounts[d] ~= '0' then give_back[#give_back + 1] = { RESERVED[d], '-' .. amounts[d] } end
+  end
   for i = 2, #parts do
-    for d = 1, 4 do
-      if amounts[d] ~= '0' then
-        redis.call('HINCRBY', parts[i], 'r' .. (d - 1), '-' .. amounts[d])
-      end
+    for _, field in ipairs(give_back) do
+      redis.call('HINCRBY', parts[i], field[1], field[2])
     end
   end
 end

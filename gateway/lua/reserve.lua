@@ -48,8 +48,8 @@ local window_ids = {
   month = string.format('m%04d%02d', y, m),
   lifetime = 'all',
 }
--- Counters outlive their window so usage stays readable for a while.
-local window_ttl = { day = 40 * 86400, month = 400 * 86400 }
+-- Counters outlive their window so usage stays readable for a while (set when created).
+local window_ttl = { day = '3456000', month = '34560000' }  -- 40 and 400 days, in seconds
 
 local amounts = split(ARGV[5], ',')
 local amount_n = {}
@@ -84,13 +84,19 @@ for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
 end
 
 local keys = {}
+-- Whether a counter may be new, so its expiry must be set: a capped counter's state
+-- says so (no field at all); of the others nothing is read, so they always get it.
+local fresh = {}
 for c = 1, n do
   local window = counters[c][2]
   local key = ARGV[1] .. counters[c][1] .. ':' .. window_ids[window]
   keys[c] = key
+  fresh[c] = true
   local caps = counters[c][3]
   if caps ~= '-' then
     local state = redis.call('HMGET', key, 'u0', 'u1', 'u2', 'u3', 'r0', 'r1', 'r2', 'r3')
+    fresh[c] = not (state[1] or state[2] or state[3] or state[4]
+                    or state[5] or state[6] or state[7] or state[8])
     for _, cap in ipairs(split(caps, ',')) do
       local eq = string.find(cap, '=', 1, true)
       local dim = tonumber(string.sub(cap, 1, eq - 1))
@@ -108,10 +114,10 @@ end
 for c = 1, n do
   local key = keys[c]
   for d = 1, 4 do
-    if amounts[d] ~= '0' then redis.call('HINCRBY', key, 'r' .. (d - 1), amounts[d]) end
+    if amounts[d] ~= '0' then redis.call('HINCRBY', key, RESERVED[d], amounts[d]) end
   end
   local ttl = window_ttl[counters[c][2]]
-  if ttl then redis.call('EXPIRE', key, ttl) end
+  if ttl and fresh[c] then redis.call('EXPIRE', key, ttl) end
 end
 
 for _, t in ipairs(new_tats) do

@@ -34,7 +34,7 @@ end
 local actual = split(ARGV[2], ',')
 for i = 5, #KEYS do
   for d = 1, 4 do
-    if actual[d] ~= '0' then redis.call('HINCRBY', KEYS[i], 'u' .. (d - 1), actual[d]) end
+    if actual[d] ~= '0' then redis.call('HINCRBY', KEYS[i], USED[d], actual[d]) end
   end
 end
 

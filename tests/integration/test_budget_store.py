@@ -463,6 +463,30 @@ async def test_late_settle_after_purge_does_not_release_twice(
         assert await counter(redis, key) == used(21, 52, cost_slow + 150 + 1200)
 
 
+async def test_window_counters_expire_after_their_window_lifetime_ones_never(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """Day counters live 40 days, month counters 400, set when the counter is made
+    (capped or not); lifetime counters never expire. Later requests keep that expiry."""
+    store = make_store()
+    project = make_project(
+        {"project": {"day": {"total_tokens": 10_000}}, "per_key": {"month": {"input_tokens": 500}}}
+    )
+    counters = project_counters(project, "key_main", None)
+    day, month = 40 * 86400, 400 * 86400
+    for rid in ("first", "second"):
+        rsv = await store.reserve(project.id, rid, counters, amounts(33, 100))
+        await store.settle(rsv, amounts(11, 3))
+        # The project's three windows and the key's capped one: d<date>, m<month>, all.
+        by_window: dict[str, list[int]] = {"d": [], "m": [], "a": []}
+        for key in rsv.counter_keys:
+            by_window[key.rsplit(":", 1)[1][0]].append(await redis.ttl(key))
+        assert [len(by_window[w]) for w in "dma"] == [1, 2, 1], by_window
+        assert by_window["a"] == [-1]  # lifetime: no expiry
+        assert all(day - 60 <= ttl <= day for ttl in by_window["d"]), (rid, by_window)
+        assert all(month - 60 <= ttl <= month for ttl in by_window["m"]), (rid, by_window)
+
+
 async def test_settled_markers_live_past_the_hold_and_not_a_day(
     make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
 ) -> None:
