@@ -81,6 +81,10 @@ class CallContext:
     price: PriceConfig | None  # of the current target's model
     input_bound: int
     output_ceiling: int
+    # The config and providers the request began with: a reload while it runs (a renamed
+    # or removed provider) must not change what its routes point at.
+    config: Config
+    providers: dict[str, Provider]
     reservation: Reservation | None = None
     org_reservation: Reservation | None = None
     extra_holds: list[Reservation] = field(default_factory=list)  # fallback cost deltas
@@ -108,6 +112,9 @@ class CallContext:
             b.cache_creation_input_tokens + usage.cache_creation_input_tokens,
             b.estimated or usage.estimated,
         )
+
+    def provider_config(self, name: str) -> ProviderConfig:
+        return self.config.gateway.providers[name]
 
     async def switch_route(self, route: Route) -> None:
         """Fall back to another target; the budget follows (a pricier one re-checks caps)."""

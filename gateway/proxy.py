@@ -57,11 +57,11 @@ def upstream_body(call: CallContext, max_tokens_param: str) -> dict[str, Any]:
     return body
 
 
-def _provider_key(state: GatewayState, route: Route, call: CallContext) -> str:
+def _provider_key(route: Route, call: CallContext) -> str:
     byok = call.project.file.provider_keys.get(route.provider)
     if byok:
-        return state.config.secret(byok)
-    return state.config.secret(state.provider_config(route.provider).api_key_env)
+        return call.config.secret(byok)
+    return call.config.secret(call.provider_config(route.provider).api_key_env)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -69,7 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     skip those whose circuit is open, all only while nothing reached the client."""
     state = request[REQUEST_STATE]
     call = request[CALL]
-    retries = state.config.gateway.resilience.retries
+    retries = call.config.gateway.resilience.retries
     last_error: GatewayError | None = None
     for route in call.targets:
         breaker = state.breaker(route)
@@ -125,11 +125,11 @@ def _judge(breaker: CircuitBreaker, exc: GatewayError) -> None:
 async def _attempt(
     request: web.Request, state: GatewayState, call: CallContext, route: Route
 ) -> web.StreamResponse:
-    provider = state.providers[route.provider]
-    provider_config = state.provider_config(route.provider)
+    provider = call.providers[route.provider]
+    provider_config = call.provider_config(route.provider)
     upstream = UpstreamRequest(
         body=upstream_body(call, provider_config.max_tokens_param),
-        api_key=_provider_key(state, route, call),
+        api_key=_provider_key(route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],
     )

@@ -176,11 +176,16 @@ async def _rebudget(
     held, hold the difference too, on the project's and the org's counters (402 if a
     cost cap has no room for it). Token amounts do not change with the model. The
     extra holds are released when the request settles (its usage is charged once)."""
-    price = state.config.gateway.prices.get(route.model)
+    price = call.config.gateway.prices.get(route.model)
     call.price = price
     if call.reservation is None:
         return  # admitted unmetered
-    held = call.reservation.amounts.cost_nano + sum(r.amounts.cost_nano for r in call.extra_holds)
+    # What the project's counters hold for this request. Each earlier fallback added a hold
+    # on the project and, with org caps, the same one on the org: count one scope only.
+    tag = call.reservation.project_tag
+    held = call.reservation.amounts.cost_nano + sum(
+        r.amounts.cost_nano for r in call.extra_holds if r.project_tag == tag
+    )
     extra = worst_amounts(call).cost_nano - held
     if extra <= 0:
         return

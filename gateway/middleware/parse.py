@@ -25,6 +25,9 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     state = request[REQUEST_STATE]
     project = request[PROJECT]
+    # The config the project was resolved from (auth does not wait), kept for the whole
+    # request: a reload during it must not mix two configs.
+    config, providers = state.config, state.providers
     if not project.file.enabled:
         raise Conflict.detail("project is disabled")
     raw = await request.read()  # over client_max_size: 413 from aiohttp, rendered as JSON
@@ -40,21 +43,23 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not spec.routes:
         raise Conflict.detail(f"model {alias!r} has no active route")
     targets = plan_targets(spec.routes, state.rng)
-    providers = state.config.gateway.providers
     # Anthropic routes carry a JSON response_format as a forced tool: the provider's
     # tool-use prompt then counts as well.
     uses_tools = bool(body.get("tools")) or asks_for_json(body)
-    tools_overhead = max(providers[t.provider].tools_overhead for t in targets) if uses_tools else 0
+    specs = config.gateway.providers
+    tools_overhead = max(specs[t.provider].tools_overhead for t in targets) if uses_tools else 0
     route = targets[0]
-    limits = state.config.gateway.limits
+    limits = config.gateway.limits
     request[CALL] = CallContext(
         project=project,
         chat=chat,
         alias=alias,
         route=route,
         targets=targets,
-        price=state.config.gateway.prices.get(route.model),
+        price=config.gateway.prices.get(route.model),
         input_bound=input_token_bound(body, limits.image_token_bound) + tools_overhead,
         output_ceiling=output_ceiling(chat.max_tokens, project.file.max_output_tokens, chat.n),
+        config=config,
+        providers=providers,
     )
     return await handler(request)

@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import yaml
 
+from gateway.app import reload_config
 from gateway.config import Config
 from gateway.context import STATE
 from tests.fakeupstream import (
@@ -27,7 +29,15 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import bearer, chat_body, data_frames, free_port, metric, month_counter
+from tests.harness import (
+    bearer,
+    chat_body,
+    counter,
+    data_frames,
+    free_port,
+    metric,
+    month_counter,
+)
 
 URL = "/v1/projects/alpha/chat/completions"
 MINI = (150, 600)  # gpt-4o-mini, nano-USD per input / output token
@@ -365,6 +375,73 @@ async def test_fallback_to_a_pricier_model_rechecks_the_org_cost_cap(
     assert (await resp.json())["error"] == "budget_exhausted"
     assert second.requests == []
     assert await month_counter(redis, config.gateway.redis.key_prefix) == NOTHING
+
+
+async def test_a_second_fallback_holds_its_whole_worst_case_with_org_caps(
+    make_gateway, upstream, redis
+) -> None:
+    """Each fallback holds the difference on the project and on the org: the next
+    fallback must count what one scope holds, not both (it under-reserved by one
+    difference per scope, so a concurrent request could take room it did not have)."""
+    mid = (1_000, 4_000)
+    client, config, creds = await make_gateway(
+        gateway={
+            "orgs": {"acme": {"budgets": {"month": {"cost_usd": "1000"}}}},
+            "prices": {"mid-model": {"input": "1.00", "output": "4.00"}},
+        },
+        projects={
+            "alpha": routes(
+                ("upstream", "gpt-4o-mini"), ("upstream", "mid-model"), ("upstream", "gpt-4o")
+            )
+        },
+    )
+    upstream.script(
+        server_error(503),
+        server_error(503),
+        Reply(
+            json=openai_completion(prompt_tokens=20, completion_tokens=30), delay_before_headers=0.5
+        ),
+    )
+    answer = asyncio.create_task(
+        client.post(URL, json=chat_body(), headers=bearer(creds.session("alpha")))
+    )
+    await upstream.wait_requests(3)
+    prefix = config.gateway.redis.key_prefix
+    seconds, _ = await redis.time()
+    month = time.strftime("m%Y%m", time.gmtime(seconds))
+    project_hold = await counter(redis, f"{prefix}:{{prj:prj_alpha}}:p:{month}")
+    org_hold = await counter(redis, f"{prefix}:{{org:acme}}:o:{month}")
+    assert cost(INPUT_BOUND, CEILING, mid) > WORST_MINI
+    assert project_hold["r3"] == WORST_4O  # was WORST_4O - (mid - mini difference)
+    assert org_hold["r3"] == WORST_4O
+    resp = await answer
+    assert resp.status == 200, await resp.text()
+    assert await month_counter(redis, prefix) == used(20, 30, cost(20, 30, FOUR_O))
+
+
+async def test_a_reload_during_a_retry_keeps_the_requests_routes(make_gateway, upstream) -> None:
+    """An operator renames the provider while a request waits to retry: the request
+    finishes on the config it began with (it was a 500, a KeyError, before); the next
+    request uses the new one."""
+    client, _, creds = await make_gateway(
+        gateway={"resilience": resilience(attempts=2, retry_after_max=5)}
+    )
+    upstream.script(Reply(status=429, json=openai_error(429), headers={"Retry-After": "1"}))
+    answer = asyncio.create_task(post(client, creds.key))
+    await upstream.wait_requests(1)
+    path = creds.config_dir / "gateway.yaml"
+    gw = yaml.safe_load(path.read_text())
+    gw["providers"]["primary"] = gw["providers"].pop("upstream")
+    path.write_text(yaml.safe_dump(gw, sort_keys=False))
+    for project in (creds.config_dir / "projects").glob("*.yaml"):
+        project.write_text(project.read_text().replace("provider: upstream", "provider: primary"))
+    assert reload_config(client.server.app) is True
+    resp = await answer
+    assert resp.status == 200, await resp.text()
+    assert len(upstream.requests) == 2  # the retry went to the provider it started with
+    again = await post(client, creds.key)
+    assert again.status == 200, await again.text()
+    assert len(upstream.requests) == 3
 
 
 # ----------------------------------------------------------------------------- Retry-After
