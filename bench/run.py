@@ -196,7 +196,7 @@ def write_gateway_config(root: Path, upstream: str, redis_url: str, key_prefix: 
     gw = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "redis": {"url": redis_url, "key_prefix": key_prefix, "timeout_ms": 1000},
-        "limits": {"reservation_ttl_seconds": 60},
+        "limits": {"reservation_ttl_seconds": 120},
         "providers": {
             "mock": {
                 "kind": "openai",

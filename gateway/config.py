@@ -13,6 +13,7 @@ their key (``api_key_env``), and so does the session-token secret.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -424,6 +425,7 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
 
     keys: dict[str, list[KeyRecord]] = {}
     if gateway is not None:
+        _check_hold_outlasts_attempts(gateway, gw_path, problems)
         for org_name, org in gateway.orgs.items():
             for entry in org.api_keys:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
@@ -474,6 +476,34 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         keys_by_prefix={k: tuple(v) for k, v in keys.items()},
         env=env,
     )
+
+
+# Time a request needs after an attempt ends (settling), on top of the attempt itself.
+HOLD_MARGIN_SECONDS = 5
+
+
+def _check_hold_outlasts_attempts(
+    gw: GatewayFile, path: Path, problems: list[tuple[str, str, str]]
+) -> None:
+    """A reservation must outlive any one attempt, or it expires while the request still
+    runs and a concurrent request takes its room: the cap could be overshot. An attempt
+    lasts at most the provider's total timeout plus one idle timeout (a client too slow
+    to read gets that long per write); holds are renewed before each retry or fallback."""
+    ttl = gw.limits.reservation_ttl_seconds
+    for name, provider in gw.providers.items():
+        if provider.kind == "demo":
+            continue
+        needed = math.ceil(provider.timeouts.total + provider.timeouts.idle) + HOLD_MARGIN_SECONDS
+        if ttl < needed:
+            problems.append(
+                (
+                    str(path),
+                    "limits.reservation_ttl_seconds",
+                    f"{ttl} s is shorter than an attempt on provider {name!r} may last "
+                    f"(timeouts.total + timeouts.idle + {HOLD_MARGIN_SECONDS} s = {needed} s): "
+                    "raise it or lower that provider's timeouts",
+                )
+            )
 
 
 def _check_project(

@@ -97,6 +97,9 @@ class CallContext:
     started: float = field(default_factory=time.perf_counter)
     # Set by the budget middleware: moves the reservation to another target's price.
     rebudget: Callable[[Route], Awaitable[None]] | None = None
+    # Set by the budget middleware: holds every reservation another full ttl (before a
+    # retry or a fallback); False if one is gone or the store did not answer.
+    renew: Callable[[], Awaitable[bool]] | None = None
 
     def add_billed(self, usage: Usage) -> None:
         """Add one attempt's usage to what the request is billed."""
@@ -115,6 +118,10 @@ class CallContext:
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]
+
+    async def renew_holds(self) -> bool:
+        """Before another attempt: whether the request still holds its budget."""
+        return True if self.renew is None else await self.renew()
 
     async def switch_route(self, route: Route) -> None:
         """Fall back to another target; the budget follows (a pricier one re-checks caps)."""

@@ -33,7 +33,12 @@ local function release(record)
   end
   for i = 2, #parts do
     for _, field in ipairs(give_back) do
-      redis.call('HINCRBY', parts[i], field[1], field[2])
+      -- Held amounts never exceed what a counter reserves, so a negative result means
+      -- the counter had expired (a hold purged long after): HINCRBY just recreated it
+      -- without an expiry. Remove the field again (an emptied hash is deleted).
+      if redis.call('HINCRBY', parts[i], field[1], field[2]) < 0 then
+        redis.call('HDEL', parts[i], field[1])
+      end
     end
   end
 end

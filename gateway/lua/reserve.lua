@@ -12,8 +12,9 @@
 --          "k:<key id>", "u:<user hash>"), window ("day"|"month"|"lifetime"),
 --          caps "dim=limit,dim=limit" (dim 0..3) or "-" for none
 -- ARGV[7]  rate limits (GCRA over a 60 s window), ";"-separated, each "suffix us units":
---          key suffix, microseconds per unit (60e6 / limit per minute), units this request
---          costs; "" for none
+--          key suffix, microseconds per unit (60e6 / limit per minute, with its fraction:
+--          whole microseconds distorted large limits), units this request costs (never
+--          more than the limit: the caller refuses those for good); "" for none
 -- (Few arguments on purpose: packing each one costs the client more than parsing here.)
 -- Returns  {1, key1, ..., keyN}                                   admitted
 --          {0, counter index, dim, limit, used, reserved, window id}  refused (402)
@@ -62,8 +63,10 @@ for spec in string.gmatch(ARGV[6], '[^;]+') do
 end
 local n = #counters
 
--- Rate limits (GCRA): each key holds a theoretical arrival time in microseconds; a
--- request is allowed while that time stays within one minute ahead of now.
+-- Rate limits (GCRA): each key holds a theoretical arrival time in whole microseconds; a
+-- request is allowed while that time stays within one minute ahead of now. Computed in
+-- doubles (exact to a fraction of a microsecond at these magnitudes, below 2^53) and
+-- rounded up, so rounding never admits more than the limit.
 local WINDOW_US = 60000000
 local now_us = now * 1000
 local new_tats = {}
@@ -74,7 +77,7 @@ for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
   local key = ARGV[1] .. suffix
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now_us then tat = now_us end
-  local new_tat = tat + tonumber(us) * tonumber(units)
+  local new_tat = math.ceil(tat + tonumber(us) * tonumber(units))
   if new_tat - now_us > WINDOW_US then
     local wait_ms = math.ceil((new_tat - now_us - WINDOW_US) / 1000)
     if wait_ms > 60000 then wait_ms = 60000 end

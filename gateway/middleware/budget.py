@@ -93,7 +93,11 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
     async def rebudget(route: Route) -> None:
         await _rebudget(state, call, principal, route)
 
+    async def renew() -> bool:
+        return await _renew(state, call)
+
     call.rebudget = rebudget
+    call.renew = renew
     try:
         await _reserve(state, call, principal)
     except StoreUnavailable as exc:
@@ -133,21 +137,37 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
     store = state.store
     project = call.project
     worst = worst_amounts(call)
-    org = state.config.gateway.orgs.get(project.org)
+    org = call.config.gateway.orgs.get(project.org)
     counters = org_counters(org_caps(org)) if org is not None else []
+    # The reservation ids are ours, never the client's X-Request-Id: ids must not collide.
+    org_id = new_id() if counters else None
+    project_id = new_id()
+    rate_limits = project_rate_limits(project, principal.key_id)
     try:
-        if counters:
+        if org_id is not None:
             call.org_reservation = await store.reserve(
-                project.org, new_id(), counters, worst, kind="org"
+                project.org, org_id, counters, worst, kind="org"
             )
-        # The reservation id is ours, never the client's X-Request-Id: ids must not collide.
         call.reservation = await store.reserve(
             project.id,
-            new_id(),
+            project_id,
             project_counters(project, principal.key_id, principal.user),
             worst,
-            rate_limits=project_rate_limits(project, principal.key_id),
+            rate_limits=rate_limits,
         )
+    except asyncio.CancelledError:
+        # The client left (the handler is cancelled) while the store was answering: a
+        # reserve already sent may still hold, and would until its ttl. Give back what is
+        # or may be held once the store answers (a reserve arriving after that release
+        # is refused by the script).
+        if call.org_reservation is not None:
+            _release_later(state, call.org_reservation, "")
+        elif org_id is not None:
+            _release_later(state, Reservation(org_id, store.tag(project.org, "org"), (), worst), "")
+        if call.reservation is None:
+            maybe = Reservation(project_id, store.tag(project.id), (), worst, tuple(rate_limits))
+            _release_later(state, maybe, "")
+        raise
     except BudgetExceeded as exc:
         await _undo_org_step(state, call)
         r = exc.refusal
@@ -158,10 +178,17 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
         limit = exc.limit
         kind = "tokens" if limit.per_token else "requests"
         state.metrics.rate_limited.labels(project.slug, limit.scope, kind).inc()
+        scope = "per-key " if limit.scope == "key" else ""
+        if exc.retry_after_ms is None:
+            # No Retry-After: waiting can never admit this request, a smaller one can.
+            raise RateLimited.detail(
+                f"this request's worst case ({exc.requested} tokens) exceeds the {scope}"
+                f"tokens per minute limit ({limit.per_minute}) by itself: lower max_tokens "
+                "or shorten the input"
+            ) from None
         retry_after = str(max(1, -(-exc.retry_after_ms // 1000)))
         raise RateLimited.detail(
-            f"{'per-key ' if limit.scope == 'key' else ''}{kind} per minute limit "
-            f"({limit.per_minute}) reached",
+            f"{scope}{kind} per minute limit ({limit.per_minute}) reached",
             {"Retry-After": retry_after},
         ) from None
     except StoreUnavailable:
@@ -194,12 +221,18 @@ async def _rebudget(
     steps: list[tuple[str, str, list[Counter]]] = [
         ("prj", project.id, project_counters(project, principal.key_id, principal.user))
     ]
-    org = state.config.gateway.orgs.get(project.org)
+    org = call.config.gateway.orgs.get(project.org)
     if call.org_reservation is not None and org is not None:
         steps.insert(0, ("org", project.org, org_counters(org_caps(org))))
     try:
         for kind, owner, counters in steps:
-            hold = await state.store.reserve(owner, new_id(), counters, delta, kind=kind)
+            hold_id = new_id()
+            try:
+                hold = await state.store.reserve(owner, hold_id, counters, delta, kind=kind)
+            except asyncio.CancelledError:  # the client left: what may be held goes back
+                tag = state.store.tag(owner, kind)
+                _release_later(state, Reservation(hold_id, tag, (), delta), "")
+                raise
             call.extra_holds.append(hold)
     except BudgetExceeded as exc:
         # Report it as the new model's whole worst case against what others hold.
@@ -212,6 +245,22 @@ async def _rebudget(
         state.metrics.store_errors.labels("reserve").inc()
         _release_later(state, exc.maybe_held, "")
         raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
+
+
+async def _renew(state: GatewayState, call: CallContext) -> bool:
+    """Push every hold of the request (project, org, fallback differences) to a full ttl
+    from now. Each attempt is shorter than the ttl (checked at config load), so a
+    request renewed before each attempt never outlives its hold."""
+    holds = (call.reservation, call.org_reservation, *call.extra_holds)
+    try:
+        for hold in holds:
+            if hold is not None and not await state.store.extend(hold):
+                log.warning("a reservation expired before its request ended; not retrying")
+                return False
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("extend").inc()
+        return False
+    return True
 
 
 def _release_later(state: GatewayState, reservation: Reservation | None, request_id: str) -> None:
@@ -248,6 +297,10 @@ async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
         await state.store.release(call.org_reservation)
     except StoreUnavailable:
         state.metrics.store_errors.labels("release").inc()  # expires by itself
+    except asyncio.CancelledError:  # the client left: release it in the background
+        _release_later(state, call.org_reservation, "")
+        call.org_reservation = None
+        raise
     call.org_reservation = None
 
 

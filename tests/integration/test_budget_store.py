@@ -22,6 +22,8 @@ from gateway.budget import (
     Amounts,
     BudgetExceeded,
     BudgetStore,
+    RateLimit,
+    RateLimitExceeded,
     Refusal,
     Reservation,
     StoreUnavailable,
@@ -507,6 +509,144 @@ async def test_settled_markers_live_past_the_hold_and_not_a_day(
     assert await store.settle(settled, amounts(11, 3)) is False
     for key in settled.counter_keys:
         assert await counter(redis, key) == used(11, 3, 3_450)
+
+
+async def test_purging_a_hold_whose_counter_expired_recreates_no_key(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """A crashed gateway's hold, purged after its day counter expired (40 days on), must
+    not recreate that counter: it would hold negative reservations and never expire."""
+    store = make_store()
+    project = make_project({})
+    counters = project_counters(project, None, None)
+    crashed = await store.reserve(project.id, "crashed", counters, amounts(33, 100), now_ms=T_JUNE)
+    day, month, lifetime = crashed.counter_keys
+    await redis.delete(day)  # its 40-day expiry fired
+    later = T_JUNE + 41 * 86_400_000
+    await store.reserve(project.id, "next", counters, amounts(1, 1), now_ms=later)
+    assert await redis.exists(day) == 0
+    # The counters that still exist lost exactly the crashed hold.
+    assert await counter(redis, month) == used(0, 0, 0)
+    assert await counter(redis, lifetime) == held(1, 1, 750)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [Amounts(2**63, 5, 0), Amounts(10**18, 5, 0), Amounts(5, 2, -1)],
+    ids=["int64-overflow", "past-1e18", "negative-cost"],
+)
+async def test_settle_refuses_amounts_it_cannot_hold_and_writes_nothing(
+    bad: Amounts, make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """Redis keeps a failed script's earlier writes: a count HINCRBY refuses must fail the
+    settle before it marks it settled or releases the hold, so a retry still bills."""
+    store = make_store()
+    project = make_project({"project": {"month": {"total_tokens": 1000}}})
+    counters = project_counters(project, None, None)
+    rsv = await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=T_JUNE)
+    before = await snapshot(redis, store.key_prefix)
+    with pytest.raises(StoreUnavailable):
+        await store.settle(rsv, bad, now_ms=T_JUNE + 1)
+    assert await snapshot(redis, store.key_prefix) == before
+    assert await store.settle(rsv, amounts(11, 3), now_ms=T_JUNE + 2) is True
+    for key in rsv.counter_keys:
+        assert await counter(redis, key) == used(11, 3, 3_450)
+
+
+# ----------------------------------------------------------------------------- rate limits
+
+
+async def test_releasing_a_reservation_never_held_refunds_no_rate_limit(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """A reserve that timed out is released once the store answers; if it never ran (or
+    was refused) it charged no token rate limit, so its release must give none back."""
+    store = make_store()
+    project = make_project({})
+    counters = project_counters(project, None, None)
+    tpm = RateLimit("rl:tpm", 1000, True, "project")
+    tat_key = store.tag(project.id) + "rl:tpm"
+    t0_us = T_JUNE * 1000
+    await store.reserve(project.id, "a", counters, amounts(400, 500), T_JUNE, rate_limits=[tpm])
+    assert int(await redis.get(tat_key)) == t0_us + 900 * 60_000
+    with pytest.raises(RateLimitExceeded):
+        await store.reserve(project.id, "b", counters, amounts(400, 500), T_JUNE, rate_limits=[tpm])
+    never_held = Reservation("b", store.tag(project.id), (), amounts(400, 500), (tpm,))
+    await store.release(never_held, refund_rate_limits=True)
+    assert int(await redis.get(tat_key)) == t0_us + 900 * 60_000
+    with pytest.raises(RateLimitExceeded):
+        await store.reserve(
+            project.id, "c", counters, amounts(400, 500), T_JUNE + 1, rate_limits=[tpm]
+        )
+    # A held reservation still gets back what it did not use.
+    now = T_JUNE + 60_000
+    rsv = await store.reserve(project.id, "d", counters, amounts(400, 500), now, rate_limits=[tpm])
+    assert await store.settle(rsv, amounts(10, 10), now_ms=now + 1) is True
+    assert int(await redis.get(tat_key)) == now * 1000 + 20 * 60_000
+
+
+async def test_a_request_over_a_tokens_per_minute_limit_by_itself_is_told_so(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """Waiting cannot admit a request whose worst case exceeds the per-minute limit:
+    it is refused without a retry time, and charges nothing."""
+    store = make_store()
+    project = make_project({})
+    counters = project_counters(project, None, None)
+    tpm = RateLimit("rl:tpm", 1000, True, "project")
+    with pytest.raises(RateLimitExceeded) as info:
+        await store.reserve(project.id, "r1", counters, amounts(33, 4096), rate_limits=[tpm])
+    assert (info.value.limit, info.value.retry_after_ms, info.value.requested) == (tpm, None, 4129)
+    assert await snapshot(redis, store.key_prefix) == {}
+    # Exactly the limit fits.
+    await store.reserve(project.id, "r2", counters, amounts(400, 600), rate_limits=[tpm])
+
+
+@pytest.mark.parametrize("per_minute", [150_000_000, 40_000_000])
+async def test_large_tokens_per_minute_limits_are_exact(
+    per_minute: int, make_store: StoreFactory, make_project: Callable[..., Project]
+) -> None:
+    """60e6 / limit microseconds per token is fractional for most limits: rounded up to
+    whole microseconds it capped every limit at 60M a minute and cut 40M to 30M."""
+    store = make_store()
+    project = make_project({})
+    counters = project_counters(project, None, None)
+    tpm = RateLimit("rl:tpm", per_minute, True, "project")
+    million = amounts(500_000, 500_000)
+    for i in range(per_minute // 1_000_000):  # a full minute's worth in one instant
+        await store.reserve(project.id, f"r{i}", counters, million, T_JUNE, rate_limits=[tpm])
+    with pytest.raises(RateLimitExceeded):
+        await store.reserve(project.id, "over", counters, million, T_JUNE, rate_limits=[tpm])
+
+
+@pytest.mark.parametrize(
+    ("limit", "each"),
+    [
+        (RateLimit("rl:rpm", 7, False, "project"), amounts(1, 1)),
+        (RateLimit("rl:tpm", 7_000_000, True, "project"), amounts(500_000, 500_000)),
+    ],
+    ids=["requests", "tokens"],
+)
+async def test_limits_that_do_not_divide_a_minute_are_off_by_microseconds_only(
+    limit: RateLimit,
+    each: Amounts,
+    make_store: StoreFactory,
+    make_project: Callable[..., Project],
+) -> None:
+    """7 a minute: 8,571,428.57 us each. Stored arrival times are whole microseconds
+    rounded up (never admitting more), so the 7th of a burst waits 3 us, not seconds."""
+    store = make_store()
+    project = make_project({})
+    counters = project_counters(project, None, None)
+    for i in range(6):
+        await store.reserve(project.id, f"r{i}", counters, each, T_JUNE, rate_limits=[limit])
+    with pytest.raises(RateLimitExceeded) as info:
+        await store.reserve(project.id, "r6", counters, each, T_JUNE, rate_limits=[limit])
+    assert info.value.retry_after_ms == 1
+    await store.reserve(project.id, "r6", counters, each, T_JUNE + 1, rate_limits=[limit])
+    with pytest.raises(RateLimitExceeded) as info:
+        await store.reserve(project.id, "r7", counters, each, T_JUNE + 1, rate_limits=[limit])
+    assert info.value.retry_after_ms == 8_571
 
 
 # ----------------------------------------------------------------------------- cost

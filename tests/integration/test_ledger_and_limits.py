@@ -492,6 +492,29 @@ async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
     await assert_project_holds_only(redis, prefix, 9)
 
 
+async def test_a_request_over_the_tokens_per_minute_limit_by_itself_gets_no_retry_after(
+    make_gateway, upstream: FakeUpstream, redis
+) -> None:
+    """tokens_per_minute 100 < the worst case 133: waiting can never admit it, so the 429
+    says why and carries no Retry-After; a lower max_tokens fits."""
+    client, config, creds = await make_gateway(
+        projects={"alpha": {"rate_limits": {"tokens_per_minute": 100}}}
+    )
+    prefix = config.gateway.redis.key_prefix
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 429
+    assert "Retry-After" not in resp.headers
+    assert await resp.json() == {
+        "detail": f"this request's worst case ({WORST} tokens) exceeds the tokens per minute"
+        " limit (100) by itself: lower max_tokens or shorten the input"
+    }
+    assert upstream.requests == []
+    assert await redis.exists(tag(prefix) + "rl:tpm") == 0
+    resp = await client.post(URL, json=chat_body(max_tokens=50), headers=bearer(creds.key))
+    assert resp.status == 200
+    await assert_project_holds_only(redis, prefix, 1)
+
+
 # ============================================================================== org caps
 
 

@@ -544,3 +544,18 @@ def test_check_config_bad_exits_2_listing_problems(
 def test_check_config_shipped_dir(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["check-config", "--config", str(REPO / "config")]) == 0
     assert capsys.readouterr().out.startswith("config OK: ")
+
+
+def test_reservation_must_outlast_an_attempt(tmp_path: Path) -> None:
+    """A hold shorter than an attempt may last would expire while the request still runs,
+    and a concurrent request could take its room: refused, naming the provider."""
+    creds = _write(tmp_path, gateway={"limits": {"reservation_ttl_seconds": 16}})
+    # The harness's provider: total 10 s + idle 2 s + 5 s of margin = 17 s.
+    problems = _problems(creds.config_dir, creds.env)
+    assert [(Path(f).name, p) for f, p, _ in problems] == [
+        ("gateway.yaml", "limits.reservation_ttl_seconds")
+    ]
+    assert "'upstream'" in problems[0][2]
+    assert "17 s" in problems[0][2]
+    ok = _write(tmp_path / "ok", gateway={"limits": {"reservation_ttl_seconds": 17}})
+    assert load_config(ok.config_dir, ok.env).gateway.limits.reservation_ttl_seconds == 17
