@@ -29,7 +29,7 @@ from gateway.errors import (
 )
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
-from gateway.usage import Usage, estimate, from_openai
+from gateway.usage import Usage, at_least, estimate, from_openai, generated_bytes
 from gateway.wire import PROFILES, WireProfile
 
 SSE_HEADERS = {
@@ -76,6 +76,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         for attempt in range(1, retries.attempts_per_target + 1):
             if breaker.state(time.monotonic()) == "open":
                 break
+            if last_error is not None and not await call.renew_holds():
+                # The budget hold could not be renewed for another attempt: none runs
+                # without one (its room could go to another request meanwhile).
+                raise last_error
             if route is not call.route:
                 await call.switch_route(route)  # re-checks the cost caps (402)
             if not breaker.allow(time.monotonic()):  # takes a half-open probe
@@ -154,9 +158,11 @@ async def _unary(
         completion = await provider.complete(upstream)
     except GatewayError as exc:
         state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
-        if isinstance(exc, UpstreamTimeout) or exc.billable:
-            # The provider may have done (timeout) or did (answer lost after its 200) the
-            # whole job: bill the worst case, and do not pay for it twice by retrying.
+        if exc.billable:
+            # The provider may have done (a timeout after the request went out) or did (an
+            # answer lost or unreadable after its 200) the whole job: bill the worst case,
+            # and do not pay for it twice by retrying. A failure before the request was
+            # sent (a connect timeout, a refused connection) is not billable: retried.
             call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
             reason = "timeout" if isinstance(exc, UpstreamTimeout) else "answer_lost"
             state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
@@ -173,10 +179,9 @@ async def _unary(
         state.metrics.upstream_duration.labels(name).observe(elapsed)
     usage = from_openai(completion.get("usage"))
     if usage is None:
-        produced = sum(
-            len(str((c.get("message") or {}).get("content") or "").encode())
-            for c in completion["choices"]
-        )
+        # Every generated field counts (content, tool calls, refusal, reasoning, ...), as
+        # in the stream relay: only the role does not.
+        produced = sum(generated_bytes(c.get("message")) for c in completion["choices"])
         usage = estimate(call.input_bound, call.output_ceiling, produced, finished=True)
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     call.add_billed(usage)
@@ -217,8 +222,12 @@ async def _stream(
         # here are still plain HTTP errors, and may be retried.
         deferred: UpstreamStreamError | None = None
         try:
-            # first_byte bounds the first token, not only the response headers.
-            async with asyncio.timeout(upstream.timeouts.first_byte):
+            # first_byte bounds the first token, not only the response headers: one
+            # deadline, set when the request was sent, bounds both.
+            deadline = stream.first_byte_deadline
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + upstream.timeouts.first_byte
+            async with asyncio.timeout_at(deadline):
                 first = await anext(batches)
         except TimeoutError as exc:
             call.upstream_seconds += time.perf_counter() - started
@@ -249,6 +258,7 @@ async def _stream(
         call.upstream_seconds += time.perf_counter() - started
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        relay.watch(request, upstream.timeouts.idle)
         metrics.open_streams.inc()
         task = asyncio.current_task()
         if task is not None:
@@ -267,12 +277,12 @@ async def _stream(
                 finally:
                     call.upstream_seconds += time.perf_counter() - waited
                 await relay.write(response, batch)
-            await response.write(relay.trailer())
+            await relay.send(response, relay.trailer())
         except UpstreamStreamError as exc:
             outcome = "upstream_error"
             metrics.upstream_errors.labels(name, exc.code).inc()
             error = profile.error_event(exc.code, name, exc.message)
-            await _write_quietly(response, relay.encode(exc.pending) + error)
+            await _write_quietly(relay, response, relay.encode(exc.pending) + error)
         except (ConnectionResetError, ConnectionError):
             outcome = "client_disconnected"
         except asyncio.CancelledError:
@@ -281,13 +291,14 @@ async def _stream(
                 call.stream_outcome = "gateway_shutdown"
                 message = "the gateway is shutting down; retry the request"
                 await _write_quietly(
-                    response, profile.error_event("gateway_shutdown", name, message)
+                    relay, response, profile.error_event("gateway_shutdown", name, message)
                 )
             else:
                 # handler_cancellation: the client went away while we waited on the upstream.
                 call.stream_outcome = "client_disconnected"
             raise
         finally:
+            relay.unwatch()
             metrics.open_streams.dec()
             if task is not None:
                 state.streams.discard(task)
@@ -305,9 +316,9 @@ async def _stream(
             )
 
 
-async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+async def _write_quietly(relay: _Relay, response: web.StreamResponse, data: bytes) -> None:
     with contextlib.suppress(ConnectionResetError, ConnectionError):
-        await response.write(data)
+        await relay.send(response, data)
 
 
 class _Relay:
@@ -319,18 +330,86 @@ class _Relay:
         self.profile = profile
         self.reported: Usage | None = None
         self.produced_bytes = 0
+        # Finished: the final usage chunk came, or every choice has its finish_reason
+        # (with n > 1, one choice's finish says nothing of the others).
         self.finished = False
+        self._unfinished = set(range(max(call.chat.n, 1)))
         self.declined = False  # the provider refused before producing anything
+        # The client-write watchdog (watch()): one timer per stream, not one per write.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._idle = 0.0
+        self._writing_since = 0.0  # loop time the pending client write began; 0: none
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.stalled = False  # the client accepted nothing for the idle timeout
         self.created = int(time.time())
         # The profile's framing of one chunk, split around the JSON (one concatenation
         # per chunk instead of two method calls).
         self._head, _, self._tail = profile.frame(b"\x00").partition(b"\x00")
 
+    def watch(self, request: web.Request, idle: float) -> None:
+        """Bound every client write by ``idle`` seconds: a client that accepts nothing
+        for that long (zero window) would otherwise hold the stream, its upstream
+        connection and its budget hold for ever. Its connection is then dropped, and
+        the stream ends as for a client that left."""
+        self._loop = asyncio.get_running_loop()
+        self._transport = request.transport
+        self._idle = idle
+
+    def unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check(self) -> None:
+        """The watchdog: drops a client whose pending write outlived the idle timeout,
+        else sleeps until that write's deadline (or until the next write re-arms it)."""
+        assert self._loop is not None
+        since = self._writing_since
+        self._watchdog = None
+        if not since:
+            return
+        deadline = since + self._idle
+        if deadline - self._loop.time() > 0.001:
+            self._watchdog = self._loop.call_at(deadline, self._check)
+            return
+        self.stalled = True
+        if self._transport is not None:
+            # Wakes the pending write, and cancels the handler (handler_cancellation).
+            self._transport.abort()
+
+    def _begin(self) -> None:
+        """A client write starts: note when, and make sure the watchdog runs."""
+        loop = self._loop
+        if loop is not None:
+            self._writing_since = now = loop.time()
+            if self._watchdog is None:
+                self._watchdog = loop.call_at(now + self._idle, self._check)
+
+    def _end(self) -> None:
+        self._writing_since = 0.0
+        if self.stalled:
+            raise ConnectionResetError("the client accepted nothing for the idle timeout")
+
+    async def send(self, response: web.StreamResponse, data: bytes) -> None:
+        """One client write, bounded by the idle timeout (see watch())."""
+        self._begin()
+        await response.write(data)
+        self._end()
+
     async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
-        """Relay one upstream read's chunks in a single write."""
+        """Relay one upstream read's chunks in a single write: send(), inlined (hot)."""
         data = self.encode(batch)
         if data:
+            loop = self._loop
+            if loop is not None:
+                self._writing_since = now = loop.time()
+                if self._watchdog is None:
+                    self._watchdog = loop.call_at(now + self._idle, self._check)
             await response.write(data)
+            self._writing_since = 0.0
+            if self.stalled:
+                raise ConnectionResetError("the client accepted nothing for the idle timeout")
 
     def encode(self, batch: list[dict[str, Any]]) -> bytes:
         frames = []
@@ -348,9 +427,15 @@ class _Relay:
             groq_usage = extension.pop("usage")
             if usage is None:
                 usage = groq_usage
-        if usage is not None:
-            self.reported = from_openai(usage) or self.reported
         choices = chunk.get("choices")
+        if usage is not None:
+            reported = from_openai(usage)
+            if reported is not None:
+                # Usage on a chunk that carries choices (vLLM's continuous_usage_stats) is
+                # a running count, not final: only the usage chunk (choices: []) ends it.
+                self.reported = reported
+                if not choices:
+                    self.finished = True
         if not choices:
             if usage is not None:
                 return None  # the usage chunk: re-emitted at the end if the client asked
@@ -368,7 +453,12 @@ class _Relay:
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
                 if choice.get("finish_reason"):
-                    self.finished = True
+                    index = choice.get("index", 0)
+                    if type(index) is int:
+                        unfinished = self._unfinished
+                        unfinished.discard(index)
+                        if not unfinished:
+                            self.finished = True
         chunk["id"] = self.gateway_id
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias
@@ -378,17 +468,25 @@ class _Relay:
     def trailer(self) -> bytes:
         out = b""
         if self.call.chat.include_usage:
-            usage = self.reported or estimate(
-                self.call.input_bound, self.call.output_ceiling, self.produced_bytes, self.finished
-            )
+            usage = self._usage()
             out = self.profile.usage_chunk(self.gateway_id, self.created, self.call.alias, usage)
         return out + self.profile.done()
 
+    def _usage(self) -> Usage:
+        """The reported usage once the stream finished; else the estimate (what was
+        produced, and the unknown remainder at the reservation), never below a usage
+        reported along the way."""
+        call, reported = self.call, self.reported
+        if self.finished and reported is not None:
+            return reported
+        guess = estimate(call.input_bound, call.output_ceiling, self.produced_bytes, self.finished)
+        return guess if reported is None else at_least(guess, reported)
+
     def billed(self, state: GatewayState, call: CallContext) -> Usage | None:
-        if self.reported is not None:
+        if self.finished and self.reported is not None:
             return self.reported
         if self.declined:
             return None
         reason = "no_usage" if self.finished else "stream_cut"
         state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
-        return estimate(call.input_bound, call.output_ceiling, self.produced_bytes, self.finished)
+        return self._usage()

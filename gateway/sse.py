@@ -1,18 +1,29 @@
 """Pure server-sent events (``text/event-stream``) parsing and encoding.
 
 No I/O here: :class:`SSEParser` turns byte chunks into :class:`SSEEvent` values,
-:func:`encode_event` turns an event back into bytes.
+:func:`encode_event` turns an event back into bytes. An event (or an unfinished line)
+over :data:`MAX_EVENT_BYTES` raises :class:`EventTooLarge`: what an upstream sends is
+never buffered without bound.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SSEEvent", "SSEParser", "encode_event"]
+__all__ = ["MAX_EVENT_BYTES", "EventTooLarge", "SSEEvent", "SSEParser", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
 _COLON = 0x3A  # b":"[0]
 _LF = 0x0A  # b"\n"[0]
+
+# The most one event may hold, counted as received (its data lines, plus the line still
+# being received): an upstream sending one endless line, or data lines without the blank
+# line that ends an event, must not grow the gateway's memory without bound. Chat chunks
+# are small (a few tokens; the largest, a tool call's complete input or a final chunk
+# with annotations, are kilobytes); 4 MiB leaves room for base64 media in one event and
+# bounds a stream's parser at a few MiB. Checked once per fed chunk, so an event may
+# overshoot it by the size of that chunk.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 # Not frozen: a frozen dataclass's __init__ sets each field through
@@ -32,27 +43,53 @@ class SSEEvent:
     id: str | None = None
 
 
+class EventTooLarge(ValueError):
+    """An event, or an unfinished line, grew over :data:`MAX_EVENT_BYTES`.
+
+    ``events`` are the events the same :meth:`SSEParser.feed` call completed before that
+    (they came first, and are still valid). The parser is reset, its buffers dropped.
+    """
+
+    def __init__(self, events: list[SSEEvent]) -> None:
+        super().__init__(f"an SSE event over {MAX_EVENT_BYTES} bytes")
+        self.events = events
+
+
 class SSEParser:
     """Incremental parser following the WHATWG event-stream rules.
 
     Lines may end in CRLF, LF or a lone CR (a CRLF split across two chunks is one
     line ending). Comments, ``retry`` and unknown fields are ignored; a UTF-8 BOM at
     the very start of the stream is skipped. Unlike the spec, :meth:`close`
-    dispatches a final event that lacks its terminating blank line.
+    dispatches a final event that lacks its terminating blank line, and an event over
+    :data:`MAX_EVENT_BYTES` raises :class:`EventTooLarge`.
     """
 
-    __slots__ = ("_bom_head", "_data", "_event", "_last_id", "_skip_lf", "_tail")
+    __slots__ = (
+        "_bom_head",
+        "_data",
+        "_data_size",
+        "_event",
+        "_last_id",
+        "_skip_lf",
+        "_tail",
+        "_tail_size",
+    )
 
     def __init__(self) -> None:
         self._tail: list[bytes] = []  # pieces of the incomplete last line
+        self._tail_size = 0  # their length
         self._skip_lf = False  # previous chunk ended in CR: drop a leading LF
         self._bom_head: bytes | None = b""  # bytes seen before the BOM check; None once done
         self._data: list[bytes] = []
+        self._data_size = 0  # bytes of the data lines in _data, as received
         self._event: str | None = None
         self._last_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume ``chunk``; return the events it completed (possibly none)."""
+        """Consume ``chunk``; return the events it completed (possibly none).
+
+        Raises EventTooLarge when the unfinished event grew over MAX_EVENT_BYTES."""
         if self._bom_head is not None:
             head = self._bom_head + chunk
             if len(head) < len(_BOM) and _BOM.startswith(head):
@@ -71,6 +108,9 @@ class SSEParser:
         has_cr = b"\r" in chunk
         if not has_cr and b"\n" not in chunk:
             self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            if self._tail_size + self._data_size > MAX_EVENT_BYTES:
+                raise self._too_large([])
             return []
         if self._tail:
             self._tail.append(chunk)
@@ -100,11 +140,19 @@ class SSEParser:
             events += self._process(piece_lines)
         lines = last.split(b"\n")
         rest = lines.pop()
-        if rest:
+        held = self._tail_size = len(rest)
+        if held:
             self._tail.append(rest)
         if lines:
             events += self._process(lines)
+        if held + self._data_size > MAX_EVENT_BYTES:
+            raise self._too_large(events)
         return events
+
+    def _too_large(self, events: list[SSEEvent]) -> EventTooLarge:
+        """The failure for an event over the cap; the parser drops what it holds."""
+        self._reset()
+        return EventTooLarge(events)
 
     def close(self) -> list[SSEEvent]:
         """Signal end of input; return the last event if it had data but no blank line.
@@ -120,23 +168,30 @@ class SSEParser:
             lines = [b"".join(lines)]
         lines.append(b"")  # treat end of input as a final blank line
         events = self._process(lines)
+        self._reset()
+        return events
+
+    def _reset(self) -> None:
         self._tail.clear()
+        self._tail_size = 0
         self._skip_lf = False
         self._bom_head = b""
         self._data = []
+        self._data_size = 0
         self._event = None
         self._last_id = None
-        return events
 
     def _process(self, lines: list[bytes]) -> list[SSEEvent]:
         """Apply complete lines (without terminators) to the parser state."""
         events: list[SSEEvent] = []
         data = self._data
+        size = self._data_size
         for line in lines:
             if not line:  # blank line: dispatch
                 if data:
                     events.append(SSEEvent(self._event, b"\n".join(data), self._last_id))
                     data = self._data = []
+                    size = 0
                 self._event = None
                 continue
             if line[0] == _COLON:  # comment
@@ -146,11 +201,13 @@ class SSEParser:
                 value = value[1:]
             if field == b"data":
                 data.append(value)
+                size += len(line) + 1  # as received: an empty data line counts too
             elif field == b"event":
                 self._event = value.decode("utf-8", "replace") or None
             elif field == b"id" and b"\x00" not in value:  # ids containing NUL are ignored
                 self._last_id = value.decode("utf-8", "replace") or None
             # "retry" and unknown fields are ignored.
+        self._data_size = size
         return events
 
 

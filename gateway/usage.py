@@ -122,9 +122,16 @@ def worst_cost_nano(input_bound: int, output_ceiling: int, price: PriceConfig | 
     return _ceil_div(input_bound * dearest + output_ceiling * price.output, MILLION)
 
 
+# The most tokens a provider may report for one count. No request comes near it, and a
+# larger count (orjson parses up to 2**64 - 1) could overflow the budget store's int64
+# counters: such a report is no usage, so the gateway bills its estimate (never below
+# the truth) instead.
+MAX_REPORTED_TOKENS = 10**12
+
+
 def _token_count(value: Any) -> int | None:
-    """A count of tokens: a non-negative integer (not a bool), else None."""
-    if type(value) is int and value >= 0:
+    """A count of tokens: an integer (not a bool) in [0, MAX_REPORTED_TOKENS], else None."""
+    if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS:
         return value
     return None
 
@@ -132,9 +139,10 @@ def _token_count(value: Any) -> int | None:
 def from_openai(usage: Any) -> Usage | None:
     """Usage from an OpenAI ``usage`` object (unary body or stream chunk).
 
-    None unless both counts are non-negative integers: a usage the upstream got wrong
-    is no usage (the caller then estimates, never below the truth), and a negative
-    count could otherwise take tokens off a counter. Details of the wrong shape count 0.
+    None unless both counts are integers in [0, MAX_REPORTED_TOKENS]: a usage the
+    upstream got wrong is no usage (the caller then estimates, never below the truth),
+    and a negative count could otherwise take tokens off a counter. Details of the
+    wrong shape count 0.
     """
     if not isinstance(usage, dict):
         return None
@@ -167,3 +175,31 @@ def estimate(input_bound: int, output_ceiling: int, produced_bytes: int, finishe
     """
     output = min(produced_bytes, output_ceiling) if finished else output_ceiling
     return Usage(input_tokens=input_bound, output_tokens=output, estimated=True)
+
+
+def at_least(estimated: Usage, reported: Usage) -> Usage:
+    """An estimate never below a usage the upstream reported along the way (a partial,
+    cumulative count): each count is the higher of the two. The report's cache and
+    reasoning details are kept: the prompt's were final once it was read."""
+    return Usage(
+        input_tokens=max(estimated.input_tokens, reported.input_tokens),
+        output_tokens=max(estimated.output_tokens, reported.output_tokens),
+        cached_input_tokens=reported.cached_input_tokens,
+        reasoning_tokens=reported.reasoning_tokens,
+        cache_creation_input_tokens=reported.cache_creation_input_tokens,
+        estimated=True,
+    )
+
+
+def generated_bytes(message: Any) -> int:
+    """UTF-8 bytes of what the model generated in one answer message: every field
+    (content, tool calls, refusal, reasoning, non-standard ones) but the role, strings
+    by their bytes, anything else by its JSON (the stream relay counts deltas alike)."""
+    if not isinstance(message, dict):
+        return 0
+    total = 0
+    for field, value in message.items():
+        if field == "role" or not value:
+            continue
+        total += _text_bytes(value) if isinstance(value, str) else _json_bytes(value)
+    return total

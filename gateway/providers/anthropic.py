@@ -33,9 +33,9 @@ import orjson
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, ValidationFailed
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
-from gateway.providers.http import HttpChunkStream, HttpProvider
+from gateway.providers.http import HttpChunkStream, HttpProvider, error_object
 from gateway.providers.openai import error_for_status, scrub
-from gateway.sse import SSEEvent, SSEParser
+from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 from gateway.validation import asks_for_json
 
 __all__ = [
@@ -523,7 +523,14 @@ class StreamTranslator:
         self.check()
         if self.done:
             return []
-        return self._events(self.parser.feed(data))
+        try:
+            events = self.parser.feed(data)
+        except EventTooLarge as exc:  # the events before it still count
+            out = self._events(exc.events)
+            if self.error is None:
+                self.error = UpstreamStreamError("upstream_error", f"the provider sent {exc}")
+            return out
+        return self._events(events)
 
     def close(self) -> list[dict[str, Any]]:
         self.check()
@@ -687,8 +694,10 @@ class AnthropicStream(HttpChunkStream):
         secret: str = "",
         *,
         json_answer: bool = False,
+        idle: float | None = None,
+        first_byte_deadline: float | None = None,
     ) -> None:
-        super().__init__(provider, response)
+        super().__init__(provider, response, idle=idle, first_byte_deadline=first_byte_deadline)
         self.translator = StreamTranslator(secret=secret, json_answer=json_answer)
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
@@ -727,7 +736,7 @@ class AnthropicProvider(HttpProvider):
         return headers
 
     async def _send(
-        self, request: UpstreamRequest, stream: bool, first_byte: float
+        self, request: UpstreamRequest, stream: bool, deadline: float | None
     ) -> aiohttp.ClientResponse:
         payload = translate_request(request.body)
         if stream:
@@ -738,23 +747,36 @@ class AnthropicProvider(HttpProvider):
             self.url,
             orjson.dumps(payload),
             self._headers(request, stream),
-            first_byte=first_byte,
+            deadline=deadline,
             api_key=request.api_key,
             error_for_status=anthropic_error_for_status,
         )
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
-        response = await self._send(request, False, self.config.timeouts.total)
+        response = await self._send(request, False, None)
         body = await self.read_answer(response)
+        # After a 200 the provider did the work: an answer that cannot be read is billed.
         try:
-            return translate_response(orjson.loads(body), json_answer=asks_for_json(request.body))
+            message = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
+            raise self.unreadable("sent invalid JSON") from exc
+        if error_object(message) is not None:  # an error sent with a 200: not an answer
+            raise self.not_an_answer(
+                body, response.headers, request.api_key, anthropic_error_for_status, "an error"
+            )
+        try:
+            return translate_response(message, json_answer=asks_for_json(request.body))
         except ValueError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} sent an invalid message") from exc
+            raise self.unreadable("sent an invalid message") from exc
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
-        response = await self._send(request, True, self.config.timeouts.first_byte)
+        deadline = self.stream_deadline()
+        response = await self._send(request, True, deadline)
         return AnthropicStream(
-            self.name, response, request.api_key, json_answer=asks_for_json(request.body)
+            self.name,
+            response,
+            request.api_key,
+            json_answer=asks_for_json(request.body),
+            idle=self.config.timeouts.idle,
+            first_byte_deadline=deadline,
         )

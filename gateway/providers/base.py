@@ -48,7 +48,14 @@ class ChunkStream(ABC):
     A batch holds the chunks decoded from one upstream read, so the relay writes them
     to the client in one go (one socket write per read, not per event). A batch is
     never empty; chunks decoded before a failure are yielded before it is raised.
+
+    ``first_byte_deadline`` (event loop time) is when the first chunk must have come
+    by: set when the request was sent, so that the wait for the response headers and
+    the wait for the first chunk share one ``first_byte`` timeout. None: the relay
+    counts ``first_byte`` from when the stream opened.
     """
+
+    first_byte_deadline: float | None = None
 
     def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         return self.batches()

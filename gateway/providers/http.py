@@ -1,17 +1,32 @@
-"""What the HTTP provider adapters share: one pooled session, the send with its
-first-byte timeout and its mapping of failures before the first byte, reading a
-unary answer (a body lost after a 200 is billed, never retried), and closing a
-stream (back to the pool when finished, dropped when not: that stops generation).
+"""What the HTTP provider adapters share: one pooled session, the send and its
+mapping of failures before the first byte, reading a unary answer (a body lost or
+unreadable after a 200 is billed, never retried), and reading and closing a stream
+(back to the pool when finished, dropped when not: that stops generation).
+
+Timeouts (the provider's ``timeouts``): ``connect`` bounds the connection (aiohttp's
+``sock_connect``) and ``total`` the whole call (aiohttp's ``total``). aiohttp's
+``sock_read`` is not used: it would also bound the wait for the response headers,
+which a unary answer sends only once the whole answer is ready. Instead a stream's
+headers and its first chunk share one ``first_byte`` deadline from the send (see
+:meth:`HttpProvider.stream_deadline`), and ``idle`` bounds each wait for more body
+after the first byte (unary and stream alike).
+
+What happened to a failed request decides its bill: a failure before the request was
+sent (refused, DNS, a connect timeout) reached nobody, and may be retried unbilled; a
+unary request sent and timed out, or a 200 whose answer is lost, too large or
+unreadable, may have been (was) done by the provider: billed at the worst case
+(``billable``), never retried. Bodies are read within bounds (MAX_ANSWER_BYTES,
+MAX_ERROR_BODY_BYTES), as are stream events (gateway.sse.MAX_EVENT_BYTES).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
@@ -20,6 +35,83 @@ from gateway.providers.base import ChunkStream, Provider, UpstreamStreamError
 # (provider name, status, body, headers, provider key) -> the gateway's answer
 ErrorMapper = Callable[[str, int, bytes, Any, str], GatewayError]
 
+# The largest unary answer read: a completion is its output tokens (a few bytes each,
+# at most the clamped ceiling) plus logprobs and tool calls; 32 MiB is far above any
+# real one, and bounds what one call can make the gateway hold.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+# The most read of an error body (or of a 200 that is not the answer asked for): only
+# its error message is used, and the mapped answer does not depend on the rest.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+# Failures that prove the request never left the gateway: nothing reached the provider.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
+
+# An error object's ``code`` or ``type`` (OpenAI's, then Anthropic's) -> the status it
+# comes with, for an error a provider (or a proxy in front of it) sends with a 200:
+# mapped as that status is. Listed: the statuses whose answer is not the default 502
+# (retried, unbilled): a rejected key, a rate limit, a rejected request; and OpenAI's
+# unknown model, whose type alone would read as a rejected request.
+_ERROR_STATUSES = {
+    "model_not_found": 404,
+    "invalid_api_key": 401,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "rate_limit_error": 429,
+    "invalid_request_error": 400,
+    "request_too_large": 413,
+}
+
+
+def error_object(answer: Any) -> Any:
+    """The error a provider sent instead of an answer (OpenAI ``{"error": {...}}``,
+    Anthropic ``{"type": "error", "error": {...}}``), or None."""
+    if isinstance(answer, dict) and "choices" not in answer and "content" not in answer:
+        error = answer.get("error")
+        if isinstance(error, dict) or (isinstance(error, str) and error):
+            return error
+    return None
+
+
+def _error_status(error: Any) -> int | None:
+    """The status an error object goes with, when its code or type says (else None)."""
+    if not isinstance(error, dict):
+        return None
+    for field in ("code", "type"):
+        status = _ERROR_STATUSES.get(str(error.get(field)))
+        if status is not None:
+            return status
+    return None
+
+
+async def read_body(
+    response: aiohttp.ClientResponse, limit: int, idle: float | None = None
+) -> bytes | None:
+    """The whole body, or None when it is over ``limit`` bytes (then the connection is
+    closed: the rest is never read). Reads at most ``limit + 1`` bytes; each wait for
+    more is bounded by ``idle`` seconds (TimeoutError)."""
+    length = response.content_length
+    if length is not None and length > limit:
+        response.close()
+        return None
+    content = response.content
+    loop = asyncio.get_running_loop()
+    pieces: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(None) as timeout:
+        while True:
+            if idle is not None:
+                timeout.reschedule(loop.time() + idle)
+            piece = await content.read(limit + 1 - size)
+            if not piece:
+                return b"".join(pieces)
+            size += len(piece)
+            if size > limit:
+                response.close()
+                return None
+            pieces.append(piece)
+
 
 class HttpProvider(Provider):
     def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
@@ -27,9 +119,15 @@ class HttpProvider(Provider):
         self.config = config
         self.session = session
         timeouts = config.timeouts
+        # No sock_read: see the module's docstring.
         self.client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+            total=timeouts.total, sock_connect=timeouts.connect
         )
+
+    def stream_deadline(self) -> float:
+        """The first-byte deadline of a stream sent now (event loop time): its headers
+        and its first chunk must both have come by then."""
+        return asyncio.get_running_loop().time() + self.config.timeouts.first_byte
 
     async def post(
         self,
@@ -37,40 +135,92 @@ class HttpProvider(Provider):
         data: bytes,
         headers: dict[str, str],
         *,
-        first_byte: float,
+        deadline: float | None,
         api_key: str,
         error_for_status: ErrorMapper,
         params: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """POST and wait for a 200; anything else raises the gateway's error."""
+        """POST and wait for a 200; anything else raises the gateway's error.
+
+        ``deadline`` (event loop time) is a stream's first-byte deadline: it bounds the
+        wait for the headers, and the 200 must be an event stream. A unary call has none:
+        the provider answers once the whole answer is ready, so only ``total`` bounds the
+        wait, and a timeout then is billed (the provider may have done the work).
+        """
         try:
             sent = self.session.post(
                 url, params=params, data=data, headers=headers, timeout=self.client_timeout
             )
-            if first_byte < (self.client_timeout.total or math.inf):
-                async with asyncio.timeout(first_byte):
-                    response = await sent
-            else:  # unary: the session's total timeout is already this bound
+            async with asyncio.timeout_at(deadline):
                 response = await sent
+        except _NOT_SENT as exc:
+            # Nothing reached the provider: another attempt or route may serve it, unbilled.
+            not_sent: GatewayError
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                not_sent = UpstreamTimeout.detail(f"provider {self.name} timed out (connect)")
+            else:
+                not_sent = UpstreamFailed.detail(f"provider {self.name} is unreachable")
+            raise not_sent from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout.detail(f"provider {self.name} timed out") from exc
+            timed_out = UpstreamTimeout.detail(f"provider {self.name} timed out")
+            if deadline is None:
+                # Sent, and no answer within total: the provider may have done it all.
+                timed_out.billable, timed_out.retryable = True, False
+            raise timed_out from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
         if response.status != 200:
-            try:
-                async with asyncio.timeout(first_byte):
-                    body = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                body = b""
-            finally:
-                response.release()
+            body = await self._small_body(response, deadline)
             raise error_for_status(self.name, response.status, body, response.headers, api_key)
+        if deadline is not None and response.content_type != "text/event-stream":
+            # A 200 that is no stream (a JSON error, a proxy's HTML page): the provider
+            # generated nothing, and another attempt or route may do better.
+            body = await self._small_body(response, deadline)
+            what = f"{response.content_type}, not an event stream"
+            raise self.not_an_answer(body, response.headers, api_key, error_for_status, what)
         return response
 
-    async def read_answer(self, response: aiohttp.ClientResponse) -> bytes:
-        """The body of a 200. Lost midway, the provider still did (and bills) the work."""
+    async def _small_body(self, response: aiohttp.ClientResponse, deadline: float | None) -> bytes:
+        """An error body (or a 200's that is not the answer), at most MAX_ERROR_BODY_BYTES
+        of it, in time (b"" otherwise), then the connection goes back or is closed."""
         try:
-            return await response.read()
+            async with asyncio.timeout_at(deadline):
+                return await read_body(response, MAX_ERROR_BODY_BYTES) or b""
+        except (TimeoutError, aiohttp.ClientError):
+            return b""
+        finally:
+            response.release()
+
+    def not_an_answer(
+        self, body: bytes, headers: Any, api_key: str, error_for_status: ErrorMapper, what: str
+    ) -> GatewayError:
+        """The gateway's answer to a 200 that is not the answer asked for (``what`` it
+        is instead): an error object the provider sent is mapped as the
+        status it goes with would be (a rejected key, a rate limit, a rejected request);
+        anything else is a 502 that another attempt may fix. Nothing is billed: nothing
+        was generated. The provider's text is relayed only through ``error_for_status``,
+        which scrubs the key."""
+        try:
+            error = error_object(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            error = None
+        status = _error_status(error)
+        if status is not None:
+            return error_for_status(self.name, status, body, headers, api_key)
+        return UpstreamFailed.detail(f"provider {self.name} answered 200 with {what}")
+
+    def unreadable(self, problem: str) -> UpstreamFailed:
+        """A 200 whose answer cannot be used (``problem``: "sent invalid JSON"): a 502,
+        billed at the worst case and not retried, since the provider did the work."""
+        failed = UpstreamFailed.detail(f"provider {self.name} {problem}")
+        failed.billable, failed.retryable = True, False
+        return failed
+
+    async def read_answer(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body of a 200. Lost midway, stalled for ``idle``, or over MAX_ANSWER_BYTES,
+        the provider still did (and bills) the work."""
+        try:
+            body = await read_body(response, MAX_ANSWER_BYTES, self.config.timeouts.idle)
         except (TimeoutError, aiohttp.ClientError) as exc:
             lost: GatewayError
             if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
@@ -81,6 +231,9 @@ class HttpProvider(Provider):
             raise lost from exc
         finally:
             response.release()
+        if body is None:
+            raise self.unreadable(f"sent an answer over {MAX_ANSWER_BYTES} bytes")
+        return body
 
 
 # After a stream's last event: how long, and how much, to read for the body's end.
@@ -88,27 +241,100 @@ DRAIN_SECONDS = 0.25
 DRAIN_MAX_BYTES = 64 * 1024
 
 
-class HttpChunkStream(ChunkStream):
-    """A stream read from an aiohttp response; ``finished`` once read to its end."""
+# How early asyncio may run a timer (its clock resolution; a millisecond is ample).
+_TIMER_SLACK = 0.001
 
-    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+
+class _IdleWatch:
+    """Bounds each wait for more of a stream's body by ``idle`` seconds with one timer
+    per stream, not one per read (a read only notes when it began): when the timer
+    fires it fails a read that has waited ``idle`` seconds, re-arms for one that began
+    later, and lapses between reads (the relay writing: the next read re-arms it)."""
+
+    __slots__ = ("content", "handle", "idle", "loop", "since")
+
+    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
+        self.content = content
+        self.idle = idle
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None  # when the pending read began; None: no read
+        self.handle: asyncio.TimerHandle | None = None
+
+    def reading(self) -> None:
+        """A read begins (``since = None`` once it returned)."""
+        self.since = now = self.loop.time()
+        if self.handle is None:
+            self.handle = self.loop.call_at(now + self.idle, self._check)
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.since is None:
+            return
+        due = self.since + self.idle
+        if due - self.loop.time() > _TIMER_SLACK:
+            self.handle = self.loop.call_at(due, self._check)
+        else:
+            # Wakes the pending read with the error, as aiohttp's own sock_read does
+            # (no task is cancelled: nothing else the relay awaits can be hit).
+            self.content.set_exception(TimeoutError("the provider stopped sending"))
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+class HttpChunkStream(ChunkStream):
+    """A stream read from an aiohttp response; ``finished`` once read to its end.
+
+    ``first_byte_deadline`` is the one its send set (see ChunkStream); ``idle`` bounds
+    every wait for more body after the first byte.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        response: aiohttp.ClientResponse,
+        *,
+        idle: float | None = None,
+        first_byte_deadline: float | None = None,
+    ) -> None:
         self.provider = provider
         self.response = response
         self.finished = False
+        self.idle = idle
+        self.first_byte_deadline = first_byte_deadline
+        self._watch: _IdleWatch | None = None
 
     async def reads(self) -> AsyncIterator[bytes | None]:
         """The body as it arrives, then None at its end. Transport failures (a cut, the
-        idle timeout) become the mid-stream error every adapter reports."""
+        idle timeout) become the mid-stream error every adapter reports. The first read
+        is the first byte (the relay bounds it by the first-byte deadline); each later
+        one waits ``idle`` seconds at most."""
+        content = self.response.content
+        watch = None if self.idle is None else _IdleWatch(content, self.idle)
+        self._watch = watch
         try:
-            async for piece in self.response.content.iter_any():
+            piece = await content.readany()
+            while piece:
                 yield piece
+                if watch is not None:
+                    watch.reading()
+                piece = await content.readany()
+                if watch is not None:
+                    watch.since = None
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamStreamError("upstream_error", "the provider connection failed") from exc
+        finally:
+            if watch is not None:
+                watch.stop()
         yield None
 
     async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()  # a stream closed unread (its reads() never resumed)
         drained = False
         try:
             drained = self.finished and await self._drained()

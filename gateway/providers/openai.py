@@ -24,8 +24,8 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
-from gateway.providers.http import HttpChunkStream, HttpProvider
-from gateway.sse import SSEEvent, SSEParser
+from gateway.providers.http import HttpChunkStream, HttpProvider, error_object
+from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 
 # Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
 # any fragment of the key actually used, whatever its format.
@@ -117,15 +117,26 @@ def _well_formed(chunk: dict[str, Any]) -> bool:
 
 
 class OpenAIStream(HttpChunkStream):
-    def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
-        super().__init__(provider, response)
+    def __init__(
+        self,
+        provider: str,
+        response: aiohttp.ClientResponse,
+        secret: str = "",
+        *,
+        idle: float | None = None,
+        first_byte_deadline: float | None = None,
+    ) -> None:
+        super().__init__(provider, response, idle=idle, first_byte_deadline=first_byte_deadline)
         self.secret = secret
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         parser = SSEParser()
         saw_finish = False
         async for piece in self.reads():
-            events = parser.feed(piece) if piece is not None else parser.close()
+            try:
+                events = parser.feed(piece) if piece is not None else parser.close()
+            except EventTooLarge as exc:
+                raise self._too_large(exc) from exc
             batch, done = self._decode_all(events)
             if batch:
                 saw_finish = saw_finish or _has_finish(batch)
@@ -136,6 +147,12 @@ class OpenAIStream(HttpChunkStream):
         if not saw_finish:
             raise UpstreamStreamError("upstream_error", "the provider stream ended early")
         self.finished = True
+
+    def _too_large(self, exc: EventTooLarge) -> UpstreamStreamError:
+        """The failure for an event over the SSE size cap, with the chunks before it."""
+        failed = UpstreamStreamError("upstream_error", f"the provider sent {exc}")
+        failed.pending, _ = self._decode_all(exc.events)
+        return failed
 
     def _decode_all(self, events: list[SSEEvent]) -> tuple[list[dict[str, Any]], bool]:
         """The chunks of these events, and whether [DONE] came. A failure raises with
@@ -201,26 +218,43 @@ class OpenAIProvider(HttpProvider):
             return self.url
         return self.url.replace("{model}", quote(str(request.body.get("model", "")), safe=""))
 
-    async def _send(self, request: UpstreamRequest, first_byte: float) -> aiohttp.ClientResponse:
+    async def _send(
+        self, request: UpstreamRequest, deadline: float | None
+    ) -> aiohttp.ClientResponse:
         return await self.post(
             self._url(request),
             orjson.dumps(request.body),
             self._headers(request),
-            first_byte=first_byte,
+            deadline=deadline,
             api_key=request.api_key,
             error_for_status=error_for_status,
             params=self.config.query or None,
         )
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
-        response = await self._send(request, self.config.timeouts.total)
+        response = await self._send(request, None)
         body = await self.read_answer(response)
+        # After a 200 the provider did the work: an answer that cannot be read is billed.
         try:
             completion = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamFailed.detail(f"provider {self.name} sent invalid JSON") from exc
-        return check_completion(self.name, completion)
+            raise self.unreadable("sent invalid JSON") from exc
+        if error_object(completion) is not None:  # an error sent with a 200: not an answer
+            raise self.not_an_answer(
+                body, response.headers, request.api_key, error_for_status, "an error"
+            )
+        try:
+            return check_completion(self.name, completion)
+        except UpstreamFailed as exc:
+            raise self.unreadable("sent an invalid completion") from exc
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
-        response = await self._send(request, self.config.timeouts.first_byte)
-        return OpenAIStream(self.name, response, request.api_key)
+        deadline = self.stream_deadline()
+        response = await self._send(request, deadline)
+        return OpenAIStream(
+            self.name,
+            response,
+            request.api_key,
+            idle=self.config.timeouts.idle,
+            first_byte_deadline=deadline,
+        )

@@ -88,7 +88,7 @@ chunk_like = shaped(
 CALL = types.SimpleNamespace(
     alias="default",
     first_token_at=None,
-    chat=types.SimpleNamespace(include_usage=True),
+    chat=types.SimpleNamespace(include_usage=True, n=1),
     input_bound=100,
     output_ceiling=50,
 )

@@ -19,6 +19,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient
 
+import gateway.sse
 from gateway.config import ProviderConfig, Timeouts
 from gateway.providers.anthropic import AnthropicProvider, AnthropicStream
 from gateway.providers.base import UpstreamRequest
@@ -779,6 +780,81 @@ async def test_sdk_sees_the_status_errors(
     with pytest.raises(openai.InternalServerError) as info:
         await api.chat.completions.create(model="default", messages=MESSAGES, stream=True)
     assert info.value.status_code == 502
+
+
+# --------------------------------------------------------------------------- a 200 that is no answer
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_an_error_sent_with_a_200_is_retried_and_billed_at_nothing(
+    make_gateway: Any, upstream: FakeUpstream, stream: bool
+) -> None:
+    """An error object with a 200 (on a stream: JSON, not events): nothing was
+    generated, so nothing is billed, and another attempt serves the request."""
+    client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
+    upstream.script(Reply(json=anthropic_error("overloaded_error", "Overloaded")))
+    resp = await client.post(chat_url(), json=chat_body(stream=stream), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    assert len(upstream.requests) == 2
+    assert await settled(client, creds) == used(11, 3, 11 * IN + 3 * OUT)  # the second only
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_an_authentication_error_sent_with_a_200_is_422_byok_key_rejected(
+    claude: Gateway, upstream: FakeUpstream, stream: bool
+) -> None:
+    client, _, creds = claude
+    error = anthropic_error("authentication_error", f"invalid x-api-key {PROVIDER_KEY}")
+    upstream.script(Reply(json=error))
+    resp = await client.post(chat_url(), json=chat_body(stream=stream), headers=bearer(creds.key))
+    text = await resp.text()
+    assert resp.status == 422, text
+    assert PROVIDER_KEY not in text
+    assert json.loads(text)["error"] == "byok_key_rejected"
+    assert await settled(client, creds) == used(0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"id": "msg_1", "type": "mess', b'{"id": "msg_1", "type": "message", "content": "x"}'],
+    ids=["invalid_json", "not_a_message"],
+)
+async def test_an_unreadable_unary_200_is_billed_and_not_retried(
+    make_gateway: Any, upstream: FakeUpstream, body: bytes
+) -> None:
+    """After its 200 the provider did (and bills) the work, whatever became of the
+    answer: the worst case is billed, and a retry would pay for it twice."""
+    client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
+    upstream.script(Reply(body=body, content_type="application/json"))
+    resp = await client.post(chat_url(), json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 502, await resp.text()
+    assert len(upstream.requests) == 1
+    assert (await settled(client, creds))["output_tokens"] == CEILING
+
+
+async def test_an_event_over_the_size_cap_ends_the_stream(
+    claude: Gateway, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One endless line: the stream fails as soon as it is over the cap (not at the idle
+    timeout), after the chunks before it; billed as a cut stream."""
+    monkeypatch.setattr(gateway.sse, "MAX_EVENT_BYTES", 64 * 1024)
+    client, _, creds = claude
+    raw = anthropic_stream(["Hel", "lo"])
+    head = raw[: raw.index(b"event: content_block_delta", raw.index(b"Hel"))]
+    sse = head + b'event: content_block_delta\ndata: {"type": "' + b"a" * 200_000
+    upstream.script(Reply(sse=sse, slice_size=16 * 1024, hang_after_bytes=len(sse)))
+    resp = await client.post(chat_url(), json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    events = parse_sse(await resp.read())
+    assert events[-1].event == "error"
+    error = json.loads(events[-1].data)
+    assert error["data"]["code"] == "upstream_error"
+    assert "over 65536 bytes" in error["data"]["message"]
+    chunks = [json.loads(e.data) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hel"
+    assert (await settled(client, creds))["output_tokens"] == CEILING
+    await upstream.wait_disconnect()
 
 
 # --------------------------------------------------------------------------- the adapter alone

@@ -226,8 +226,10 @@ SCENARIOS: dict[str, tuple[bool, int, str]] = {
     "error-event-mid-stream": (True, 200, "worst"),
     "idle-timeout-mid-stream": (True, 200, "worst"),
     "first-byte-timeout": (True, 504, "nothing"),
-    # The provider accepted the request and may bill it in full: the worst case is billed.
-    "unary-first-byte-timeout": (False, 504, "worst"),
+    # No answer within total: the provider accepted the request and may bill it in full,
+    # so the worst case is billed. (A unary answer's headers come when all of it is
+    # ready: only total bounds that wait, neither first_byte nor idle.)
+    "unary-total-timeout": (False, 504, "worst"),
 }
 
 
@@ -244,7 +246,7 @@ def _failing_upstream(rec: Recorded) -> Reply:
         return Reply(sse=raw[:head] + f"data: {error}\n\n".encode())
     if text == "idle-timeout-mid-stream":
         return Reply(sse=raw, hang_after_bytes=head)
-    if text.endswith("first-byte-timeout"):
+    if text.endswith(("first-byte-timeout", "total-timeout")):
         return Reply(sse=raw, delay_before_headers=4)
     raise AssertionError(f"unexpected request {text!r}")
 
@@ -258,7 +260,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
         redis_url,
         projects={"alpha": {"budgets": PER_USER_BUDGETS}},
         gateway={
-            "providers": {"upstream": provider(upstream, first_byte=1, idle=1)},
+            "providers": {"upstream": provider(upstream, first_byte=1, idle=1, total=3)},
             "resilience": {"breaker": {"failure_threshold": 100}},
         },
     )
@@ -317,8 +319,9 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
     tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http
 ) -> None:
     """SIGKILL a gateway with three streams in flight: their worst cases stay held (a
-    request that fits only without them gets 402) until reservation_ttl_seconds (5)
+    request that fits only without them gets 402) until reservation_ttl_seconds (10)
     passes, then the same request is admitted."""
+    ttl = 10  # the shortest hold the provider's timeouts allow: 4 + 1 + 5 s
     text = "Hello"
     w = worst(text)[2]  # 133
     cap = 3 * w + w // 2  # three worst cases fit, four do not
@@ -327,7 +330,11 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
         upstream.base_url,
         redis_url,
         projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": cap}}}}},
-        gateway={"limits": {"reservation_ttl_seconds": 5}},
+        gateway={
+            "limits": {"reservation_ttl_seconds": ttl},
+            # The victim is killed well before a stream could time out.
+            "providers": {"upstream": provider(upstream, total=4, idle=1)},
+        },
     )
     victim, survivor = await asyncio.gather(spawn(creds), spawn(creds))
     tag = ptag(creds)
@@ -364,7 +371,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
     refused_after_kill = 0
     last_refusal: dict[str, Any] = {}
     admitted_at = None
-    while time.monotonic() < t_held + 15:
+    while time.monotonic() < t_held + ttl + 10:
         resp = await http.post(survivor.url(URL), json=chat_body(text), headers=bearer(creds.key))
         body = await resp.json()
         if resp.status == 200:
@@ -379,7 +386,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
     record_figures(
         "crash",
         {
-            "reservation_ttl_seconds": 5,
+            "reservation_ttl_seconds": ttl,
             "held_after_kill_s": round(admitted_at - t_killed, 2),
             "held_since_observed_s": round(held_for, 2),
             "probes_refused_while_held": refused_after_kill,
@@ -392,7 +399,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
         0,
         w,
     )
-    assert 4.0 <= held_for <= 5.0 + 2.0, held_for
+    assert ttl - 1.0 <= held_for <= ttl + 2.0, held_for
     # Released, not billed: the crashed requests never settled (their usage is unknown).
     await wait_for(lambda: _no_holds(redis, month_key), what="the probe's settlement")
     assert (await counter(redis, month_key))["u2"] == 11 + 3  # the probe's reported usage
@@ -705,3 +712,35 @@ async def test_on_store_error_allow_admits_unmetered_requests(
     # Back up (same port), so that the gateway's background work against the store
     # ends before its shutdown.
     server.start()
+
+
+async def test_a_client_leaving_during_the_reserve_leaves_nothing_held(
+    private_redis: RedisServer, make_gateway, upstream: FakeUpstream
+) -> None:
+    """The client gives up while Redis is slow to run the reserve (the handler is
+    cancelled): the reserve still runs when Redis resumes, and the gateway gives that
+    hold back at once instead of leaving it for the reservation ttl (false 402s)."""
+    server = private_redis
+    client, _, creds = await make_gateway(
+        redis_url=server.url, gateway={"redis": {"timeout_ms": 3000}}
+    )
+    redis = Redis.from_url(server.url, socket_timeout=None)
+    try:
+        month_key = f"{ptag(creds)}p:{(await window_ids(redis))['month']}"
+        await redis.execute_command("CLIENT", "PAUSE", "800", "WRITE")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+
+        async def released() -> bool:
+            return held_amount(await counter(redis, month_key)) == 0 and not await redis.hlen(
+                ptag(creds) + "rsv"
+            )
+
+        await asyncio.sleep(1.0)  # Redis resumed; the reserve and its release ran
+        await wait_for(released, timeout=3.0, what="the abandoned hold's release")
+        assert upstream.requests == []
+        resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+        assert resp.status == 200
+    finally:
+        await redis.aclose()

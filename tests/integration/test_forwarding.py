@@ -219,6 +219,7 @@ async def test_cookies_a_provider_sets_are_not_sent_back_on_any_call(
         "kind": "openai",
         "base_url": upstream.base_url.replace("127.0.0.1", "localhost"),
         "api_key_env": "TEST_PROVIDER_KEY",
+        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10},
     }
     client, _, creds = await make_gateway(gateway={"providers": {"upstream": by_name}})
     upstream.script(

@@ -444,6 +444,55 @@ async def test_a_reload_during_a_retry_keeps_the_requests_routes(make_gateway, u
     assert len(upstream.requests) == 3
 
 
+def short_holds(upstream: FakeUpstream) -> dict[str, Any]:
+    """A 10 s hold: the shortest a provider with total 3 s + idle 2 s allows (+ 5 s)."""
+    timeouts = {"connect": 2, "first_byte": 3, "idle": 2, "total": 3}
+    return {
+        "limits": {"reservation_ttl_seconds": 10},
+        "providers": {"upstream": provider(upstream.base_url, timeouts=timeouts)},
+        "resilience": resilience(attempts=2),
+    }
+
+
+async def test_the_hold_is_renewed_before_a_retry(make_gateway, upstream, redis) -> None:
+    """Each attempt is shorter than the hold, and the hold is renewed before the next
+    one: a request retried past its first ttl never runs without its reservation."""
+    client, config, creds = await make_gateway(gateway=short_holds(upstream))
+    slow_failure = server_error(503)
+    slow_failure.delay_before_headers = 1.5
+    slow_answer = Reply(json=openai_completion(), delay_before_headers=1.0)
+    upstream.script(slow_failure, slow_answer)
+    tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
+    answer = asyncio.create_task(post(client, creds.key))
+    await upstream.wait_requests(1)
+    [(rid, first_expiry)] = await redis.zrange(tag + "rsvexp", 0, -1, withscores=True)
+    await upstream.wait_requests(2)  # the retry is in flight
+    [(same, renewed_expiry)] = await redis.zrange(tag + "rsvexp", 0, -1, withscores=True)
+    assert same == rid
+    assert renewed_expiry - first_expiry >= 1_400  # renewed after the 1.5 s first attempt
+    resp = await answer
+    assert resp.status == 200, await resp.text()
+    assert await redis.zcard(tag + "rsvexp") == 0
+
+
+async def test_no_retry_runs_once_the_hold_is_gone(make_gateway, upstream, redis) -> None:
+    """If the hold expired and was released anyway (here: removed), the request stops
+    with the upstream's error instead of retrying without a reservation."""
+    client, config, creds = await make_gateway(gateway=short_holds(upstream))
+    slow_failure = server_error(503)
+    slow_failure.delay_before_headers = 0.5
+    upstream.script(slow_failure, Reply(json=openai_completion()))
+    tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
+    answer = asyncio.create_task(post(client, creds.key))
+    await upstream.wait_requests(1)
+    [rid] = await redis.hkeys(tag + "rsv")
+    await redis.hdel(tag + "rsv", rid)  # what a purge of an expired hold leaves
+    await redis.zrem(tag + "rsvexp", rid)
+    resp = await answer
+    assert resp.status == 502, await resp.text()  # the upstream's 503, not retried
+    assert len(upstream.requests) == 1
+
+
 # ----------------------------------------------------------------------------- Retry-After
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sse import SSEEvent, SSEParser, encode_event
+import gateway.sse
+from gateway.sse import EventTooLarge, SSEEvent, SSEParser, encode_event
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -390,3 +391,78 @@ def test_an_event_begun_in_one_feed_is_finished_by_the_next() -> None:
         SSEEvent(None, b"e", "7"),
         SSEEvent(None, b"f", "7"),
     ]
+
+
+# --- size cap ---------------------------------------------------------------------------------
+
+CAP = 1024  # MAX_EVENT_BYTES, lowered for these tests
+
+
+@pytest.fixture
+def small_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.sse, "MAX_EVENT_BYTES", CAP)
+
+
+def feed_until_refused(parser: SSEParser, piece: bytes) -> tuple[int, EventTooLarge]:
+    """Feed ``piece`` again and again until the parser refuses: the bytes fed by then."""
+    fed = 0
+    while fed <= 100 * CAP:
+        fed += len(piece)
+        try:
+            parser.feed(piece)
+        except EventTooLarge as exc:
+            return fed, exc
+    raise AssertionError("never refused")
+
+
+def test_the_default_cap_is_a_few_mib() -> None:
+    assert gateway.sse.MAX_EVENT_BYTES == 4 * 1024 * 1024
+
+
+@pytest.mark.usefixtures("small_cap")
+def test_an_endless_line_is_refused_once_over_the_cap() -> None:
+    """Fed in pieces with no line end: refused as soon as it is over the cap, rather
+    than buffered for as long as the upstream keeps sending."""
+    parser = SSEParser()
+    assert parser.feed(b"data: ok\n\ndata: ") == [SSEEvent(None, b"ok")]
+    fed, refused = feed_until_refused(parser, b"a" * 100)
+    assert CAP < 6 + fed <= CAP + 100
+    assert refused.events == []
+    # The parser let go of what it held, and can start over.
+    assert parser.feed(b"data: next\n\n") == [SSEEvent(None, b"next")]
+
+
+@pytest.mark.usefixtures("small_cap")
+def test_data_lines_without_the_blank_line_are_refused_once_over_the_cap() -> None:
+    parser = SSEParser()
+    fed, _ = feed_until_refused(parser, b"data: " + b"a" * 100 + b"\n")
+    assert fed <= 2 * CAP
+
+
+@pytest.mark.usefixtures("small_cap")
+def test_empty_data_lines_count_as_received() -> None:
+    """An event is measured as received: endless empty data lines (each kept as one)
+    are refused too."""
+    fed, _ = feed_until_refused(SSEParser(), b"data:\n")
+    assert fed <= CAP + 6
+
+
+@pytest.mark.usefixtures("small_cap")
+def test_events_completed_before_the_overflow_come_with_it() -> None:
+    parser = SSEParser()
+    with pytest.raises(EventTooLarge) as info:
+        parser.feed(b"data: 1\n\nevent: x\ndata: 2\n\ndata: " + b"a" * 2 * CAP)
+    assert info.value.events == [SSEEvent(None, b"1"), SSEEvent("x", b"2")]
+
+
+@pytest.mark.usefixtures("small_cap")
+def test_events_up_to_the_cap_are_parsed_in_any_split() -> None:
+    """The cap counts one event at a time: events under it pass however they are split,
+    as many as come."""
+    data = b"x" * (CAP - 40)  # its two data lines, as received, are just under the cap
+    raw = (b"event: e\ndata: " + data[:500] + b"\ndata: " + data[500:] + b"\n\n") * 5
+    joined = data[:500] + b"\n" + data[500:]
+    expected = [SSEEvent("e", joined)] * 5
+    assert _parse_whole(raw) == expected
+    assert _parse_chunks([raw[i : i + 7] for i in range(0, len(raw), 7)]) == expected
+    assert _parse_chunks([raw[i : i + 300] for i in range(0, len(raw), 300)]) == expected

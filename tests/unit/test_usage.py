@@ -12,6 +12,7 @@ import pytest
 from gateway.config import PriceConfig
 from gateway.sse import SSEParser
 from gateway.usage import (
+    MAX_REPORTED_TOKENS,
     Usage,
     cost_nano,
     estimate,
@@ -400,6 +401,22 @@ def test_from_openai_null_details_are_zero() -> None:
         }
     )
     assert usage == Usage(5, 2, 0, 0)
+
+
+def test_from_openai_counts_no_request_reaches_are_no_usage() -> None:
+    """orjson parses counts up to 2**64 - 1; the budget store holds int64. A count past
+    MAX_REPORTED_TOKENS is a broken upstream: no usage, so the caller estimates."""
+    biggest = {"prompt_tokens": MAX_REPORTED_TOKENS, "completion_tokens": MAX_REPORTED_TOKENS}
+    assert from_openai(biggest) == Usage(MAX_REPORTED_TOKENS, MAX_REPORTED_TOKENS, 0, 0)
+    for huge in (MAX_REPORTED_TOKENS + 1, 2**63, 2**64 - 1):
+        raw = orjson.loads(b'{"prompt_tokens": %d, "completion_tokens": 5}' % huge)
+        assert raw["prompt_tokens"] == huge
+        assert from_openai(raw) is None
+        assert from_openai({"prompt_tokens": 5, "completion_tokens": huge}) is None
+        details = {"cached_tokens": huge}
+        assert from_openai(
+            {"prompt_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": details}
+        ) == Usage(5, 2, 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,281 @@
+"""Billing at the edges of the relay: answers without usage, streams with several
+choices, running (non-final) usage, a client that stops reading. Real fake upstream over
+TCP, real Redis.
+
+``chat_body("Hello")`` has an input bound of 33 tokens; the harness projects cap output
+at 100 tokens per request; gpt-4o-mini costs 150 / 600 nano-USD per input / output token.
+Where no final usage arrives the gateway bills what was produced, and the unknown
+remainder at the reserved amount: never less than the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from gateway.config import Config
+from gateway.context import STATE
+from tests.fakeupstream import Reply, openai_completion
+from tests.harness import bearer, chat_body, counter, metric, window_ids
+
+URL = "/v1/projects/alpha/chat/completions"
+INPUT_BOUND, CEILING = 33, 100
+
+
+def cost(i: int, o: int) -> int:
+    return i * 150 + o * 600
+
+
+def used(i: int, o: int) -> dict[str, int]:
+    return {"u0": i, "u1": o, "u2": i + o, "u3": cost(i, o), "r0": 0, "r1": 0, "r2": 0, "r3": 0}
+
+
+async def settled(redis: Redis, config: Config, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
+    """The project's lifetime counter once nothing is held on it any more."""
+    key = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
+    state = await counter(redis, key)
+    try:
+        async with asyncio.timeout(timeout):
+            while any(state[f"r{d}"] for d in range(4)):
+                await asyncio.sleep(0.02)
+                state = await counter(redis, key)
+    except TimeoutError:
+        raise AssertionError(f"still held after {timeout} s: {state}") from None
+    return state
+
+
+def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-up",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish}
+
+
+def sse(*chunks: dict[str, Any], done: bool = False) -> bytes:
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    return body + (b"data: [DONE]\n\n" if done else b"")
+
+
+def running(completion_tokens: int, prompt_tokens: int = 20) -> dict[str, int]:
+    """vLLM's continuous_usage_stats: the running count, on every chunk."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+# ------------------------------------------------------------- unary answer without usage
+
+
+async def test_unary_without_usage_bills_every_generated_field(
+    make_gateway, upstream, redis
+) -> None:
+    """Tool-call arguments, reasoning and refusals are generated tokens, as much as the
+    content is: each counts toward the estimate (the role does not)."""
+    client, config, creds = await make_gateway(projects={"alpha": {"max_output_tokens": 1000}})
+    arguments = json.dumps({"location": "Paris, France", "unit": "celsius", "note": "x" * 40})
+    tool_calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments},
+        }
+    ]
+    completion = openai_completion()
+    del completion["usage"]
+    completion["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "reasoning_content": "The user wants the weather: call the tool.",
+        "tool_calls": tool_calls,
+    }
+    completion["choices"][0]["finish_reason"] = "tool_calls"
+    upstream.script(Reply(json=completion))
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["choices"][0]["message"]["tool_calls"] == tool_calls
+    produced = len(orjson.dumps(tool_calls)) + len("The user wants the weather: call the tool.")
+    assert len(arguments) < produced < 1000
+    assert body["usage"]["output_tokens"] == produced
+    assert await settled(redis, config) == used(INPUT_BOUND, produced)
+    assert (
+        await metric(client, "gateway_estimated_usage_total", project="alpha", reason="no_usage")
+        == 1
+    )
+
+
+# ------------------------------------------------------------- streams of several choices
+
+
+async def test_stream_cut_after_one_of_two_choices_finished_bills_the_remainder(
+    make_gateway, upstream, redis
+) -> None:
+    """n=2: choice 0 finished, choice 1 was cut mid-generation: the stream did not
+    finish, so its unknown remainder is billed at the reservation (2 x 100)."""
+    client, config, creds = await make_gateway()
+    head = sse(
+        chunk([choice(0, {"role": "assistant", "content": ""}), choice(1, {"role": "assistant"})]),
+        chunk([choice(0, {"content": "Hi"})]),
+        chunk([choice(0, {}, "stop")]),
+        chunk([choice(1, {"content": "abc"})]),
+    )
+    tail = sse(chunk([choice(1, {"content": "d" * 50}, "length")]), chunk([], running(200)))
+    upstream.script(Reply(sse=head + tail + b"data: [DONE]\n\n", cut_after_bytes=len(head)))
+    body = chat_body(stream=True, n=2, max_tokens=100)
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 200
+    assert "event: error" in await resp.text()
+    assert upstream.last.cut
+    assert await settled(redis, config) == used(INPUT_BOUND, 2 * CEILING)
+    assert (
+        await metric(client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut")
+        == 1
+    )
+
+
+async def test_stream_of_two_choices_both_finished_without_usage_bills_what_was_produced(
+    make_gateway, upstream, redis
+) -> None:
+    client, config, creds = await make_gateway()
+    raw = sse(
+        chunk([choice(0, {"role": "assistant", "content": "Hi"}), choice(1, {"content": "abc"})]),
+        chunk([choice(0, {}, "stop")]),
+        chunk([choice(1, {"content": "defg"}, "stop")]),
+        done=True,
+    )
+    upstream.script(Reply(sse=raw))
+    body = chat_body(stream=True, n=2, max_tokens=100)
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 200
+    assert "event: error" not in await resp.text()
+    assert await settled(redis, config) == used(INPUT_BOUND, len("Hiabcdefg"))
+
+
+# ------------------------------------------------ running usage (continuous_usage_stats)
+
+
+@pytest.mark.parametrize("prompt_tokens", [20, 50])
+async def test_stream_cut_after_running_usage_bills_the_reservation(
+    make_gateway, upstream, redis, prompt_tokens
+) -> None:
+    """Usage on chunks that carry choices is a running count: a cut after it bills the
+    reservation, and never less than that count (input 50 > the bound of 33)."""
+    client, config, creds = await make_gateway()
+    head = sse(
+        chunk([choice(0, {"role": "assistant", "content": ""})], running(0, prompt_tokens)),
+        *(
+            chunk([choice(0, {"content": f"w{i} "})], running(i + 1, prompt_tokens))
+            for i in range(3)
+        ),
+    )
+    tail = sse(chunk([choice(0, {"content": "more"}, "stop")], running(90, prompt_tokens)))
+    upstream.script(Reply(sse=head + tail + b"data: [DONE]\n\n", cut_after_bytes=len(head)))
+    body = chat_body(stream=True, stream_options={"continuous_usage_stats": True})
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 200
+    assert "event: error" in await resp.text()
+    assert upstream.last.json()["stream_options"] == {
+        "continuous_usage_stats": True,
+        "include_usage": True,
+    }
+    assert await settled(redis, config) == used(max(INPUT_BOUND, prompt_tokens), CEILING)
+
+
+async def test_stream_with_running_usage_that_finishes_bills_the_final_usage(
+    make_gateway, upstream, redis
+) -> None:
+    client, config, creds = await make_gateway()
+    raw = sse(
+        chunk([choice(0, {"role": "assistant", "content": ""})], running(0)),
+        *(chunk([choice(0, {"content": f"w{i} "})], running(i + 1)) for i in range(3)),
+        chunk([choice(0, {}, "stop")], running(3)),
+        chunk([], running(3)),
+        done=True,
+    )
+    upstream.script(Reply(sse=raw))
+    body = chat_body(stream=True, stream_options={"continuous_usage_stats": True})
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 200
+    await resp.text()
+    assert await settled(redis, config) == used(20, 3)
+
+
+# ------------------------------------------------------------ a client that stops reading
+
+
+async def test_client_that_stops_reading_is_dropped_after_the_idle_timeout(
+    make_gateway, upstream, redis, caplog
+) -> None:
+    """Zero window: the relay's write would block for ever, the upstream connection and
+    the budget hold with it. A write the client accepts nothing of for the provider's
+    idle timeout ends the stream as a disconnect: upstream closed, worst case billed."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    idle = 1.0
+    provider = {
+        "kind": "openai",
+        "base_url": upstream.base_url,
+        "api_key_env": "TEST_PROVIDER_KEY",
+        "timeouts": {"connect": 2, "first_byte": 2, "idle": idle, "total": 30},
+    }
+    client, config, creds = await make_gateway(gateway={"providers": {"upstream": provider}})
+    # Far more than every buffer between the upstream and the client holds; never ends.
+    piece = chunk([choice(0, {"content": "x" * 4000})])
+    raw = sse(*([piece] * 6000))
+    upstream.script(Reply(sse=raw, slice_size=65536, hang_after_bytes=len(raw)))
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (client.server.host, client.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        payload = json.dumps(chat_body(stream=True)).encode()
+        writer.write(
+            f"POST {URL} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {creds.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        assert (await reader.read(64)).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        # From here on the client reads nothing.
+        state = await settled(redis, config, timeout=idle + 5)
+        assert time.monotonic() - started < idle + 5
+        assert state == used(INPUT_BOUND, CEILING)  # no usage came: the worst case
+        await upstream.wait_disconnect()
+        assert upstream.last.disconnected
+        assert not upstream.last.completed
+        assert not client.server.app[STATE].streams
+        assert (
+            await metric(
+                client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut"
+            )
+            == 1
+        )
+        outcomes = [
+            getattr(r, "fields", {}).get("stream_outcome")
+            for r in caplog.records
+            if r.name == "gateway.access"
+        ]
+        assert "client_disconnected" in outcomes, outcomes
+    finally:
+        writer.close()
