@@ -180,7 +180,9 @@ class OpenAIStream(HttpChunkStream):
             return chunk  # the common case, checked in one go
         if not isinstance(chunk, dict):
             raise UpstreamStreamError("upstream_error", "the provider sent an invalid chunk")
-        if event == "error" or "error" in chunk:
+        # An "error" member that is null is no error (some compatible servers send one on
+        # every chunk); any other value, or an error event, ends the stream.
+        if event == "error" or chunk.get("error") is not None:
             error = chunk.get("error")
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamStreamError(

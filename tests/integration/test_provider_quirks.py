@@ -379,6 +379,30 @@ async def test_a_unary_answer_without_usage_is_billed_an_estimate(
 # ----------------------------------------------------------------------------- passthrough
 
 
+async def test_a_null_error_member_on_every_chunk_is_no_error(make_gateway, upstream) -> None:
+    """Some OpenAI-compatible servers send ``"error": null`` on each chunk: that is a
+    normal chunk, relayed as sent, not a failure."""
+    client, _, creds = await make_gateway()
+    sent = [
+        chunk({"role": "assistant", "content": "Hi"}, error=None),
+        chunk({}, "stop", error=None),
+        chunk(
+            None,
+            error=None,
+            usage={"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32},
+        ),
+    ]
+    upstream.script(Reply(sse=sse(*sent)))
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 200
+    chunks = chunk_frames(data_frames(await resp.text()))
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": "Hi"},
+        {},
+    ]
+    assert all(c["error"] is None for c in chunks)
+
+
 async def test_non_standard_fields_pass_through_untouched(make_gateway, upstream, redis) -> None:
     client, config, creds = await make_gateway()
     sent = [
