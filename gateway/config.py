@@ -65,7 +65,9 @@ class RedisConfig(_Strict):
 class LimitsConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
-    image_token_bound: Annotated[int, Field(ge=1)] = 1_600
+    # Input tokens reserved per image on models without prices.<model>.image_tokens: the
+    # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.
+    image_token_bound: Annotated[int, Field(ge=1)] = 48_169
     # SIGTERM: /readyz fails for drain_seconds (load balancers stop sending), then the
     # listener closes and open streams get shutdown_grace_seconds to finish.
     drain_seconds: Annotated[float, Field(ge=0)] = 0.0
@@ -135,12 +137,19 @@ def usd_to_nano(value: Any) -> int:
 
 
 class PriceConfig(_Strict):
-    """Prices in USD per million tokens of one upstream model."""
+    """Prices in USD per million tokens of one upstream model, and what bounds its input."""
 
     input: int
     output: int
     cached_input: int | None = None  # cache reads (default: the input price)
     cache_write: int | None = None  # cache writes, e.g. Anthropic's (default: input price)
+    # The most input tokens one image can cost on this model (default: the gateway's
+    # limits.image_token_bound). Models differ twenty-fold: gpt-4o 1,445 at most,
+    # gpt-4o-mini 48,169 (2,833 + 8 tiles x 5,667).
+    image_tokens: Annotated[int, Field(ge=1)] | None = None
+    # The model's context window: no prompt is longer, so it caps the input bound, and
+    # bounds what nothing else can (a file part: its pages' text and images).
+    context_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("input", "output", "cached_input", "cache_write", mode="before")
     @classmethod
@@ -291,6 +300,11 @@ class Project:
     # The budget counters of each API key (None: no key), built from caps once by
     # gateway.budget.project_counters; a reload builds new Projects, so never stale.
     key_counters: dict[str | None, list[Any]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    # Per model alias: (tokens one image may cost, context window or None) over its
+    # routes, built once by gateway.middleware.parse, as key_counters.
+    input_limits: dict[str, tuple[int, int | None]] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
 

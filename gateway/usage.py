@@ -46,29 +46,53 @@ def _json_bytes(value: Any) -> int:
     return len(orjson.dumps(value))
 
 
-def _content_bound(content: Any, image_bound: int) -> int:
+class UnboundedInput(ValueError):
+    """A part whose tokens nothing bounds (a file, without the model's context window);
+    ``param`` names it, as validation errors do."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(f"{param}: no bound for its tokens")
+        self.param = param
+
+
+def _content_bound(content: Any, image_bound: int, file_bound: int | None, where: str) -> int:
     if isinstance(content, str):
         return _text_bytes(content)
     if not isinstance(content, list):
         return 0
     total = 0
-    for part in content:
+    for j, part in enumerate(content):
         kind = part.get("type")
         if kind == "text":
             total += _text_bytes(part["text"])
         elif kind == "image_url":
             total += image_bound
-        else:  # audio, files, refusals: their serialized size bounds them
+        elif kind == "file":
+            # A document's pages become text and page images upstream: neither its bytes
+            # (a compressed PDF, or a reference to an uploaded file) nor anything else
+            # bounds that, but the model's context window.
+            if file_bound is None:
+                raise UnboundedInput(f"{where}.content[{j}]")
+            total += file_bound
+        else:  # audio, refusals: their serialized size bounds them
             total += _json_bytes(part)
     return total
 
 
-def input_token_bound(body: dict[str, Any], image_bound: int) -> int:
-    """An upper bound of the prompt tokens a validated chat request can consume."""
+def input_token_bound(
+    body: dict[str, Any], image_bound: int, context_tokens: int | None = None
+) -> int:
+    """An upper bound of the prompt tokens a validated chat request can consume.
+
+    ``image_bound``: tokens one image may cost; ``context_tokens``: the model's context
+    window, which caps the bound, and is a file part's bound (without it a file part
+    raises UnboundedInput)."""
     total = PER_REQUEST_TOKENS
-    for message in body["messages"]:
+    for i, message in enumerate(body["messages"]):
         total += PER_MESSAGE_TOKENS + _text_bytes(message["role"])
-        total += _content_bound(message.get("content"), image_bound)
+        total += _content_bound(
+            message.get("content"), image_bound, context_tokens, f"messages[{i}]"
+        )
         if message.get("name"):
             total += _text_bytes(message["name"])
         if message.get("tool_calls"):
@@ -83,7 +107,7 @@ def input_token_bound(body: dict[str, Any], image_bound: int) -> int:
         value = body.get(extra)
         if value is not None and not isinstance(value, str):
             total += _json_bytes(value)
-    return total
+    return total if context_tokens is None else min(total, context_tokens)
 
 
 def output_ceiling(requested: int | None, project_ceiling: int, n: int = 1) -> int:

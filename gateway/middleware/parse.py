@@ -6,17 +6,31 @@ reserves the ``input_bound`` and ``output_ceiling`` computed here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.config import Config, Route
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.routing import plan_targets
-from gateway.usage import input_token_bound, output_ceiling
+from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
 
 CHAT_ROUTE = "chat_completions"
+
+
+def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | None]:
+    """What bounds the input on every target the request may go to: the most one image
+    costs on any of them, and the largest context window (None unless all have one)."""
+    prices = [config.gateway.prices.get(t.model) for t in routes]
+    fallback = config.gateway.limits.image_token_bound
+    image_bound = max(p.image_tokens or fallback if p else fallback for p in prices)
+    windows = [p.context_tokens if p else None for p in prices]
+    context = None if None in windows else max(w for w in windows if w is not None)
+    return image_bound, context
 
 
 @web.middleware
@@ -49,7 +63,19 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
     specs = config.gateway.providers
     tools_overhead = max(specs[t.provider].tools_overhead for t in targets) if uses_tools else 0
     route = targets[0]
-    limits = config.gateway.limits
+    limits = project.input_limits.get(alias)
+    if limits is None:
+        limits = project.input_limits[alias] = _input_limits(config, spec.routes)
+    image_bound, context_tokens = limits
+    try:
+        input_bound = input_token_bound(body, image_bound, context_tokens) + tools_overhead
+    except UnboundedInput as exc:
+        raise ValidationFailed(
+            "a file part's tokens cannot be bounded without the model's context window "
+            "(prices.<model>.context_tokens in the gateway's config), so no budget can "
+            "be reserved for it",
+            exc.param,
+        ) from None
     request[CALL] = CallContext(
         project=project,
         chat=chat,
@@ -57,7 +83,7 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         route=route,
         targets=targets,
         price=config.gateway.prices.get(route.model),
-        input_bound=input_token_bound(body, limits.image_token_bound) + tools_overhead,
+        input_bound=input_bound,
         output_ceiling=output_ceiling(chat.max_tokens, project.file.max_output_tokens, chat.n),
         config=config,
         providers=providers,

@@ -657,3 +657,55 @@ async def test_reserve_answered_too_late_does_not_hold_budget_for_the_ttl(
         assert resp.status == 200, await resp.text()
     finally:
         await proxy.close()
+
+
+# ----------------------------------------------------------------------------- input bounds
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+FILE = {"type": "file", "file": {"file_id": "file-abc123"}}
+
+
+def _parts(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, *parts]}]}
+
+
+async def _requested(client: Any, creds: Any, body: dict[str, Any]) -> int:
+    """The worst case a request asks to reserve, read off the 402 of a 1-token cap."""
+    resp = await client.post(URL, json=body, headers=bearer(creds.key))
+    assert resp.status == 402, await resp.text()
+    return int((await resp.json())["requested"])
+
+
+TINY_CAP = {"alpha": {"budgets": {"project": {"day": {"total_tokens": 1}}}}}
+
+
+async def test_an_image_reserves_what_it_may_cost_on_the_routes_model(make_gateway) -> None:
+    """gpt-4o-mini charges up to 48,169 tokens for one image, twenty times gpt-4o: a
+    fixed per-image bound below that let one request overshoot a cap. The model's
+    image_tokens sets it; without one, the default is the most any known model charges."""
+    client, _, creds = await make_gateway(projects=TINY_CAP)
+    without = await _requested(client, creds, _parts())
+    assert await _requested(client, creds, _parts(IMAGE, IMAGE)) - without == 2 * 48_169
+    mini = {"input": "0.15", "output": "0.60", "image_tokens": 30_000}
+    client, _, creds = await make_gateway(
+        projects=TINY_CAP, gateway={"prices": {"gpt-4o-mini": mini}}
+    )
+    assert await _requested(client, creds, _parts(IMAGE)) - without == 30_000
+
+
+async def test_a_file_part_needs_the_models_context_window(make_gateway, upstream) -> None:
+    """Nothing but the context window bounds a document's tokens: without it configured
+    the request is refused (422, naming the part) before anything is reserved or sent;
+    with it, the file reserves the window (the whole prompt is capped by it too)."""
+    client, _, creds = await make_gateway(projects=TINY_CAP)
+    resp = await client.post(URL, json=_parts(FILE), headers=bearer(creds.key))
+    body = await resp.json()
+    assert resp.status == 422, body
+    assert body["param"] == "messages[0].content[1]"
+    assert "context_tokens" in body["message"]
+    assert upstream.requests == []
+    mini = {"input": "0.15", "output": "0.60", "context_tokens": 128_000}
+    client, _, creds = await make_gateway(
+        projects=TINY_CAP, gateway={"prices": {"gpt-4o-mini": mini}}
+    )
+    assert await _requested(client, creds, _parts(FILE)) == 128_000 + CEILING

@@ -13,6 +13,7 @@ from gateway.config import PriceConfig
 from gateway.sse import SSEParser
 from gateway.usage import (
     MAX_REPORTED_TOKENS,
+    UnboundedInput,
     Usage,
     cost_nano,
     estimate,
@@ -122,6 +123,38 @@ def test_large_data_url_image_is_bounded_by_the_image_bound_only() -> None:
     }
     assert _bound(body, 1600) >= 1600
     assert _bound(body, 1600) < 10_000  # the image's bytes are not its token cost
+
+
+def _with_file(file: dict[str, Any]) -> dict[str, Any]:
+    parts = [{"type": "text", "text": "Summarise"}, {"type": "file", "file": file}]
+    return {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}]
+    }
+
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        {"file_id": "file-abc123"},
+        {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"},
+    ],
+    ids=["by-id", "inline"],
+)
+def test_a_file_part_is_bounded_by_the_context_window_only(file: dict[str, Any]) -> None:
+    """A document's pages become text and page images upstream: its bytes (or a
+    reference's) bound nothing. Only the model's context window does."""
+    body = _with_file(file)
+    with pytest.raises(UnboundedInput) as info:
+        input_token_bound(body, IMAGE_BOUND)
+    assert info.value.param == "messages[1].content[1]"
+    assert input_token_bound(body, IMAGE_BOUND, 128_000) == 128_000
+
+
+def test_the_context_window_caps_the_bound() -> None:
+    body = _chat("x" * 10_000)
+    assert input_token_bound(body, IMAGE_BOUND) > 10_000
+    assert input_token_bound(body, IMAGE_BOUND, 4_096) == 4_096
+    assert input_token_bound(body, IMAGE_BOUND, 1_000_000) == input_token_bound(body, IMAGE_BOUND)
 
 
 def test_other_content_parts_are_bounded_by_their_json_size() -> None:
