@@ -24,7 +24,7 @@ from redis.retry import Retry
 from gateway.budget import BudgetStore, RedisLike
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import STATE, GatewayState
-from gateway.errors import Forbidden, error_middleware, json_error
+from gateway.errors import Forbidden, Unauthorized, error_middleware, json_error
 from gateway.metrics import Metrics
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
@@ -154,7 +154,11 @@ def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: fl
 async def admin_reload(request: web.Request) -> web.Response:
     """``POST /admin/reload`` (an API key with ``admin`` scope): re-read the config."""
     state = request.app[STATE]
-    principal = authenticate(request.headers.get("Authorization"), state.config)
+    try:
+        principal = authenticate(request.headers.get("Authorization"), state.config)
+    except Unauthorized as exc:
+        state.metrics.auth_failures.labels(exc.reason).inc()  # counted as on every route
+        raise
     if principal.session is not None or "admin" not in principal.scopes:
         raise Forbidden.detail("reloading needs an API key with the 'admin' scope")
     try:

@@ -9,6 +9,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,8 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.credentials import generate_key, mint_session_token
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
+# An API key id, as the config accepts it.
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 log = logging.getLogger("gateway.cli")
 
 
@@ -128,25 +131,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             extra={"redis": "unix socket", "data_dir": gw.redis.data_dir},
         )
     log.info("gateway listening", extra={"url": f"http://{host}:{port}", "workers": args.workers})
+    status = 0
     try:
         if args.workers <= 1:
             _run_worker(args.config, host, port, redis_url, reuse_port=False)
         else:
-            _supervise(args, host, port, redis_url)
+            status = _supervise(args, host, port, redis_url)
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
+    return status
 
 
-def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -> None:
-    """Run N workers sharing the port (SO_REUSEPORT); restart any that dies."""
+# A worker that exits this soon after it started failed to start (say, the port is
+# taken): restarting it again and again would hide that. After this many such exits in
+# a row, the supervisor stops and exits with an error.
+FAST_EXIT_SECONDS = 10.0
+FAST_EXITS_TO_GIVE_UP = 5
+
+
+def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -> int:
+    """Run N workers sharing the port (SO_REUSEPORT); restart any that dies, unless they
+    keep dying at start (then stop them all: exit status 1)."""
     ctx = multiprocessing.get_context("spawn")
     stopping = False
+    started_at: dict[int, float] = {}
+    fast_exits = 0
 
     def start() -> multiprocessing.process.BaseProcess:
         p = ctx.Process(target=_run_worker, args=(args.config, host, port, redis_url, True))
         p.start()
+        started_at[id(p)] = time.monotonic()
         return p
 
     # Metrics of all workers add up: each writes to this directory (prometheus-client
@@ -165,17 +180,29 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    status = 0
     while not stopping:
         for i, p in enumerate(workers):
             if not p.is_alive() and not stopping:
-                log.error("worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode})
+                lived = time.monotonic() - started_at.pop(id(p), 0.0)
+                fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
                 if p.pid is not None:
                     mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                if fast_exits >= FAST_EXITS_TO_GIVE_UP:
+                    log.error(
+                        "workers keep exiting at start; stopping",
+                        extra={"exitcode": p.exitcode, "exits": fast_exits},
+                    )
+                    stopping, status = True, 1
+                    forward(signal.SIGTERM, None)
+                    break
+                log.error("worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode})
                 workers[i] = start()
         time.sleep(0.5)
     for p in workers:
         p.join()
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
 
 
 # ------------------------------------------------------------------------ other commands
@@ -194,13 +221,30 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     if bad or not scopes:
         print(f"invalid scopes: {', '.join(bad) or '(none)'}", file=sys.stderr)
         return 2
+    if args.id is not None and not KEY_ID.fullmatch(args.id):
+        print("invalid --id: 1 to 64 of A-Z a-z 0-9 _ -", file=sys.stderr)
+        return 2
     key = generate_key()
     key_id = args.id or "key_" + key.prefix[-8:].lower()
     entry = {"id": key_id, "prefix": key.prefix, "sha256": key.sha256, "scopes": scopes}
     if args.save:
+        # Written into the config: it must stay valid (a file that breaks it would make
+        # the next reload, or start, fail) and nothing already there may be replaced.
+        config = _load(args.config)
+        if args.org not in config.gateway.orgs:
+            print(f"unknown org {args.org!r}", file=sys.stderr)
+            return 2
+        if config.key(key_id) is not None:
+            print(f"a key with id {key_id!r} exists already", file=sys.stderr)
+            return 2
         path = Path(args.config) / "keys" / f"{key_id}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump({"orgs": {args.org: [entry]}}, sort_keys=False))
+        try:
+            with path.open("x") as out:  # never over an existing file
+                out.write(yaml.safe_dump({"orgs": {args.org: [entry]}}, sort_keys=False))
+        except FileExistsError:
+            print(f"{path} exists already", file=sys.stderr)
+            return 2
         print(f"# saved to {path}", file=sys.stderr)
     else:
         print(f"# add under orgs.{args.org}.api_keys in gateway.yaml:", file=sys.stderr)
@@ -221,9 +265,17 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if not secret:
         print(f"{sessions.secret_env} is not set", file=sys.stderr)
         return 2
-    ttl = args.ttl or sessions.default_ttl_seconds
-    if ttl > sessions.max_ttl_seconds:
-        print(f"ttl over the maximum of {sessions.max_ttl_seconds}s", file=sys.stderr)
+    # The same rules as the HTTP endpoint: a token that could never be accepted is an error.
+    ttl = sessions.default_ttl_seconds if args.ttl is None else args.ttl
+    if not 30 <= ttl <= sessions.max_ttl_seconds:
+        print(f"--ttl must be between 30 and {sessions.max_ttl_seconds} seconds", file=sys.stderr)
+        return 2
+    scopes = args.scope.split()
+    if not scopes or any(s not in ("read", "write", "admin") for s in scopes):
+        print("--scope must be read, write or admin (space-separated)", file=sys.stderr)
+        return 2
+    if args.sub is not None and not 0 < len(args.sub) <= 256:
+        print("--sub must be 1 to 256 characters", file=sys.stderr)
         return 2
     token = mint_session_token(
         secret,

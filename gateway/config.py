@@ -81,6 +81,12 @@ class SessionTokenConfig(_Strict):
     max_ttl_seconds: Annotated[int, Field(ge=30)] = 3600
     leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 5
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> SessionTokenConfig:
+        if self.default_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("default_ttl_seconds must not exceed max_ttl_seconds")
+        return self
+
 
 class Timeouts(_Strict):
     connect: Annotated[float, Field(gt=0)] = 5.0
@@ -333,6 +339,11 @@ class Config:
     projects_by_id: dict[str, Project]
     keys_by_prefix: dict[str, tuple[KeyRecord, ...]]
     env: dict[str, str] = field(repr=False, default_factory=dict)
+    keys_by_id: dict[str, KeyRecord] = field(default_factory=dict)
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        """The API key with this id (the one that minted a session token), if any."""
+        return self.keys_by_id.get(key_id)
 
     def project(self, ref: str) -> Project | None:
         return self.projects.get(ref) or self.projects_by_id.get(ref)
@@ -357,6 +368,10 @@ def _expand(value: Any, env: dict[str, str], path: str, missing: list[tuple[str,
 
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if default is not None and "${" in default:
+                # ${A:-${B}} would expand to B's value plus a stray "}" (or stay literal).
+                missing.append((path, f"the default of ${{{name}}} cannot contain ${{...}}"))
+                return ""
             if name in env and env[name] != "":
                 return env[name]
             if default is not None:
@@ -454,11 +469,19 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
             for entry in entries:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
     seen_ids: set[str] = set()
+    seen_digests: dict[str, str] = {}
     for records in keys.values():
         for rec in records:
             if rec.entry.id in seen_ids:
                 problems.append((str(gw_path), f"api key {rec.entry.id}", "duplicate key id"))
             seen_ids.add(rec.entry.id)
+            # One key listed twice (say, revoked in one place and not in another): which
+            # entry wins would decide whether a revocation holds.
+            first = seen_digests.setdefault(rec.entry.sha256, rec.entry.id)
+            if first != rec.entry.id:
+                problems.append(
+                    (str(gw_path), f"api key {rec.entry.id}", f"the same key as {first}")
+                )
 
     projects: dict[str, Project] = {}
     by_id: dict[str, Project] = {}
@@ -489,6 +512,7 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         projects_by_id=by_id,
         keys_by_prefix={k: tuple(v) for k, v in keys.items()},
         env=env,
+        keys_by_id={r.entry.id: r for records in keys.values() for r in records},
     )
 
 

@@ -86,6 +86,7 @@ class SessionClaims:
     scopes: frozenset[str]
     exp: int
     sub: str | None
+    key_id: str | None = None  # the API key that minted it (its caps and limits apply)
 
 
 def mint_session_token(
@@ -99,6 +100,7 @@ def mint_session_token(
     sub: str | None = None,
     now: float | None = None,
     algorithm: str = "HS256",
+    key_id: str | None = None,
 ) -> str:
     if not secret:
         raise ValueError("session-token secret is not set")
@@ -114,6 +116,8 @@ def mint_session_token(
     }
     if sub is not None:
         claims["sub"] = sub
+    if key_id is not None:
+        claims["key_id"] = key_id
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
@@ -147,6 +151,9 @@ def verify_session_token(
     sub = claims.get("sub")
     if sub is not None and (not isinstance(sub, str) or not sub or len(sub) > 256):
         raise TokenInvalid("malformed")
+    key_id = claims.get("key_id")
+    if key_id is not None and (not isinstance(key_id, str) or not 0 < len(key_id) <= 128):
+        raise TokenInvalid("malformed")
     return SessionClaims(
         org_id=claims["org_id"],
         project_id=claims["project_id"],
@@ -154,4 +161,5 @@ def verify_session_token(
         scopes=frozenset(claims["scope"].split()),
         exp=int(claims["exp"]),
         sub=sub,
+        key_id=key_id,
     )

@@ -150,8 +150,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return json_error(exc.status, {"detail": detail}, headers)
     except Exception as exc:
+        from gateway.context import REQUEST_ID  # here: the context module imports this one
+
         log.error(
             "unhandled error",
-            extra={"request_id": request.get("request_id"), "error_type": type(exc).__name__},
+            extra={"request_id": request.get(REQUEST_ID), "error_type": type(exc).__name__},
         )
         return json_error(500, {"detail": "internal error"})

@@ -54,6 +54,7 @@ async def mint_token(request: web.Request) -> web.Response:
         sub=sub,
         now=now,
         algorithm=sessions.algorithms[0],
+        key_id=principal.key_id,
     )
     return web.json_response(
         {

@@ -16,7 +16,7 @@ from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.metrics import Metrics
 
 # Scope a route needs, by HTTP method: calling a model spends budget, so it needs "write".
-REQUIRED_SCOPE = {"POST": "write", "GET": "read"}
+REQUIRED_SCOPE = {"POST": "write", "GET": "read", "HEAD": "read"}
 
 
 def authenticate(header: str | None, config: Config) -> Principal:
@@ -25,7 +25,9 @@ def authenticate(header: str | None, config: Config) -> Principal:
         raise Unauthorized("missing")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    # Keys and tokens are ASCII; other bytes (undecodable, kept as surrogates) would fail
+    # deeper down, in the digest or the JWT library, as a 500.
+    if scheme.lower() != "bearer" or not token or not token.isascii():
         raise Unauthorized("malformed")
     if token.startswith("kt_"):
         record = match_key(token, config.keys_by_prefix)
@@ -46,7 +48,22 @@ def authenticate(header: str | None, config: Config) -> Principal:
         )
     except TokenInvalid as exc:
         raise Unauthorized(exc.reason) from exc
-    return Principal(org=claims.org_id, scopes=claims.scopes, session=claims)
+    if claims.key_id is None:  # minted by the operator (gateway token mint)
+        return Principal(org=claims.org_id, scopes=claims.scopes, session=claims)
+    # Minted by an API key: that key's caps and rate limits apply to it too (or minting
+    # tokens would bypass them), and it stops working when the key is revoked.
+    minted_by = config.key(claims.key_id)
+    if minted_by is None or minted_by.org != claims.org_id:
+        raise Unauthorized("unknown_key")
+    if minted_by.entry.revoked:
+        raise Unauthorized("revoked")
+    return Principal(
+        org=claims.org_id,
+        scopes=claims.scopes,
+        key_id=minted_by.entry.id,
+        key_prefix=minted_by.entry.prefix,
+        session=claims,
+    )
 
 
 def _fail(metrics: Metrics, exc: Unauthorized) -> Unauthorized:

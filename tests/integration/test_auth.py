@@ -7,6 +7,7 @@ is 403, on another org's project 404 (default deny).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -395,3 +396,99 @@ async def test_key_digest_only_in_config(gateway) -> None:
     text = (creds.config_dir / "gateway.yaml").read_text()
     assert creds.key not in text
     assert hashlib.sha256(creds.key.encode()).hexdigest() in text
+
+
+# ------------------------------------------------------------ tokens minted by an API key
+
+
+async def _mint(client: Any, key: str, **body: Any) -> str:
+    resp = await client.post("/v1/projects/alpha/session-tokens", json=body, headers=bearer(key))
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["token"])
+
+
+async def test_tokens_minted_by_a_key_spend_within_that_keys_caps_and_limits(
+    make_gateway, upstream
+) -> None:
+    """A key's per-key caps and rate limits hold for the session tokens it mints, or
+    minting tokens would bypass them (they did: 402 for the key, 200 for its tokens)."""
+    client, _, creds = await make_gateway(
+        projects={"alpha": {"budgets": {"per_key": {"day": {"total_tokens": 140}}}}}
+    )
+    ok = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
+    assert ok.status == 200  # 14 used; a second worst case (133) no longer fits 140
+    refused = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
+    assert refused.status == 402
+    assert (await refused.json())["scope"] == "key"
+    for sub in (None, "user-7"):
+        token = await _mint(client, creds.key, **({"sub": sub} if sub else {}))
+        resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
+        assert resp.status == 402, await resp.text()
+        assert (await resp.json())["scope"] == "key"
+    assert len(upstream.requests) == 1
+
+
+async def test_tokens_minted_by_a_key_share_its_rate_limit(make_gateway, upstream) -> None:
+    client, _, creds = await make_gateway(
+        projects={"alpha": {"rate_limits": {"per_key": {"requests_per_minute": 1}}}}
+    )
+    token = await _mint(client, creds.key)
+    assert (
+        await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
+    ).status == 200
+    again = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
+    assert again.status == 429
+
+
+async def test_a_revoked_key_revokes_the_tokens_it_minted(gateway, upstream) -> None:
+    client, _, creds = gateway
+    token = await _mint(client, creds.key, sub="user-1")
+    assert (
+        await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
+    ).status == 200
+    path = creds.config_dir / "gateway.yaml"
+    config = yaml.safe_load(path.read_text())
+    for entry in config["orgs"]["acme"]["api_keys"]:
+        if entry["id"] == creds.key_id:
+            entry["revoked"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert reload_config(client.server.app) is True
+    resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
+    await assert_unauthorized(resp, creds)
+    assert (await auth_failures(client)).get("revoked") == 1
+
+
+async def test_a_credential_that_is_not_ascii_is_a_401(gateway, upstream) -> None:
+    """Header bytes that are not UTF-8 (kept as surrogates) failed deep in the JWT
+    library or the key digest: a 500. They are a malformed credential."""
+    client, _, _ = gateway
+    body = json.dumps(chat_body()).encode()
+    for token in (b"\xff\xfe.abc.def", b"kt_live_\xff\xfe" + b"a" * 40):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(
+            b"POST /v1/projects/alpha/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + token + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert (await auth_failures(client)).get("malformed") == 2
+    assert upstream.requests == []
+
+
+async def test_head_of_the_usage_report_needs_read_scope_only(gateway) -> None:
+    client, _, creds = gateway
+    url = "/v1/projects/alpha/usage"
+    assert (await client.get(url, headers=bearer(creds.read_key))).status == 200
+    assert (await client.head(url, headers=bearer(creds.read_key))).status == 200
+
+
+async def test_failed_logins_on_the_admin_reload_are_counted(gateway) -> None:
+    client, _, _ = gateway
+    for header in ("Bearer kt_live_nope", "Basic abc", ""):
+        resp = await client.post("/admin/reload", headers={"Authorization": header})
+        assert resp.status == 401
+    failures = await auth_failures(client)
+    assert sum(failures.values()) == 3, failures

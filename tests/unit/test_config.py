@@ -559,3 +559,42 @@ def test_reservation_must_outlast_an_attempt(tmp_path: Path) -> None:
     assert "17 s" in problems[0][2]
     ok = _write(tmp_path / "ok", gateway={"limits": {"reservation_ttl_seconds": 17}})
     assert load_config(ok.config_dir, ok.env).gateway.limits.reservation_ttl_seconds == 17
+
+
+def test_one_key_listed_twice_is_an_error(tmp_path: Path) -> None:
+    """Which of two entries of the same key wins would decide whether its revocation
+    holds: the copy is refused, naming both."""
+    creds = _write(tmp_path)
+    gw = yaml.safe_load((creds.config_dir / "gateway.yaml").read_text())
+    revoked = next(e for e in gw["orgs"]["acme"]["api_keys"] if e.get("revoked"))
+    copy = {**revoked, "id": "k_copy", "revoked": False, "scopes": ["admin"]}
+    (creds.config_dir / "keys").mkdir(exist_ok=True)
+    (creds.config_dir / "keys" / "copy.yaml").write_text(
+        yaml.safe_dump({"orgs": {"acme": [copy]}}, sort_keys=False)
+    )
+    problems = _problems(creds.config_dir, creds.env)
+    assert [(p, r) for _, p, r in problems] == [
+        ("api key k_copy", f"the same key as {revoked['id']}")
+    ]
+
+
+def test_a_nested_default_is_an_error_not_a_stray_brace(tmp_path: Path) -> None:
+    creds = _write(tmp_path)
+    path = creds.config_dir / "gateway.yaml"
+    _edit(path, lambda d: d["redis"].update(url="${A_URL:-${B_URL}}"))
+    for env in ({**creds.env, "A_URL": "redis://h:6379/0"}, creds.env):
+        problems = _problems(creds.config_dir, env)
+        assert [(p, r) for _, p, r in problems] == [
+            ("redis.url", "the default of ${A_URL} cannot contain ${...}")
+        ]
+
+
+def test_session_token_default_ttl_within_the_max(tmp_path: Path) -> None:
+    creds = _write(
+        tmp_path,
+        gateway={"session_tokens": {"default_ttl_seconds": 7200, "max_ttl_seconds": 3600}},
+    )
+    problems = _problems(creds.config_dir, creds.env)
+    assert len(problems) == 1
+    assert problems[0][1] == "session_tokens"
+    assert "default_ttl_seconds must not exceed max_ttl_seconds" in problems[0][2]
