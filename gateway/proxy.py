@@ -45,11 +45,10 @@ def upstream_body(call: CallContext, max_tokens_param: str) -> dict[str, Any]:
     usage always requested on streams."""
     body = {k: v for k, v in call.chat.body.items() if k not in _GATEWAY_OWNED}
     body["model"] = call.route.model
-    # Keep the client's own parameter name (servers differ); default to the provider's.
-    asked = "max_tokens" if "max_tokens" in call.chat.body else None
-    if "max_completion_tokens" in call.chat.body:
-        asked = "max_completion_tokens"
-    body[asked or max_tokens_param] = call.output_ceiling // max(call.chat.n, 1)
+    # Always the name the provider is configured to read, whichever the client used: a
+    # server that ignores the other name (Ollama, llama.cpp ignore max_completion_tokens)
+    # would otherwise generate past the reserved ceiling.
+    body[max_tokens_param] = call.output_ceiling // max(call.chat.n, 1)
     if call.chat.stream:
         options = dict(call.chat.body.get("stream_options") or {})
         options["include_usage"] = True

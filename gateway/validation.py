@@ -15,6 +15,12 @@ from gateway.errors import ValidationFailed
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+# Audio tokens cost several times text tokens (gpt-4o-audio: $40/M in vs $2.50 text):
+# billed at text prices, a cap would not hold. Refused until the price table has them.
+_NO_AUDIO = (
+    "audio input and output are not supported: audio tokens are priced apart from text, "
+    "and this gateway bills text prices"
+)
 
 
 @dataclass(slots=True)
@@ -75,6 +81,8 @@ def _content(content: Any, where: str, role: str) -> None:
             raise ValidationFailed(
                 f"{pwhere}.type must be one of {sorted(PART_TYPES)}", f"{pwhere}.type"
             )
+        if kind == "input_audio":
+            raise ValidationFailed(_NO_AUDIO, pwhere)
         if kind == "text" and not isinstance(part.get("text"), str):
             raise ValidationFailed(f"{pwhere}.text must be a string", f"{pwhere}.text")
         if kind == "image_url":
@@ -97,8 +105,12 @@ def _messages(messages: Any) -> None:
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:  # a list is no role (nor hashable)
             raise ValidationFailed(f"{where}.role must be one of {sorted(ROLES)}", f"{where}.role")
-        if "content" not in message and not message.get("tool_calls"):
+        if "content" not in message and not (
+            message.get("tool_calls") or message.get("function_call")
+        ):
             raise ValidationFailed(f"{where}.content is required", f"{where}.content")
+        if message.get("audio") is not None:
+            raise ValidationFailed(_NO_AUDIO, f"{where}.audio")
         _content(message.get("content"), where, role)
         name = message.get("name")
         if name is not None and not isinstance(name, str):
@@ -106,8 +118,10 @@ def _messages(messages: Any) -> None:
         calls = message.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
             raise ValidationFailed(f"{where}.tool_calls must be an array", f"{where}.tool_calls")
-        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-            raise ValidationFailed(f"{where}.tool_call_id is required", f"{where}.tool_call_id")
+        call_id = message.get("tool_call_id")
+        if (role == "tool" or call_id is not None) and not isinstance(call_id, str):
+            what = "is required" if call_id is None else "must be a string"
+            raise ValidationFailed(f"{where}.tool_call_id {what}", f"{where}.tool_call_id")
 
 
 def validate_chat_request(body: Any) -> ChatRequest:
@@ -133,7 +147,7 @@ def validate_chat_request(body: Any) -> ChatRequest:
     _number(body, "frequency_penalty", -2, 2)
     max_tokens = _integer(body, "max_tokens", 1)
     max_completion = _integer(body, "max_completion_tokens", 1)
-    n = _integer(body, "n", 1, 16) or 1
+    n = _integer(body, "n", 1, 128) or 1
     _integer(body, "seed", -(2**63), 2**63 - 1)
     _integer(body, "top_logprobs", 0, 20)
     stop = body.get("stop")
@@ -155,6 +169,19 @@ def validate_chat_request(body: Any) -> ChatRequest:
     _typed(body, "parallel_tool_calls", bool, "a boolean")
     _typed(body, "logit_bias", dict, "an object")
     _typed(body, "metadata", dict, "an object")
+    _typed(body, "service_tier", str, "a string")
+    if body.get("service_tier") == "priority":
+        # Billed at a higher price than the price table's: caps and bills would be wrong.
+        raise ValidationFailed(
+            "service_tier 'priority' is billed above the prices this gateway knows; "
+            "use 'auto', 'default' or 'flex'",
+            "service_tier",
+        )
+    modalities = body.get("modalities")
+    if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+        raise ValidationFailed(
+            _NO_AUDIO, "audio" if body.get("audio") is not None else "modalities"
+        )
     stream = body.get("stream") is True
     return ChatRequest(
         body=body,

@@ -20,6 +20,8 @@ from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
 
 CHAT_ROUTE = "chat_completions"
+# Bodies with at most this many brackets cannot nest deeper than orjson writes (254).
+_SHALLOW = 200
 
 
 def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | None]:
@@ -49,6 +51,13 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ValidationFailed("request body is not valid JSON", None) from None
+    if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
+        # orjson reads ~1,000 levels of nesting but writes 254 at most: a body it cannot
+        # write back (to measure it, to send it on) is refused now, not as a 500 later.
+        try:
+            orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            raise ValidationFailed("request body is nested too deeply", None) from None
     chat = validate_chat_request(body)
     alias = chat.model or project.file.default_model
     spec = project.file.models.get(alias)

@@ -73,19 +73,6 @@ def _invalid(message: str, param: str) -> ValidationFailed:
     return ValidationFailed(f"provider anthropic: {message}", param)
 
 
-def _text_of(content: Any) -> str:
-    """The text of a system/developer message (a string or text parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
 def _cache_control(value: Any) -> dict[str, Any] | None:
     """Prompt-caching marks on parts and tools, passed through as 5-minute breakpoints.
 
@@ -120,6 +107,34 @@ def _file_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(data_url, str):
         raise _invalid("file parts need file_data (a base64 data URL)", f"{where}.file")
     return {"type": "document", "source": _base64_source(data_url, f"{where}.file.file_data")}
+
+
+def _system_blocks(content: Any) -> list[dict[str, Any]]:
+    """A system/developer message (a string or text parts) as text blocks, each part
+    keeping its cache_control mark; empty text dropped."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else ():
+        text = part.get("text") if isinstance(part, dict) else None
+        if not isinstance(text, str) or not text:
+            continue
+        block: dict[str, Any] = {"type": "text", "text": text}
+        cache_control = _cache_control(part.get("cache_control"))
+        if cache_control is not None:
+            block["cache_control"] = cache_control
+        blocks.append(block)
+    return blocks
+
+
+def _system(messages: list[list[dict[str, Any]]]) -> str | list[dict[str, Any]]:
+    """The system prompt: one string (parts joined by a newline, messages by a blank
+    line), or, when a part carries a cache_control mark, the text blocks themselves
+    (Anthropic takes system as an array of text blocks; a string cannot carry marks)."""
+    blocks = [block for message in messages for block in message]
+    if any("cache_control" in block for block in blocks):
+        return blocks
+    return "\n\n".join("\n".join(block["text"] for block in message) for message in messages)
 
 
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -186,22 +201,30 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
-def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def _messages(
+    messages: list[dict[str, Any]],
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
     """The system prompt, and the turns, strictly alternating user/assistant."""
-    system: list[str] = []
+    system: list[list[dict[str, Any]]] = []
     turns: list[tuple[str, list[dict[str, Any]]]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message["role"]
         content = message.get("content")
         if role in ("system", "developer"):
-            text = _text_of(content)
-            if text:
-                system.append(text)
+            blocks = _system_blocks(content)
+            if blocks:
+                system.append(blocks)
             continue
         if role == "user":
             turns.append(("user", _blocks(content, where)))
         elif role == "assistant":
+            if message.get("function_call") is not None:
+                # No call id to pair a result with; dropped, the turns around it would merge.
+                raise _invalid(
+                    "legacy function_call in assistant messages is not supported; use tool_calls",
+                    f"{where}.function_call",
+                )
             blocks = _blocks(content, where)
             blocks += _tool_use_blocks(message.get("tool_calls") or [], where)
             turns.append(("assistant", blocks))
@@ -223,7 +246,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     if not merged:
         raise _invalid("at least one user or assistant message with content is needed", "messages")
-    return "\n\n".join(system), merged
+    return _system(system), merged
 
 
 def _tools(tools: list[Any]) -> list[dict[str, Any]]:
@@ -321,30 +344,60 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return out
 
 
+def _refuse_what_cannot_be_honoured(body: Mapping[str, Any]) -> None:
+    """Parameters that change the answer and have no Messages equivalent: dropping them
+    would answer differently without saying so. Their empty / null values pass."""
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        raise _invalid("n > 1 is not supported", "n")
+    if body.get("logit_bias"):
+        raise _invalid("logit_bias is not supported", "logit_bias")
+    if body.get("functions"):
+        raise _invalid("legacy functions are not supported; use tools", "functions")
+    if body.get("function_call") is not None:
+        raise _invalid(
+            "legacy function_call is not supported; use tools and tool_choice", "function_call"
+        )
+    if body.get("audio") is not None:
+        raise _invalid("audio output is not supported", "audio")
+    modalities = body.get("modalities")
+    if modalities is not None and (
+        not isinstance(modalities, list) or any(kind != "text" for kind in modalities)
+    ):
+        raise _invalid('modalities other than "text" are not supported', "modalities")
+
+
+def _stop_sequences(stop: Any) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, list) else []
+    if any(not isinstance(sequence, str) or not sequence.strip() for sequence in stops):
+        # Anthropic answers 400 to them: refused here, without the round trip.
+        raise _invalid("each stop sequence must contain non-whitespace characters", "stop")
+    return stops
+
+
 def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
     """The gateway's (validated, route-rewritten) OpenAI chat body as a Messages body.
 
     ``response_format`` JSON modes become one forced tool (see :data:`JSON_TOOL`).
-    Parameters Anthropic has no equivalent for (seed, penalties, logprobs, ...) are
-    dropped; ones that cannot be honoured raise ValidationFailed (422) naming the field.
+    Parameters Anthropic has no equivalent for (seed, penalties, logprobs,
+    reasoning_effort, ...: the README lists them) are dropped; ones it cannot honour,
+    whose loss would change the answer unannounced, raise ValidationFailed (422)
+    naming the field.
     """
-    n = body.get("n")
-    if isinstance(n, int) and n > 1:
-        raise _invalid("n > 1 is not supported", "n")
+    _refuse_what_cannot_be_honoured(body)
     system, messages = _messages(body["messages"])
     out: dict[str, Any] = {"model": body["model"], "messages": messages}
     if system:
         out["system"] = system
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     out["max_tokens"] = max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        out["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        out["stop_sequences"] = list(stop)
+    stop_sequences = _stop_sequences(body.get("stop"))
+    if stop_sequences:
+        out["stop_sequences"] = stop_sequences
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-        out["temperature"] = min(max(float(temperature), 0.0), 1.0)  # OpenAI 0..2, Anthropic 0..1
+        # OpenAI 0..2, Anthropic 0..1: clamped, not rescaled (README, Anthropic routes).
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
     if body.get("top_p") is not None and "temperature" not in out:
         # Recent models (Sonnet/Haiku 4.5, Opus 4.1 and later) answer 400 to both:
         # temperature wins, as Anthropic advises altering one or the other.

@@ -492,10 +492,12 @@ async def test_what_anthropic_receives(
     body = {
         "messages": MESSAGES,
         "max_tokens": 5000,  # clamped to the project's ceiling (100)
-        "temperature": 1.5,
+        "temperature": 1.5,  # clamped to Anthropic's 0..1
+        "top_p": 0.5,  # not sent with temperature (recent models refuse both)
         "stop": "END",
         "user": "end-user-7",
         "seed": 42,
+        "reasoning_effort": "high",
         "stream": stream,
     }
     resp = await client.post(
@@ -528,7 +530,19 @@ async def test_what_anthropic_receives(
     }
     if stream:
         expected["stream"] = True
-    assert sent == expected  # nothing OpenAI-only (seed, stream_options, max_completion_tokens)
+    # nothing OpenAI-only (seed, reasoning_effort, stream_options, max_completion_tokens)
+    assert sent == expected
+
+
+async def test_system_cache_control_reaches_anthropic(
+    claude: Gateway, upstream: FakeUpstream, sdk: SdkFactory
+) -> None:
+    client, _, creds = claude
+    manual = "A long operating manual. " * 20
+    part = {"type": "text", "text": manual, "cache_control": {"type": "ephemeral"}}
+    messages: Any = [{"role": "system", "content": [part]}, {"role": "user", "content": "Hi"}]
+    await sdk(client, creds.key).chat.completions.create(model="default", messages=messages)
+    assert upstream.last.json()["system"] == [part]
 
 
 async def test_max_tokens_below_the_ceiling_is_kept(
@@ -551,6 +565,46 @@ async def test_unsupported_n_is_422_and_nothing_is_sent(
     body = await resp.json()
     assert body["error"] == "validation_failed"
     assert body["param"] == "n"
+    assert upstream.requests == []
+    assert await settled(client, creds) == used(0, 0, 0)
+
+
+LEGACY_CALL = {"name": "get_weather", "arguments": TOOL_ARGS}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"functions": [WEATHER_TOOL["function"]], "function_call": "auto"}, "functions"),
+        ({"function_call": {"name": "get_weather"}}, "function_call"),
+        ({"stop": ["END", "\n"]}, "stop"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {"role": "assistant", "content": None, "function_call": LEGACY_CALL},
+                    {"role": "user", "content": "And tomorrow?"},
+                ]
+            },
+            "messages[1].function_call",
+        ),
+    ],
+    ids=["logit_bias", "functions", "function_call", "stop", "history"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_what_anthropic_cannot_honour_is_422_and_nothing_is_sent(
+    claude: Gateway, upstream: FakeUpstream, extra: dict[str, Any], param: str, stream: bool
+) -> None:
+    """Refused naming the field, before any upstream call, and nothing is billed."""
+    client, _, creds = claude
+    resp = await client.post(
+        chat_url(), json=chat_body(stream=stream, **extra), headers=bearer(creds.key)
+    )
+    assert resp.status == 422, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "validation_failed"
+    assert body["param"] == param
     assert upstream.requests == []
     assert await settled(client, creds) == used(0, 0, 0)
 

@@ -200,16 +200,16 @@ async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
     got = await sent(chat_body())
     assert got["max_completion_tokens"] == CEILING
     assert "max_tokens" not in got
-    got = await sent(chat_body(max_tokens=5000))
-    assert got["max_tokens"] == CEILING
-    assert "max_completion_tokens" not in got
+    got = await sent(chat_body(max_tokens=5000))  # the provider's name, not the client's
+    assert got["max_completion_tokens"] == CEILING
+    assert "max_tokens" not in got
     got = await sent(chat_body(max_completion_tokens=5000, stream=True))
     assert got["max_completion_tokens"] == CEILING
     assert "max_tokens" not in got
     got = await sent(chat_body(max_tokens=42, stream=True))
-    assert got["max_tokens"] == 42
+    assert got["max_completion_tokens"] == 42
     got = await sent(chat_body(max_tokens=80, n=2))
-    assert got["max_tokens"] == 80
+    assert got["max_completion_tokens"] == 80
     assert got["n"] == 2
 
     # The reservation is exactly input bound + that ceiling (per choice, times n).
@@ -220,14 +220,14 @@ async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
     refusal = await resp.json()
     assert (refusal["requested"], refusal["limit"], refusal["used"]) == (40, 39, 0)
     got = await sent(chat_body(max_tokens=6), project="tight")
-    assert got["max_tokens"] == 6
+    assert got["max_completion_tokens"] == 6
     resp = await client.post(
         "/v1/projects/pair/chat/completions", json=chat_body(max_tokens=80, n=2), headers=auth
     )
     assert resp.status == 402
     assert (await resp.json())["requested"] == INPUT_BOUND + 160
     got = await sent(chat_body(max_tokens=79, n=2), project="pair")
-    assert got["max_tokens"] == 79
+    assert got["max_completion_tokens"] == 79
 
 
 # ----------------------------------------------------------------------------- caps per key / user

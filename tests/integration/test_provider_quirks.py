@@ -199,10 +199,14 @@ async def test_default_max_tokens_param_is_max_completion_tokens(make_gateway, u
     [
         ({"max_tokens": 500}, {"max_tokens": CEILING}),
         ({"max_tokens": 40}, {"max_tokens": 40}),
-        ({"max_completion_tokens": 500}, {"max_completion_tokens": CEILING}),
+        # The client's other name is not kept: a server reading only max_tokens (Ollama,
+        # llama.cpp) ignored the clamp sent as max_completion_tokens, and generated past
+        # the reserved ceiling.
+        ({"max_completion_tokens": 500}, {"max_tokens": CEILING}),
+        ({"max_completion_tokens": 40}, {"max_tokens": 40}),
     ],
 )
-async def test_max_tokens_param_keeps_the_clients_own_name(
+async def test_the_clamp_goes_under_the_providers_name_whatever_the_client_used(
     make_gateway, upstream, asked, expected
 ) -> None:
     client, _, creds = await make_gateway(

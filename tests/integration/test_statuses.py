@@ -317,6 +317,27 @@ async def test_422_validation_failed_names_the_field(gateway, upstream, case: st
     assert upstream.requests == []
 
 
+@pytest.mark.parametrize("where", ["metadata", "tools", "unknown_param", "message_field"])
+async def test_422_for_a_body_nested_deeper_than_can_be_sent_on(gateway, upstream, where) -> None:
+    """orjson reads ~1,000 levels but writes 254: such a body passed validation, then
+    failed when measured or forwarded, a 500 (after the reservation, for some)."""
+    client, _, creds = gateway
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    body: dict[str, Any] = chat_body()
+    if where == "tools":
+        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"a": deep}}}]
+    elif where == "message_field":
+        body["messages"][0]["extra"] = deep
+    else:
+        body[where] = {"a": deep} if where == "metadata" else deep
+    resp = await client.post(chat_url("alpha"), json=body, headers=bearer(creds.key))
+    answer = await error_json(resp, 422, creds)
+    assert answer["message"] == "request body is nested too deeply"
+    assert upstream.requests == []
+
+
 async def test_422_byok_key_rejected_without_the_providers_message(gateway, upstream) -> None:
     client, _, creds = gateway
     provider_message = (

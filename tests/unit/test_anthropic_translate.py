@@ -85,6 +85,39 @@ def test_system_and_developer_messages_are_joined_into_system() -> None:
     assert out["messages"] == [{"role": "user", "content": [text("Hi")]}]
 
 
+def test_system_parts_with_cache_control_are_sent_as_system_blocks() -> None:
+    """A system prompt is flattened to one string only when no part carries a
+    cache_control mark; otherwise each part is a text block keeping its mark."""
+    mark = {"type": "ephemeral", "ttl": "1h"}
+    out = translate_request(
+        body(
+            {"role": "system", "content": "You are terse."},
+            {
+                "role": "developer",
+                "content": [
+                    {**text("Long manual."), "cache_control": mark},
+                    text(""),
+                    text("Tail"),
+                ],
+            },
+            user("Hi"),
+        )
+    )
+    assert out["system"] == [
+        text("You are terse."),
+        {**text("Long manual."), "cache_control": {"type": "ephemeral"}},
+        text("Tail"),
+    ]
+    assert out["messages"] == [{"role": "user", "content": [text("Hi")]}]
+
+
+def test_system_parts_with_unknown_cache_control_marks_stay_a_string() -> None:
+    part = {**text("x"), "cache_control": {"type": "forever"}}
+    assert (
+        translate_request(body({"role": "system", "content": [part]}, user("Hi")))["system"] == "x"
+    )
+
+
 def test_no_system_field_without_system_messages() -> None:
     assert "system" not in translate_request(body())
 
@@ -294,6 +327,30 @@ def test_legacy_function_messages_are_rejected() -> None:
     assert info.value.body["param"] == "messages[1]"
 
 
+def test_legacy_assistant_function_calls_are_rejected() -> None:
+    """Its call cannot be sent as a tool_use (no id to pair a result with): dropping it
+    silently would merge the turns around it into one user turn."""
+    legacy = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    with pytest.raises(ValidationFailed) as info:
+        translate_request(
+            body(
+                user("weather?"),
+                {"role": "assistant", "content": None, "function_call": legacy},
+                user("and?"),
+            )
+        )
+    assert info.value.status == 422
+    assert info.value.body["param"] == "messages[1].function_call"
+    assert "legacy" in info.value.body["message"]
+
+
+def test_a_null_function_call_in_an_assistant_message_is_accepted() -> None:
+    """SDKs replaying a previous answer (model_dump) send function_call: null."""
+    message = {"role": "assistant", "content": "Hello", "function_call": None}
+    out = translate_request(body(user("hi"), message, user("again")))
+    assert [turn["role"] for turn in out["messages"]] == ["user", "assistant", "user"]
+
+
 WEATHER_SCHEMA = {
     "type": "object",
     "properties": {"location": {"type": "string"}},
@@ -370,6 +427,21 @@ def test_stop_becomes_stop_sequences(stop: Any, expected: list[str]) -> None:
     assert translate_request(body(stop=stop))["stop_sequences"] == expected
 
 
+@pytest.mark.parametrize("stop", ["", " ", "\n", ["END", "\n"], ["\t \r\n"], ["END", ""]])
+def test_blank_stop_sequences_are_refused_before_sending(stop: Any) -> None:
+    """Anthropic answers 400 to a stop sequence without non-whitespace characters."""
+    with pytest.raises(ValidationFailed) as info:
+        translate_request(body(stop=stop))
+    assert info.value.status == 422
+    assert info.value.body["param"] == "stop"
+
+
+def test_stop_sequences_with_surrounding_whitespace_are_kept() -> None:
+    out = translate_request(body(stop=["\n\nHuman:", " END "]))
+    assert out["stop_sequences"] == ["\n\nHuman:", " END "]
+    assert "stop_sequences" not in translate_request(body(stop=[]))
+
+
 @pytest.mark.parametrize(("asked", "sent"), [(0, 0.0), (0.3, 0.3), (1, 1.0), (1.7, 1.0), (2, 1.0)])
 def test_temperature_is_clamped_to_anthropics_range(asked: float, sent: float) -> None:
     assert translate_request(body(temperature=asked))["temperature"] == sent
@@ -415,9 +487,51 @@ def test_openai_only_parameters_are_not_sent() -> None:
             response_format={"type": "text"},
             stream_options={"include_usage": True},
             metadata={"k": "v"},
+            reasoning_effort="high",
+            logit_bias={},
+            functions=[],
+            function_call=None,
+            modalities=["text"],
+            audio=None,
         )
     )
     assert set(out) == {"model", "messages", "max_tokens"}
+
+
+FUNCTION = {"name": "get_weather", "parameters": WEATHER_SCHEMA}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"functions": [FUNCTION]}, "functions"),
+        ({"functions": [FUNCTION], "function_call": {"name": "get_weather"}}, "functions"),
+        ({"function_call": {"name": "get_weather"}}, "function_call"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"modalities": ["audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ],
+    ids=[
+        "logit_bias",
+        "functions",
+        "functions+function_call",
+        "function_call",
+        "function_call-auto",
+        "modalities",
+        "modalities+audio",
+        "audio",
+    ],
+)
+def test_parameters_it_cannot_honour_are_refused_not_dropped(
+    extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        translate_request(body(**extra))
+    assert info.value.status == 422
+    assert info.value.body["param"] == param
+    assert param in info.value.body["message"]
 
 
 SCHEMA = {

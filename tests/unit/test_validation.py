@@ -126,10 +126,6 @@ def test_rich_body() -> None:
         {"role": "user", "content": ""},
         {"role": "user", "content": []},
         {"role": "function", "name": "f", "content": None},
-        {
-            "role": "user",
-            "content": [{"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}],
-        },
         {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
         {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]},
     ],
@@ -272,7 +268,7 @@ def test_tool_message_without_tool_call_id(message: dict[str, Any]) -> None:
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"max_completion_tokens": False}, "max_completion_tokens"),
         ({"n": 0}, "n"),
-        ({"n": 17}, "n"),
+        ({"n": 129}, "n"),
         ({"n": True}, "n"),
         ({"seed": 1.5}, "seed"),
         ({"top_logprobs": 21}, "top_logprobs"),
@@ -350,3 +346,45 @@ def test_n_defaults_to_one() -> None:
     assert validate_chat_request(_with()).n == 1
     assert validate_chat_request(_with(n=None)).n == 1
     assert validate_chat_request(_with(n=4)).n == 4
+
+
+# ------------------------------------------------------------- refused for billing, or accepted
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"service_tier": 3}, "service_tier"),
+    ],
+)
+def test_what_the_price_table_cannot_bill_is_refused(change: dict[str, Any], param: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], **change}
+    assert _param(body) == param
+
+
+def test_audio_parts_and_audio_references_are_refused() -> None:
+    part = {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}
+    assert _param({"messages": [{"role": "user", "content": [part]}]}) == "messages[0].content[0]"
+    reference = {"role": "assistant", "content": None, "audio": {"id": "audio_abc"}}
+    body = {"messages": [{"role": "user", "content": "hi"}, reference]}
+    assert _param(body) == "messages[1].audio"
+
+
+@pytest.mark.parametrize("call_id", [5, True, ["x"], {"a": 1}])
+def test_a_tool_call_id_must_be_a_string_on_any_message(call_id: Any) -> None:
+    """It was checked on tool messages only, and crashed the input bound (a 500)."""
+    body = {"messages": [{"role": "user", "content": "hi", "tool_call_id": call_id}]}
+    assert _param(body) == "messages[0].tool_call_id"
+
+
+def test_valid_openai_shapes_that_were_refused() -> None:
+    legacy_call = {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}
+    body = {"messages": [{"role": "user", "content": "hi"}, legacy_call], "n": 128}
+    assert validate_chat_request(body).n == 128
+    for tier in ("auto", "default", "flex"):
+        validate_chat_request(
+            {"messages": [{"role": "user", "content": "hi"}], "service_tier": tier}
+        )
