@@ -25,6 +25,8 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.credentials import generate_key, mint_session_token
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
+# Set in workers of `serve --workers N`: the supervisor's pid (gateway.app reads it).
+SUPERVISOR_PID_ENV = "GATEWAY_SUPERVISOR_PID"
 # An API key id, as the config accepts it.
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 log = logging.getLogger("gateway.cli")
@@ -168,6 +170,8 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
     # multiprocess mode) and /metrics on any worker aggregates them.
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Workers ask the supervisor for a reload of all of them (POST /admin/reload).
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     workers = [start() for _ in range(args.workers)]
 
     def forward(signum: int, _frame: object) -> None:
