@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -116,7 +118,7 @@ def reload_config(app: web.Application) -> bool:
     """
     state = app[STATE]
     try:
-        new = load_config(state.config.directory, state.config.env)
+        new = _load_reloadable(state.config)
     except ConfigError as exc:
         log.error(
             "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
@@ -126,10 +128,34 @@ def reload_config(app: web.Application) -> bool:
     return True
 
 
+def _load_reloadable(current: Config) -> Config:
+    """The config directory as it is now, if valid and applicable without a restart
+    (else ConfigError): where budgets live (the Redis and its key prefix) cannot change
+    under running requests, nor can the listener or the body limit a running server
+    was built with."""
+    new = load_config(current.directory, current.env)
+    old, gw = current.gateway, new.gateway
+    restart_only = {
+        "redis.url": (old.redis.url, gw.redis.url),
+        "redis.key_prefix": (old.redis.key_prefix, gw.redis.key_prefix),
+        "listen": (old.listen, gw.listen),
+        "limits.max_body_bytes": (old.limits.max_body_bytes, gw.limits.max_body_bytes),
+    }
+    path = str(current.directory / "gateway.yaml")
+    problems = [
+        (path, name, "changes only on a restart; the running gateway keeps its value")
+        for name, (before, after) in restart_only.items()
+        if before != after
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return new
+
+
 def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: float) -> None:
     """SIGTERM: /readyz fails at once; after ``drain_seconds`` the server stops accepting
     and open requests get ``grace_seconds`` to finish; streams still open then end with
-    an error event; every reservation is settled before the process exits (aiohttp's
+    an error event, unary calls still waiting on their provider with a 503; every reservation is settled before the process exits (aiohttp's
     own shutdown timeout must be longer than the grace period)."""
     state = app[STATE]
     if not state.ready:
@@ -143,12 +169,13 @@ def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: fl
     def stop() -> None:
         raise web.GracefulExit()
 
-    def cut_streams() -> None:
-        for task in list(state.streams):
-            task.cancel()  # the relay writes the gateway_shutdown error event
+    def cut_handlers() -> None:
+        state.grace_over = True
+        for task in list(state.handlers):
+            task.cancel()  # a stream writes the gateway_shutdown error event; a unary 503
 
     loop.call_later(drain_seconds, stop)
-    loop.call_later(drain_seconds + grace_seconds, cut_streams)
+    loop.call_later(drain_seconds + grace_seconds, cut_handlers)
 
 
 async def admin_reload(request: web.Request) -> web.Response:
@@ -162,13 +189,24 @@ async def admin_reload(request: web.Request) -> web.Response:
     if principal.session is not None or "admin" not in principal.scopes:
         raise Forbidden.detail("reloading needs an API key with the 'admin' scope")
     try:
-        new = load_config(state.config.directory, state.config.env)
+        new = _load_reloadable(state.config)
     except ConfigError as exc:
         log.error(
             "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
         )
         problems = [{"file": f, "path": p, "reason": r} for f, p, r in exc.problems]
         return json_error(422, {"error": "config_invalid", "problems": problems})
+    from gateway.cli import SUPERVISOR_PID_ENV  # here: the CLI module imports this one
+
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor and supervisor == str(os.getppid()):
+        # One of several workers: the supervisor sends every worker (this one too) the
+        # SIGHUP that reloads it. A reload of this worker alone would leave the others
+        # on the old config (a revoked key still working there).
+        os.kill(int(supervisor), signal.SIGHUP)
+        return web.json_response(
+            {"reloaded": True, "projects": len(new.projects), "workers": "all"}
+        )
     _swap(request.app, new)
     return web.json_response({"reloaded": True, "projects": len(new.projects)})
 
@@ -176,6 +214,11 @@ async def admin_reload(request: web.Request) -> web.Response:
 def _swap(app: web.Application, new: Config) -> None:
     state = app[STATE]
     state.providers = build_providers(new, app[HTTP_SESSION])
+    # The reservation ttl follows the providers' timeouts (checked together at load):
+    # keeping the old one with longer new timeouts would let holds expire mid-request.
+    state.store.set_limits(
+        new.gateway.redis.timeout_ms / 1000, new.gateway.limits.reservation_ttl_seconds
+    )
     state.config = new
     log.info("config reloaded", extra={"projects": len(new.projects)})
 

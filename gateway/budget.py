@@ -457,8 +457,18 @@ class BudgetStore:
         return int(await self._call(self._extend, [tag + "rsv", tag + "rsvexp"], args)) == 1
 
     async def ping(self) -> bool:
+        """Whether the store answers and accepts writes: a read-only replica (after a
+        failover) or a full disk answers PING, yet refuses every reservation."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return bool(await self.redis.ping())
+                return bool(await self.redis.set(f"{self.key_prefix}:readyz", "1", px=10_000))
         except (TimeoutError, RedisError, OSError):
             return False
+
+    def set_limits(self, timeout_s: float, reservation_ttl_s: int) -> None:
+        """Apply a reloaded config's store timeout and reservation ttl (the ttl must
+        follow the providers' timeouts, which the config checks together)."""
+        self.timeout_s = timeout_s
+        self.reservation_ttl_s = reservation_ttl_s
+        self.reservation_ttl_ms = reservation_ttl_s * 1000
+        self.settled_marker_ttl_s = reservation_ttl_s + SETTLED_MARKER_MARGIN_S

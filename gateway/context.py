@@ -35,7 +35,10 @@ class GatewayState:
     metrics: Metrics
     ready: bool = True  # false while draining on shutdown
     background: set[asyncio.Task[None]] = field(default_factory=set)  # settle retries
-    streams: set[asyncio.Task[Any]] = field(default_factory=set)  # handlers relaying SSE
+    # Handlers waiting on an upstream (streams, unary calls): cancelled when the shutdown
+    # grace period ends, so each settles what it cost before the process exits.
+    handlers: set[asyncio.Task[Any]] = field(default_factory=set)
+    grace_over: bool = False  # set when they are cancelled
     breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 

@@ -153,6 +153,9 @@ async def _unary(
 ) -> web.StreamResponse:
     name = provider.name
     started = time.perf_counter()
+    task = asyncio.current_task()
+    if task is not None:
+        state.handlers.add(task)  # shutdown cancels these when the grace period ends
     try:
         completion = await provider.complete(upstream)
     except GatewayError as exc:
@@ -168,11 +171,23 @@ async def _unary(
             exc.retryable = False
         raise
     except asyncio.CancelledError:
-        # The client left while the provider was working: it may still bill us in full.
+        # The client left, or the shutdown grace period ended, while the provider was
+        # working: it may still bill us in full.
         call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+        if state.grace_over and task is not None:
+            # Ours, not the client's: tell it why (the settle runs after this answer).
+            task.uncancel()
+            state.metrics.estimated_usage.labels(call.project.slug, "gateway_shutdown").inc()
+            stopping = ServiceUnavailable.detail(
+                "the gateway is shutting down; retry the request", {"Retry-After": "1"}
+            )
+            stopping.retryable = False
+            raise stopping from None
         state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
         raise
     finally:
+        if task is not None:
+            state.handlers.discard(task)
         elapsed = time.perf_counter() - started
         call.upstream_seconds += elapsed
         state.metrics.upstream_duration.labels(name).observe(elapsed)
@@ -261,7 +276,7 @@ async def _stream(
         metrics.open_streams.inc()
         task = asyncio.current_task()
         if task is not None:
-            state.streams.add(task)  # shutdown cancels these when the grace period ends
+            state.handlers.add(task)  # shutdown cancels these when the grace period ends
         outcome = "completed"
         try:
             await relay.write(response, first)
@@ -300,7 +315,7 @@ async def _stream(
             relay.unwatch()
             metrics.open_streams.dec()
             if task is not None:
-                state.streams.discard(task)
+                state.handlers.discard(task)
         call.stream_outcome = outcome
         return response
     finally:

@@ -136,6 +136,16 @@ async def refresh_budget_gauges(state: GatewayState) -> None:
         ("output", 1, "output_tokens"),
         ("total", 2, "total_tokens"),
     )
+    # Rebuilt from the current config each time: a cap or a project a reload removed
+    # must not stay exported (alerts on used / limit would go on firing).
+    for gauge in (
+        metrics.budget_used_tokens,
+        metrics.budget_limit_tokens,
+        metrics.budget_used_usd,
+        metrics.budget_limit_usd,
+        metrics.budget_reserved_tokens,
+    ):
+        gauge.clear()
     for project in projects:
         caps: dict[tuple[str, str], int] = {
             (c.window, c.dimension): c.limit for c in project.caps if c.scope == "project"

@@ -264,7 +264,7 @@ async def test_client_that_stops_reading_is_dropped_after_the_idle_timeout(
         await upstream.wait_disconnect()
         assert upstream.last.disconnected
         assert not upstream.last.completed
-        assert not client.server.app[STATE].streams
+        assert not client.server.app[STATE].handlers
         assert (
             await metric(
                 client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut"
