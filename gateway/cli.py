@@ -27,6 +27,8 @@ from gateway.credentials import generate_key, mint_session_token
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
 # Set in workers of `serve --workers N`: the supervisor's pid (gateway.app reads it).
 SUPERVISOR_PID_ENV = "GATEWAY_SUPERVISOR_PID"
+# prometheus-client's multiprocess directory (the lower-case name is its old spelling).
+METRICS_DIR_ENVS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 # An API key id, as the config accepts it.
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 log = logging.getLogger("gateway.cli")
@@ -47,6 +49,19 @@ def _load(directory: str, as_log: bool = False) -> Config:
 
 
 # ------------------------------------------------------------------------ serve
+
+
+def _worker_main(supervisor: int, config_dir: str, host: str, port: int, redis_url: str) -> None:
+    """A worker of ``serve --workers N``: it dies with its supervisor, whatever kills
+    the supervisor (SIGKILL, OOM killer), instead of serving on under pid 1 beside the
+    next gateway (SO_REUSEPORT) with a budget store that is gone. SIGTERM: it stops as
+    on any SIGTERM (requests in flight get the grace period)."""
+    from gateway.embedded_redis import die_with_parent
+
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before that took effect
+        raise SystemExit(1)
+    _run_worker(config_dir, host, port, redis_url, reuse_port=True)
 
 
 def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_port: bool) -> None:
@@ -113,34 +128,80 @@ def _port_free(host: str, port: int) -> int:
         return int(s.getsockname()[1])
 
 
+def _stop_while_starting(signum: int, _frame: object) -> None:
+    """SIGTERM / SIGINT before the gateway serves: unwind, so that ``cmd_serve``'s
+    ``finally`` stops the embedded redis-server (the default action would leave it
+    running). Workers and the app replace this handler once they are up."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # one is enough: let the unwinding finish
+    log.info("stop signal while starting; stopping", extra={"signal": signal.Signals(signum).name})
+    raise SystemExit(0)
+
+
+def _no_inherited_metrics_dir() -> None:
+    """A ``PROMETHEUS_MULTIPROC_DIR`` from the environment is not used: a single process
+    needs no multiprocess mode, and that directory outlives the process (the next run
+    would start from the last one's counters, or add in another process's). With
+    ``--workers N`` the supervisor makes its own directory and removes it at exit."""
+    inherited = [name for name in METRICS_DIR_ENVS if name in os.environ]
+    if not inherited:
+        return
+    for name in inherited:
+        del os.environ[name]
+    # prometheus-client chose its value class when it was imported: choose again.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    log.info("PROMETHEUS_MULTIPROC_DIR ignored", extra={"variables": inherited})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve: the embedded redis-server (unless a Redis URL is set), then one process
+    or a supervisor of N workers. Nothing outlives it: a stop signal at any point ends
+    with the redis-server stopped last; workers and the redis-server die with it even
+    on SIGKILL (PR_SET_PDEATHSIG); the data directory is locked for its whole life."""
     from gateway.logs import setup_logging
 
+    # First of all: from here on a stop signal unwinds through the finally below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_while_starting)
+    signal.signal(signal.SIGHUP, lambda *_: None)  # a reload before serving: nothing to do
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    _no_inherited_metrics_dir()
     config = _load(args.config, as_log=True)
     gw = config.gateway
     host = args.host or gw.listen.host
     port = _port_free(host, args.port if args.port is not None else gw.listen.port)
     embedded = None
     redis_url = gw.redis.url
-    if not redis_url:
-        from gateway.embedded_redis import EmbeddedRedis
-
-        embedded = EmbeddedRedis(gw.redis.data_dir)
-        redis_url = embedded.start()
-        log.info(
-            "embedded redis-server started",
-            extra={"redis": "unix socket", "data_dir": gw.redis.data_dir},
-        )
-    log.info("gateway listening", extra={"url": f"http://{host}:{port}", "workers": args.workers})
     status = 0
     try:
+        if not redis_url:
+            from gateway.embedded_redis import EmbeddedRedis
+
+            embedded = EmbeddedRedis(gw.redis.data_dir)
+            try:
+                redis_url = embedded.start()
+            except RuntimeError as exc:
+                log.error("embedded redis-server not started", extra={"reason": str(exc)})
+                return 1
+            log.info(
+                "embedded redis-server started",
+                extra={"redis": "unix socket", "data_dir": gw.redis.data_dir},
+            )
+        log.info(
+            "gateway listening", extra={"url": f"http://{host}:{port}", "workers": args.workers}
+        )
         if args.workers <= 1:
             _run_worker(args.config, host, port, redis_url, reuse_port=False)
         else:
             status = _supervise(args, host, port, redis_url)
     finally:
         if embedded is not None:
+            # Stopped last, once every request has settled; a second Ctrl-C must not
+            # cut that short (the server dies with this process in any case).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
             embedded.stop()
     return status
 
@@ -154,25 +215,20 @@ FAST_EXITS_TO_GIVE_UP = 5
 
 def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -> int:
     """Run N workers sharing the port (SO_REUSEPORT); restart any that dies, unless they
-    keep dying at start (then stop them all: exit status 1)."""
+    keep dying at start (then stop them all: exit status 1). Workers die with the
+    supervisor (``_worker_main``)."""
     ctx = multiprocessing.get_context("spawn")
     stopping = False
     started_at: dict[int, float] = {}
     fast_exits = 0
+    workers: list[multiprocessing.process.BaseProcess] = []
+    supervisor = os.getpid()
 
     def start() -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=_run_worker, args=(args.config, host, port, redis_url, True))
+        p = ctx.Process(target=_worker_main, args=(supervisor, args.config, host, port, redis_url))
         p.start()
         started_at[id(p)] = time.monotonic()
         return p
-
-    # Metrics of all workers add up: each writes to this directory (prometheus-client
-    # multiprocess mode) and /metrics on any worker aggregates them.
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    # Workers ask the supervisor for a reload of all of them (POST /admin/reload).
-    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
-    workers = [start() for _ in range(args.workers)]
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -182,30 +238,47 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
             if p.pid and p.is_alive():
                 os.kill(p.pid, signum)
 
+    # Before any worker starts: from here on a stop signal stops the workers started.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    # Metrics of all workers add up: each writes to this directory (prometheus-client
+    # multiprocess mode) and /metrics on any worker aggregates them.
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Workers ask the supervisor for a reload of all of them (POST /admin/reload).
+    os.environ[SUPERVISOR_PID_ENV] = str(supervisor)
     status = 0
-    while not stopping:
-        for i, p in enumerate(workers):
-            if not p.is_alive() and not stopping:
-                lived = time.monotonic() - started_at.pop(id(p), 0.0)
-                fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
-                if p.pid is not None:
-                    mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
-                if fast_exits >= FAST_EXITS_TO_GIVE_UP:
+    try:
+        for _ in range(args.workers):
+            if stopping:
+                break
+            workers.append(start())
+        while not stopping:
+            for i, p in enumerate(workers):
+                if not p.is_alive() and not stopping:
+                    lived = time.monotonic() - started_at.pop(id(p), 0.0)
+                    fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
+                    if p.pid is not None:
+                        mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                    if fast_exits >= FAST_EXITS_TO_GIVE_UP:
+                        log.error(
+                            "workers keep exiting at start; stopping",
+                            extra={"exitcode": p.exitcode, "exits": fast_exits},
+                        )
+                        stopping, status = True, 1
+                        break
                     log.error(
-                        "workers keep exiting at start; stopping",
-                        extra={"exitcode": p.exitcode, "exits": fast_exits},
+                        "worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode}
                     )
-                    stopping, status = True, 1
-                    forward(signal.SIGTERM, None)
-                    break
-                log.error("worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode})
-                workers[i] = start()
-        time.sleep(0.5)
-    for p in workers:
-        p.join()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+                    workers[i] = start()
+            time.sleep(0.5)
+        # Again, to all: a worker whose start a signal interrupted was not in the list yet
+        # (stopping twice is harmless).
+        forward(signal.SIGTERM, None)
+        for p in workers:
+            p.join()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 
