@@ -7,6 +7,7 @@ Every test gets its own Redis key prefix, so tests never see each other's budget
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -222,6 +223,19 @@ async def counter(redis: Any, key: str) -> dict[str, int]:
     raw = await redis.hgetall(key)
     got = {k.decode(): int(v) for k, v in raw.items()}
     return {f: got.get(f, 0) for f in FIELDS}
+
+
+async def wait_released(redis: Any, key: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
+    """Poll until nothing is reserved on ``key`` (the settle ran); return the counter."""
+    state = await counter(redis, key)
+    try:
+        async with asyncio.timeout(timeout):
+            while any(state[f"r{d}"] for d in range(4)):
+                await asyncio.sleep(0.02)
+                state = await counter(redis, key)
+    except TimeoutError:
+        raise AssertionError(f"still reserved after {timeout} s on {key}: {state}") from None
+    return state
 
 
 async def month_counter(

@@ -71,6 +71,16 @@ def hand_token(header: dict[str, Any], payload: dict[str, Any], key: bytes | Non
     return f"{signing_input}.{signature}"
 
 
+def revoke_on_disk(creds: Credentials) -> None:
+    """Mark the main key revoked in the config files (applied by the next reload)."""
+    path = creds.config_dir / "gateway.yaml"
+    config = yaml.safe_load(path.read_text())
+    for entry in config["orgs"]["acme"]["api_keys"]:
+        if entry["id"] == creds.key_id:
+            entry["revoked"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 async def auth_failures(client: Any) -> dict[str, float]:
     resp = await client.get("/metrics")
     assert resp.status == 200
@@ -377,12 +387,7 @@ async def test_key_revoked_by_config_reload_fails_on_the_next_request(gateway, u
     ok = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
     assert ok.status == 200, await ok.text()
 
-    path = creds.config_dir / "gateway.yaml"
-    config = yaml.safe_load(path.read_text())
-    for entry in config["orgs"]["acme"]["api_keys"]:
-        if entry["id"] == creds.key_id:
-            entry["revoked"] = True
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    revoke_on_disk(creds)
     assert reload_config(client.server.app) is True  # what SIGHUP runs
 
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
@@ -446,12 +451,7 @@ async def test_a_revoked_key_revokes_the_tokens_it_minted(gateway, upstream) -> 
     assert (
         await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     ).status == 200
-    path = creds.config_dir / "gateway.yaml"
-    config = yaml.safe_load(path.read_text())
-    for entry in config["orgs"]["acme"]["api_keys"]:
-        if entry["id"] == creds.key_id:
-            entry["revoked"] = True
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    revoke_on_disk(creds)
     assert reload_config(client.server.app) is True
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     await assert_unauthorized(resp, creds)

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from gateway.config import Config
 from gateway.context import STATE
 from tests.fakeupstream import Reply, openai_completion
-from tests.harness import bearer, chat_body, counter, metric, window_ids
+from tests.harness import bearer, chat_body, metric, wait_released, window_ids
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
@@ -41,15 +41,7 @@ def used(i: int, o: int) -> dict[str, int]:
 async def settled(redis: Redis, config: Config, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
     """The project's lifetime counter once nothing is held on it any more."""
     key = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
-    state = await counter(redis, key)
-    try:
-        async with asyncio.timeout(timeout):
-            while any(state[f"r{d}"] for d in range(4)):
-                await asyncio.sleep(0.02)
-                state = await counter(redis, key)
-    except TimeoutError:
-        raise AssertionError(f"still held after {timeout} s: {state}") from None
-    return state
+    return await wait_released(redis, key, timeout)
 
 
 def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from tests.harness import (
     counter,
     data_frames,
     metric,
+    wait_released,
     write_config,
 )
 
@@ -72,19 +73,6 @@ def ckey(config: Config, suffix: str, window_id: str, project_id: str = "prj_alp
 async def project_keys(redis: Redis, config: Config, project_id: str = "prj_alpha") -> list[str]:
     day, month = await windows(redis)
     return [ckey(config, "p", w, project_id) for w in (day, month, "all")]
-
-
-async def wait_released(redis: Redis, key: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
-    """Poll until nothing is reserved on ``key`` (the settle ran); return the counter."""
-    state = await counter(redis, key)
-    try:
-        async with asyncio.timeout(timeout):
-            while any(state[f"r{d}"] for d in range(4)):
-                await asyncio.sleep(0.02)
-                state = await counter(redis, key)
-    except TimeoutError:
-        raise AssertionError(f"still reserved after {timeout} s on {key}: {state}") from None
-    return state
 
 
 async def read_data_frames(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
