@@ -211,6 +211,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # a row, the supervisor stops and exits with an error.
 FAST_EXIT_SECONDS = 10.0
 FAST_EXITS_TO_GIVE_UP = 5
+# While other workers still serve, a worker that keeps failing at start (say, the config
+# on disk was broken since) is retried with a growing pause, up to this, instead: the
+# gateway serves on with fewer workers rather than stopping.
+RESTART_BACKOFF_MAX_SECONDS = 30.0
 
 
 def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -> int:
@@ -253,24 +257,41 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
             if stopping:
                 break
             workers.append(start())
+        restart_at: dict[int, float] = {}  # slot -> when its dead worker is started again
         while not stopping:
+            now = time.monotonic()
             for i, p in enumerate(workers):
-                if not p.is_alive() and not stopping:
-                    lived = time.monotonic() - started_at.pop(id(p), 0.0)
-                    fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
-                    if p.pid is not None:
-                        mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
-                    if fast_exits >= FAST_EXITS_TO_GIVE_UP:
-                        log.error(
-                            "workers keep exiting at start; stopping",
-                            extra={"exitcode": p.exitcode, "exits": fast_exits},
-                        )
-                        stopping, status = True, 1
-                        break
+                if stopping:
+                    break
+                if i in restart_at:
+                    if now >= restart_at[i]:
+                        del restart_at[i]
+                        workers[i] = start()
+                    continue
+                if p.is_alive():
+                    continue
+                lived = now - started_at.pop(id(p), 0.0)
+                fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
+                if p.pid is not None:
+                    mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                serving = any(
+                    w.is_alive() for j, w in enumerate(workers) if j != i and j not in restart_at
+                )
+                if fast_exits >= FAST_EXITS_TO_GIVE_UP and not serving:
                     log.error(
-                        "worker exited; restarting", extra={"pid": p.pid, "exitcode": p.exitcode}
+                        "workers keep exiting at start; stopping",
+                        extra={"exitcode": p.exitcode, "exits": fast_exits},
                     )
-                    workers[i] = start()
+                    stopping, status = True, 1
+                    break
+                pause = 0.0
+                if serving and fast_exits:
+                    pause = min(RESTART_BACKOFF_MAX_SECONDS, 0.5 * 2**fast_exits)
+                log.error(
+                    "worker exited; restarting",
+                    extra={"pid": p.pid, "exitcode": p.exitcode, "in_seconds": pause},
+                )
+                restart_at[i] = now + pause
             time.sleep(0.5)
         # Again, to all: a worker whose start a signal interrupted was not in the list yet
         # (stopping twice is harmless).

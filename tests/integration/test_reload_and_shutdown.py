@@ -8,6 +8,7 @@ unary calls cut at the end of the shutdown grace period with their usage settled
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from typing import Any
@@ -197,3 +198,28 @@ async def test_a_unary_call_past_the_grace_period_gets_a_503_and_is_settled(
     assert [counter[f"r{d}"] for d in range(4)] == [0, 0, 0, 0], counter
     assert counter["u1"] == CEILING, counter  # the provider may have done it all
     assert await open_reservations(redis, creds) == 0
+
+
+async def test_workers_serve_on_while_one_cannot_restart(
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A worker dies, and the config on disk was broken since the last reload: its
+    replacement cannot start. The other worker serves on (restarts are paced); the
+    supervisor stops only when no worker serves."""
+    creds = make_creds()
+    gw = await spawn(creds, workers=2)
+    workers = await gw.wait_workers_listening(2)
+    edit_gateway_yaml(creds, lambda data: data.update(bogus_setting=True))
+    os.kill(workers[0], signal.SIGKILL)
+    await gw.wait_log(lambda r: r.get("msg") == "worker exited; restarting", count=4, timeout=15)
+    assert gw.proc is not None
+    assert gw.proc.poll() is None, "the supervisor stopped though a worker still served"
+    for _ in range(10):
+        async with http.post(
+            gw.url(CHAT.format("alpha")), json=chat_body(), headers=bearer(creds.key)
+        ) as resp:
+            assert resp.status == 200
+    paused = [
+        r.get("in_seconds") for r in gw.records() if r.get("msg") == "worker exited; restarting"
+    ]
+    assert paused[-1] > paused[1] > 0, paused  # a growing pause between attempts
