@@ -102,7 +102,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             except BaseException:
                 breaker.release_probe()  # cancelled (client gone): the probe proved nothing
                 raise
-            breaker.success()
+            if call.stream_outcome == "upstream_error":
+                # Failed after the first byte (relayed as the error event): the target is
+                # no healthier than one failing before it, so it counts toward opening.
+                breaker.failure(time.monotonic())
+            else:
+                breaker.success()
             return response
         if route is not call.targets[-1]:
             state.metrics.upstream_fallbacks.labels(route.provider).inc()

@@ -589,6 +589,29 @@ async def test_breaker_opens_skips_then_probes_and_closes(make_gateway, upstream
     )
 
 
+async def test_streams_failing_midway_open_the_breaker(make_gateway, upstream) -> None:
+    """A provider that cuts every stream after its first bytes failed as surely as one
+    answering 500, but each stream counted as a success: the breaker never opened."""
+    client, _, creds = await make_gateway(
+        gateway={"resilience": resilience(threshold=2, cooldown=30.0)}
+    )
+    cut = Reply(
+        sse=openai_stream(["Hello", " there"] * 20),
+        slice_size=200,
+        delay_between_slices=0.01,
+        cut_after_bytes=1200,
+    )
+    upstream.script(cut, cut)
+    for _ in range(2):
+        resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+        assert resp.status == 200
+        assert "upstream_error" in await resp.text()  # the mid-stream error event
+    resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
+    assert resp.status == 503
+    assert "circuit open" in (await resp.json())["detail"]
+    assert len(upstream.requests) == 2
+
+
 async def test_breaker_retry_after_is_the_remaining_cooldown(make_gateway, upstream) -> None:
     client, _, creds = await make_gateway(
         gateway={"resilience": resilience(threshold=1, cooldown=30.0)}
