@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from gateway.idle import IdleWatchdog
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
 from gateway.usage import Usage, at_least, estimate, from_openai, generated_bytes
@@ -354,12 +355,7 @@ class _Relay:
         self.finished = False
         self._unfinished = set(range(max(call.chat.n, 1)))
         self.declined = False  # the provider refused before producing anything
-        # The client-write watchdog (watch()): one timer per stream, not one per write.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport: asyncio.Transport | None = None
-        self._idle = 0.0
-        self._writing_since = 0.0  # loop time the pending client write began; 0: none
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: IdleWatchdog | None = None  # bounds each client write (watch())
         self.stalled = False  # the client accepted nothing for the idle timeout
         self.created = int(time.time())
         # The profile's framing of one chunk, split around the JSON (one concatenation
@@ -371,64 +367,36 @@ class _Relay:
         for that long (zero window) would otherwise hold the stream, its upstream
         connection and its budget hold for ever. Its connection is then dropped, and
         the stream ends as for a client that left."""
-        self._loop = asyncio.get_running_loop()
-        self._transport = request.transport
-        self._idle = idle
+        transport = request.transport
+
+        def stall() -> None:
+            self.stalled = True
+            if transport is not None:
+                # Wakes the pending write, and cancels the handler (handler_cancellation).
+                transport.abort()
+
+        self._watchdog = IdleWatchdog(idle, stall)
 
     def unwatch(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def _check(self) -> None:
-        """The watchdog: drops a client whose pending write outlived the idle timeout,
-        else sleeps until that write's deadline (or until the next write re-arms it)."""
-        assert self._loop is not None
-        since = self._writing_since
-        self._watchdog = None
-        if not since:
-            return
-        deadline = since + self._idle
-        if deadline - self._loop.time() > 0.001:
-            self._watchdog = self._loop.call_at(deadline, self._check)
-            return
-        self.stalled = True
-        if self._transport is not None:
-            # Wakes the pending write, and cancels the handler (handler_cancellation).
-            self._transport.abort()
-
-    def _begin(self) -> None:
-        """A client write starts: note when, and make sure the watchdog runs."""
-        loop = self._loop
-        if loop is not None:
-            self._writing_since = now = loop.time()
-            if self._watchdog is None:
-                self._watchdog = loop.call_at(now + self._idle, self._check)
-
-    def _end(self) -> None:
-        self._writing_since = 0.0
-        if self.stalled:
-            raise ConnectionResetError("the client accepted nothing for the idle timeout")
+            self._watchdog.stop()
 
     async def send(self, response: web.StreamResponse, data: bytes) -> None:
         """One client write, bounded by the idle timeout (see watch())."""
-        self._begin()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.begin()
         await response.write(data)
-        self._end()
+        if watchdog is not None:
+            watchdog.end()
+        if self.stalled:
+            raise ConnectionResetError("the client accepted nothing for the idle timeout")
 
     async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
-        """Relay one upstream read's chunks in a single write: send(), inlined (hot)."""
+        """Relay one upstream read's chunks in a single write."""
         data = self.encode(batch)
         if data:
-            loop = self._loop
-            if loop is not None:
-                self._writing_since = now = loop.time()
-                if self._watchdog is None:
-                    self._watchdog = loop.call_at(now + self._idle, self._check)
-            await response.write(data)
-            self._writing_since = 0.0
-            if self.stalled:
-                raise ConnectionResetError("the client accepted nothing for the idle timeout")
+            await self.send(response, data)
 
     def encode(self, batch: list[dict[str, Any]]) -> bytes:
         frames = []
@@ -460,15 +428,11 @@ class _Relay:
                 return None  # the usage chunk: re-emitted at the end if the client asked
         else:
             for choice in choices:
-                delta = choice.get("delta") or {}
-                for field, value in delta.items():
-                    # Every generated field counts toward the estimate (content, refusal,
-                    # reasoning, tool-call arguments, non-standard ones), the role does not.
-                    if field == "role" or not value:
-                        continue
-                    self.produced_bytes += (
-                        len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
-                    )
+                # Every generated field counts toward the estimate (content, refusal,
+                # reasoning, tool-call arguments, non-standard ones), the role does not.
+                produced = generated_bytes(choice.get("delta"))
+                if produced:
+                    self.produced_bytes += produced
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
                 if choice.get("finish_reason"):

@@ -30,6 +30,7 @@ import orjson
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from gateway.idle import IdleWatchdog
 from gateway.providers.base import ChunkStream, Provider, UpstreamStreamError
 
 # (provider name, status, body, headers, provider key) -> the gateway's answer
@@ -241,49 +242,6 @@ DRAIN_SECONDS = 0.25
 DRAIN_MAX_BYTES = 64 * 1024
 
 
-# How early asyncio may run a timer (its clock resolution; a millisecond is ample).
-_TIMER_SLACK = 0.001
-
-
-class _IdleWatch:
-    """Bounds each wait for more of a stream's body by ``idle`` seconds with one timer
-    per stream, not one per read (a read only notes when it began): when the timer
-    fires it fails a read that has waited ``idle`` seconds, re-arms for one that began
-    later, and lapses between reads (the relay writing: the next read re-arms it)."""
-
-    __slots__ = ("content", "handle", "idle", "loop", "since")
-
-    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
-        self.content = content
-        self.idle = idle
-        self.loop = asyncio.get_running_loop()
-        self.since: float | None = None  # when the pending read began; None: no read
-        self.handle: asyncio.TimerHandle | None = None
-
-    def reading(self) -> None:
-        """A read begins (``since = None`` once it returned)."""
-        self.since = now = self.loop.time()
-        if self.handle is None:
-            self.handle = self.loop.call_at(now + self.idle, self._check)
-
-    def _check(self) -> None:
-        self.handle = None
-        if self.since is None:
-            return
-        due = self.since + self.idle
-        if due - self.loop.time() > _TIMER_SLACK:
-            self.handle = self.loop.call_at(due, self._check)
-        else:
-            # Wakes the pending read with the error, as aiohttp's own sock_read does
-            # (no task is cancelled: nothing else the relay awaits can be hit).
-            self.content.set_exception(TimeoutError("the provider stopped sending"))
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
 class HttpChunkStream(ChunkStream):
     """A stream read from an aiohttp response; ``finished`` once read to its end.
 
@@ -304,7 +262,7 @@ class HttpChunkStream(ChunkStream):
         self.finished = False
         self.idle = idle
         self.first_byte_deadline = first_byte_deadline
-        self._watch: _IdleWatch | None = None
+        self._watch: IdleWatchdog | None = None
 
     async def reads(self) -> AsyncIterator[bytes | None]:
         """The body as it arrives, then None at its end. Transport failures (a cut, the
@@ -312,17 +270,24 @@ class HttpChunkStream(ChunkStream):
         is the first byte (the relay bounds it by the first-byte deadline); each later
         one waits ``idle`` seconds at most."""
         content = self.response.content
-        watch = None if self.idle is None else _IdleWatch(content, self.idle)
+        watch = None
+        if self.idle is not None:
+            # Wakes the pending read with the error, as aiohttp's own sock_read does (no
+            # task is cancelled: nothing else the relay awaits can be hit).
+            watch = IdleWatchdog(
+                self.idle,
+                lambda: content.set_exception(TimeoutError("the provider stopped sending")),
+            )
         self._watch = watch
         try:
             piece = await content.readany()
             while piece:
                 yield piece
                 if watch is not None:
-                    watch.reading()
+                    watch.begin()
                 piece = await content.readany()
                 if watch is not None:
-                    watch.since = None
+                    watch.end()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamStreamError("upstream_timeout", "the provider stopped sending") from exc
         except aiohttp.ClientError as exc:
