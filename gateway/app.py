@@ -216,9 +216,8 @@ def _swap(app: web.Application, new: Config) -> None:
     state.providers = build_providers(new, app[HTTP_SESSION])
     # The reservation ttl follows the providers' timeouts (checked together at load):
     # keeping the old one with longer new timeouts would let holds expire mid-request.
-    state.store.set_limits(
-        new.gateway.redis.timeout_ms / 1000, new.gateway.limits.reservation_ttl_seconds
-    )
+    state.store.timeout_s = new.gateway.redis.timeout_ms / 1000
+    state.store.reservation_ttl_s = new.gateway.limits.reservation_ttl_seconds
     state.config = new
     log.info("config reloaded", extra={"projects": len(new.projects)})
 

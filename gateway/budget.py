@@ -41,7 +41,7 @@ def _script(name: str) -> str:
 RESERVE_LUA = _script("reserve.lua")
 SETTLE_LUA = _script("settle.lua")
 EXTEND_LUA = _script("extend.lua")
-# How much longer than a hold a settled marker lives (see BudgetStore.settled_marker_ttl_s).
+# How much longer than a hold a settled marker lives (see BudgetStore.settle).
 SETTLED_MARKER_MARGIN_S = 300
 
 
@@ -267,12 +267,8 @@ class BudgetStore:
         self.redis = redis
         self.key_prefix = key_prefix
         self._timeout_s = timeout_s
+        # How long a hold lasts unless settled or renewed (a reload may change it).
         self.reservation_ttl_s = reservation_ttl_s
-        self.reservation_ttl_ms = reservation_ttl_s * 1000
-        # A settled reservation's marker (one small key per request) lives past every
-        # retry of its settle, which stop once the hold would have expired, and no
-        # longer: at a day, a busy gateway kept millions of them in Redis.
-        self.settled_marker_ttl_s = reservation_ttl_s + SETTLED_MARKER_MARGIN_S
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         self._extend = redis.register_script(EXTEND_LUA)
@@ -366,7 +362,7 @@ class BudgetStore:
         args = [
             tag,
             reservation_id,
-            str(self.reservation_ttl_ms),
+            str(self.reservation_ttl_s * 1000),
             "" if now_ms is None else str(now_ms),
             amounts.encode(),
             ";".join(f"{c.suffix} {c.window} {c.caps}" for c in counters),
@@ -440,7 +436,10 @@ class BudgetStore:
             refunds,
             str(ledger_max_events if event else 0),
             event,
-            str(self.settled_marker_ttl_s),
+            # The settled marker (one small key per request) lives past every retry of
+            # this settle, which stop once the hold would have expired, and no longer:
+            # at a day, a busy gateway kept millions of them in Redis.
+            str(self.reservation_ttl_s + SETTLED_MARKER_MARGIN_S),
         ]
         return int(await self._call(self._settle, keys, args)) == 1
 
@@ -453,7 +452,8 @@ class BudgetStore:
         """Hold ``reservation`` for another full ttl from now (before a retry or a
         fallback); False if it is no longer held (it expired and was released)."""
         tag = reservation.project_tag
-        args = [reservation.id, str(self.reservation_ttl_ms), "" if now_ms is None else str(now_ms)]
+        ttl_ms = str(self.reservation_ttl_s * 1000)
+        args = [reservation.id, ttl_ms, "" if now_ms is None else str(now_ms)]
         return int(await self._call(self._extend, [tag + "rsv", tag + "rsvexp"], args)) == 1
 
     async def ping(self) -> bool:
@@ -464,11 +464,3 @@ class BudgetStore:
                 return bool(await self.redis.set(f"{self.key_prefix}:readyz", "1", px=10_000))
         except (TimeoutError, RedisError, OSError):
             return False
-
-    def set_limits(self, timeout_s: float, reservation_ttl_s: int) -> None:
-        """Apply a reloaded config's store timeout and reservation ttl (the ttl must
-        follow the providers' timeouts, which the config checks together)."""
-        self.timeout_s = timeout_s
-        self.reservation_ttl_s = reservation_ttl_s
-        self.reservation_ttl_ms = reservation_ttl_s * 1000
-        self.settled_marker_ttl_s = reservation_ttl_s + SETTLED_MARKER_MARGIN_S

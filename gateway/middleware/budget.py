@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from gateway.budget import (
     Amounts,
     BudgetExceeded,
     Counter,
+    RateLimit,
     RateLimitExceeded,
     Reservation,
     StoreUnavailable,
@@ -134,39 +135,23 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _reserve(state: GatewayState, call: CallContext, principal: Principal) -> None:
-    store = state.store
     project = call.project
     worst = worst_amounts(call)
     org = call.config.gateway.orgs.get(project.org)
     counters = org_counters(org_caps(org)) if org is not None else []
-    # The reservation ids are ours, never the client's X-Request-Id: ids must not collide.
-    org_id = new_id() if counters else None
-    project_id = new_id()
-    rate_limits = project_rate_limits(project, principal.key_id)
     try:
-        if org_id is not None:
-            call.org_reservation = await store.reserve(
-                project.org, org_id, counters, worst, kind="org"
-            )
-        call.reservation = await store.reserve(
+        if counters:
+            call.org_reservation = await _hold(state, project.org, counters, worst, kind="org")
+        call.reservation = await _hold(
+            state,
             project.id,
-            project_id,
             project_counters(project, principal.key_id, principal.user),
             worst,
-            rate_limits=rate_limits,
+            rate_limits=project_rate_limits(project, principal.key_id),
         )
     except asyncio.CancelledError:
-        # The client left (the handler is cancelled) while the store was answering: a
-        # reserve already sent may still hold, and would until its ttl. Give back what is
-        # or may be held once the store answers (a reserve arriving after that release
-        # is refused by the script).
-        if call.org_reservation is not None:
+        if call.org_reservation is not None:  # held already: the project step was cut
             _release_later(state, call.org_reservation, "")
-        elif org_id is not None:
-            _release_later(state, Reservation(org_id, store.tag(project.org, "org"), (), worst), "")
-        if call.reservation is None:
-            maybe = Reservation(project_id, store.tag(project.id), (), worst, tuple(rate_limits))
-            _release_later(state, maybe, "")
         raise
     except BudgetExceeded as exc:
         await _undo_org_step(state, call)
@@ -193,6 +178,31 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
         ) from None
     except StoreUnavailable:
         await _undo_org_step(state, call)
+        raise
+
+
+async def _hold(
+    state: GatewayState,
+    owner: str,
+    counters: list[Counter],
+    amounts: Amounts,
+    *,
+    kind: str = "prj",
+    rate_limits: Sequence[RateLimit] = (),
+) -> Reservation:
+    """``store.reserve`` under a new id of ours (never the client's X-Request-Id: ids must
+    not collide). If the client leaves (the handler is cancelled) while the store is
+    answering, the reserve may still run and would hold until its ttl: what it holds is
+    given back once the store answers (a reserve arriving after that release is
+    refused by the script)."""
+    reservation_id = new_id()
+    try:
+        return await state.store.reserve(
+            owner, reservation_id, counters, amounts, kind=kind, rate_limits=rate_limits
+        )
+    except asyncio.CancelledError:
+        tag = state.store.tag(owner, kind)
+        _release_later(state, Reservation(reservation_id, tag, (), amounts, tuple(rate_limits)), "")
         raise
 
 
@@ -226,14 +236,7 @@ async def _rebudget(
         steps.insert(0, ("org", project.org, org_counters(org_caps(org))))
     try:
         for kind, owner, counters in steps:
-            hold_id = new_id()
-            try:
-                hold = await state.store.reserve(owner, hold_id, counters, delta, kind=kind)
-            except asyncio.CancelledError:  # the client left: what may be held goes back
-                tag = state.store.tag(owner, kind)
-                _release_later(state, Reservation(hold_id, tag, (), delta), "")
-                raise
-            call.extra_holds.append(hold)
+            call.extra_holds.append(await _hold(state, owner, counters, delta, kind=kind))
     except BudgetExceeded as exc:
         # Report it as the new model's whole worst case against what others hold.
         r = dataclasses.replace(
