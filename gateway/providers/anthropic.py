@@ -33,7 +33,7 @@ import orjson
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, ValidationFailed
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
-from gateway.providers.http import HttpChunkStream, HttpProvider, error_object
+from gateway.providers.http import HttpChunkStream, HttpProvider
 from gateway.providers.openai import error_for_status, scrub
 from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 from gateway.validation import asks_for_json
@@ -807,20 +807,13 @@ class AnthropicProvider(HttpProvider):
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, False, None)
-        body = await self.read_answer(response)
-        # After a 200 the provider did the work: an answer that cannot be read is billed.
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise self.unreadable("sent invalid JSON") from exc
-        if error_object(message) is not None:  # an error sent with a 200: not an answer
-            raise self.not_an_answer(
-                body, response.headers, request.api_key, anthropic_error_for_status, "an error"
-            )
-        try:
-            return translate_response(message, json_answer=asks_for_json(request.body))
-        except ValueError as exc:
-            raise self.unreadable("sent an invalid message") from exc
+        json_answer = asks_for_json(request.body)
+        return await self.read_completion(
+            response,
+            request.api_key,
+            anthropic_error_for_status,
+            lambda message: translate_response(message, json_answer=json_answer),
+        )
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         deadline = self.stream_deadline()

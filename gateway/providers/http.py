@@ -210,6 +210,29 @@ class HttpProvider(Provider):
             return error_for_status(self.name, status, body, headers, api_key)
         return UpstreamFailed.detail(f"provider {self.name} answered 200 with {what}")
 
+    async def read_completion(
+        self,
+        response: aiohttp.ClientResponse,
+        api_key: str,
+        error_for_status: ErrorMapper,
+        convert: Callable[[Any], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A 200's answer, made an OpenAI completion by ``convert`` (ValueError: not a
+        readable answer). After a 200 the provider did the work: an answer that cannot
+        be read is billed (``unreadable``); an error object sent with the 200 is mapped
+        as its status would be (``not_an_answer``)."""
+        body = await self.read_answer(response)
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise self.unreadable("sent invalid JSON") from exc
+        if error_object(answer) is not None:
+            raise self.not_an_answer(body, response.headers, api_key, error_for_status, "an error")
+        try:
+            return convert(answer)
+        except ValueError as exc:
+            raise self.unreadable("sent an invalid answer") from exc
+
     def unreadable(self, problem: str) -> UpstreamFailed:
         """A 200 whose answer cannot be used (``problem``: "sent invalid JSON"): a 502,
         billed at the worst case and not retried, since the provider did the work."""

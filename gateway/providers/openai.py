@@ -24,7 +24,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
-from gateway.providers.http import HttpChunkStream, HttpProvider, error_object
+from gateway.providers.http import HttpChunkStream, HttpProvider
 from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 
 # Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
@@ -88,15 +88,15 @@ def _has_finish(batch: list[dict[str, Any]]) -> bool:
     return False
 
 
-def check_completion(provider: str, completion: Any) -> dict[str, Any]:
-    """A unary answer whose shape the handler can read, or UpstreamFailed (502)."""
+def check_completion(completion: Any) -> dict[str, Any]:
+    """A unary answer whose shape the handler can read, or ValueError."""
     if isinstance(completion, dict):
         choices = completion.get("choices")
         if isinstance(choices, list) and all(
             isinstance(c, dict) and isinstance(c.get("message") or {}, dict) for c in choices
         ):
             return completion
-    raise UpstreamFailed.detail(f"provider {provider} sent an invalid completion")
+    raise ValueError("not a chat completion")
 
 
 def _well_formed(chunk: dict[str, Any]) -> bool:
@@ -235,20 +235,9 @@ class OpenAIProvider(HttpProvider):
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
         response = await self._send(request, None)
-        body = await self.read_answer(response)
-        # After a 200 the provider did the work: an answer that cannot be read is billed.
-        try:
-            completion = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise self.unreadable("sent invalid JSON") from exc
-        if error_object(completion) is not None:  # an error sent with a 200: not an answer
-            raise self.not_an_answer(
-                body, response.headers, request.api_key, error_for_status, "an error"
-            )
-        try:
-            return check_completion(self.name, completion)
-        except UpstreamFailed as exc:
-            raise self.unreadable("sent an invalid completion") from exc
+        return await self.read_completion(
+            response, request.api_key, error_for_status, check_completion
+        )
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         deadline = self.stream_deadline()
