@@ -117,6 +117,16 @@ def _project(pid: str, org: str, **over: Any) -> dict[str, Any]:
 STORE_TIMEOUT_FAST: dict[str, Any] = {"redis": {"timeout_ms": 300}}
 
 
+def provider_entry(base_url: str, **timeouts: float) -> dict[str, Any]:
+    """An openai-kind provider entry for gateway.yaml (harness-like, timeouts overridable)."""
+    return {
+        "kind": "openai",
+        "base_url": base_url,
+        "api_key_env": "TEST_PROVIDER_KEY",
+        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts},
+    }
+
+
 def write_config(
     root: Path,
     upstream_url: str,

@@ -267,3 +267,13 @@ async def month_counter(
 
 async def open_reservations(redis: Redis, creds: Credentials, project_id: str = "prj_alpha") -> int:
     return int(await redis.hlen(f"{key_prefix(creds)}:{{prj:{project_id}}}:rsv"))
+
+
+async def refused(port: int) -> bool:
+    """True when a new TCP connection to the gateway's port is refused."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False

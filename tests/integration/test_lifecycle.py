@@ -32,6 +32,7 @@ from tests.process import (
     edit_gateway_yaml,
     month_counter,
     open_reservations,
+    refused,
     sse_frames,
 )
 
@@ -137,16 +138,6 @@ async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
     except aiohttp.ClientPayloadError as exc:
         return buffer.decode(), f"connection dropped mid-body: {exc!r}"
     return buffer.decode(), ""
-
-
-async def refused(port: int) -> bool:
-    """True when a new TCP connection to the gateway's port is refused."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return True
-    writer.close()
-    return False
 
 
 # ------------------------------------------------------------------------ graceful shutdown

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from gateway.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.fakeupstream import FakeUpstream, Reply, openai_stream
 from tests.harness import Credentials, bearer, chat_body, month_counter, write_config
-from tests.process import GatewayProcess
+from tests.process import GatewayProcess, refused
 
 CHAT = "/v1/projects/alpha/chat/completions"
 PREFIX = "ps"
@@ -110,15 +110,6 @@ async def chat_ok(gw: GatewayProcess, creds: Credentials) -> None:
         s.post(gw.url(CHAT), json=chat_body(), headers=bearer(creds.key)) as resp,
     ):
         assert resp.status == 200, await resp.text()
-
-
-async def refused(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return True
-    writer.close()
-    return False
 
 
 # --------------------------------------------------------------------- death of the gateway

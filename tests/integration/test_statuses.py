@@ -26,6 +26,7 @@ from tests.harness import (
     bearer,
     chat_body,
     free_port,
+    provider_entry,
 )
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
@@ -65,16 +66,6 @@ def assert_detail_only(body: dict[str, Any]) -> None:
     assert set(body) == {"detail"}, body
     assert isinstance(body["detail"], str)
     assert body["detail"]
-
-
-def provider(base_url: str, **timeouts: float) -> dict[str, Any]:
-    """An openai-kind provider entry for gateway.yaml (harness-like, timeouts overridable)."""
-    return {
-        "kind": "openai",
-        "base_url": base_url,
-        "api_key_env": "TEST_PROVIDER_KEY",
-        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts},
-    }
 
 
 # --------------------------------------------------------------------------- 401
@@ -427,7 +418,7 @@ async def test_502_upstream_500_on_a_stream_request(gateway, upstream) -> None:
 async def test_502_upstream_unreachable(make_gateway, upstream) -> None:
     closed = free_port()  # bound then released: nothing listens there
     client, _, creds = await make_gateway(
-        gateway={"providers": {"dead": provider(f"http://127.0.0.1:{closed}/v1")}},
+        gateway={"providers": {"dead": provider_entry(f"http://127.0.0.1:{closed}/v1")}},
         projects={
             "deadproj": {
                 "id": "prj_deadproj",
@@ -446,7 +437,7 @@ async def test_502_upstream_unreachable(make_gateway, upstream) -> None:
 
 async def test_504_stream_first_byte_timeout(make_gateway, upstream) -> None:
     client, _, creds = await make_gateway(
-        gateway={"providers": {"upstream": provider(upstream.base_url, first_byte=0.5)}}
+        gateway={"providers": {"upstream": provider_entry(upstream.base_url, first_byte=0.5)}}
     )
     upstream.script(Reply(json=None, sse=b"data: [DONE]\n\n", delay_before_headers=2.0))
     resp = await client.post(
@@ -458,7 +449,7 @@ async def test_504_stream_first_byte_timeout(make_gateway, upstream) -> None:
 
 async def test_504_unary_total_timeout(make_gateway, upstream) -> None:
     client, _, creds = await make_gateway(
-        gateway={"providers": {"upstream": provider(upstream.base_url, total=0.5)}}
+        gateway={"providers": {"upstream": provider_entry(upstream.base_url, total=0.5)}}
     )
     upstream.script(Reply(json={"never": "sent in time"}, delay_before_headers=2.0))
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
@@ -505,7 +496,7 @@ async def test_504_stream_headers_then_silence_before_the_first_chunk(
     """The upstream sends its 200 headers, then nothing: the client has received no byte,
     so this is a timeout before the first byte (504), not a failure (502)."""
     client, _, creds = await make_gateway(
-        gateway={"providers": {"upstream": provider(upstream.base_url, idle=0.3)}}
+        gateway={"providers": {"upstream": provider_entry(upstream.base_url, idle=0.3)}}
     )
     upstream.script(Reply(sse=openai_stream(["late"]), hang_after_bytes=0))
     resp = await client.post(
@@ -517,7 +508,7 @@ async def test_504_stream_headers_then_silence_before_the_first_chunk(
 
 async def test_504_unary_body_stalls_after_headers(make_gateway, upstream) -> None:
     client, _, creds = await make_gateway(
-        gateway={"providers": {"upstream": provider(upstream.base_url, idle=0.3)}}
+        gateway={"providers": {"upstream": provider_entry(upstream.base_url, idle=0.3)}}
     )
     upstream.script(Reply(json=openai_completion(), hang_after_bytes=20))
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))

@@ -24,18 +24,9 @@ import pytest
 import gateway.providers.http
 import gateway.sse
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
-from tests.harness import PROVIDER_KEY, bearer, chat_body, free_port, metric
+from tests.harness import PROVIDER_KEY, bearer, chat_body, free_port, metric, provider_entry
 
 URL = "/v1/projects/alpha/chat/completions"
-
-
-def provider(base_url: str, **timeouts: float) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": base_url,
-        "api_key_env": "TEST_PROVIDER_KEY",
-        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts},
-    }
 
 
 def setup(
@@ -145,7 +136,7 @@ async def test_a_unary_answer_slower_than_idle_is_bounded_by_total(make_gateway,
     """A unary answer's headers come when the whole answer is ready: waiting for them is
     generation time, which only ``total`` bounds (not ``idle``, not ``first_byte``)."""
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url, first_byte=0.5, idle=0.5, total=5)})
+        **setup({"upstream": provider_entry(upstream.base_url, first_byte=0.5, idle=0.5, total=5)})
     )
     upstream.script(Reply(json=openai_completion(), delay_before_headers=1.2))
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
@@ -159,7 +150,7 @@ async def test_a_unary_body_that_stalls_is_cut_after_idle(make_gateway, upstream
     """Once the headers came the answer is ready: a body that stops arriving is cut
     after ``idle`` (the provider did the work: billed, not retried)."""
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url, idle=0.3, total=10)}, attempts=2)
+        **setup({"upstream": provider_entry(upstream.base_url, idle=0.3, total=10)}, attempts=2)
     )
     upstream.script(Reply(json=openai_completion(), hang_after_bytes=20))
     started = time.monotonic()
@@ -172,7 +163,7 @@ async def test_a_unary_body_that_stalls_is_cut_after_idle(make_gateway, upstream
 
 async def test_stream_headers_are_bounded_by_first_byte_not_idle(make_gateway, upstream) -> None:
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url, first_byte=4, idle=0.5)})
+        **setup({"upstream": provider_entry(upstream.base_url, first_byte=4, idle=0.5)})
     )
     upstream.script(Reply(sse=openai_stream(["late", " but fine"]), delay_before_headers=1.2))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
@@ -188,7 +179,7 @@ async def test_first_byte_is_one_deadline_for_the_headers_and_the_first_chunk(
     """Headers after 1.5 s, then a comment, then the first chunk 1.5 s later: 3 s after
     the send, past first_byte (2 s), although neither wait alone exceeded it."""
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url, first_byte=2, idle=5)})
+        **setup({"upstream": provider_entry(upstream.base_url, first_byte=2, idle=5)})
     )
     stream = openai_stream(["too", " late"])
     size = len(stream)
@@ -228,7 +219,7 @@ async def test_garbled_chunked_encoding_mid_stream_ends_after_idle(
         await asyncio.sleep(30)
 
     base = await raw_upstream(reply)
-    client, _, creds = await make_gateway(**setup({"raw": provider(base, idle=0.5, total=8)}))
+    client, _, creds = await make_gateway(**setup({"raw": provider_entry(base, idle=0.5, total=8)}))
     started = time.monotonic()
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
@@ -249,10 +240,10 @@ async def test_a_unary_request_that_was_never_sent_is_retried_unbilled(
     """A connect timeout (or a refused connection) reached nobody: the attempt is
     retried, then the next route serves the request, and only its answer is billed."""
     port = blackhole if failure == "connect_timeout" else free_port()
-    dead = provider(f"http://127.0.0.1:{port}/v1", connect=0.3)
+    dead = provider_entry(f"http://127.0.0.1:{port}/v1", connect=0.3)
     client, _, creds = await make_gateway(
         **setup(
-            {"dead": dead, "upstream": provider(upstream.base_url)},
+            {"dead": dead, "upstream": provider_entry(upstream.base_url)},
             attempts=2,
             routes=("dead", "upstream"),
         )
@@ -270,7 +261,7 @@ async def test_a_unary_request_that_was_never_sent_is_retried_unbilled(
 async def test_a_connect_timeout_alone_is_a_504_billed_at_nothing(
     make_gateway, blackhole: int
 ) -> None:
-    dead = provider(f"http://127.0.0.1:{blackhole}/v1", connect=0.3)
+    dead = provider_entry(f"http://127.0.0.1:{blackhole}/v1", connect=0.3)
     client, _, creds = await make_gateway(**setup({"dead": dead}))
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 504, await resp.text()
@@ -295,7 +286,10 @@ async def test_a_200_that_is_not_an_event_stream_is_retried_and_falls_back(
     (both routes reach the same fake, which answers the third request normally)."""
     client, _, creds = await make_gateway(
         **setup(
-            {"flaky": provider(upstream.base_url), "upstream": provider(upstream.base_url)},
+            {
+                "flaky": provider_entry(upstream.base_url),
+                "upstream": provider_entry(upstream.base_url),
+            },
             attempts=2,
             routes=("flaky", "upstream"),
         )
@@ -328,7 +322,7 @@ DECLARED = {
 async def test_an_error_sent_with_a_200_is_mapped_like_its_status(
     make_gateway, upstream, case: str, stream: bool
 ) -> None:
-    client, _, creds = await make_gateway(**setup({"upstream": provider(upstream.base_url)}))
+    client, _, creds = await make_gateway(**setup({"upstream": provider_entry(upstream.base_url)}))
     body, status = DECLARED[case]
     upstream.script(Reply(json=body))
     resp = await client.post(URL, json=chat_body(stream=stream), headers=bearer(creds.key))
@@ -360,7 +354,7 @@ async def test_an_unreadable_unary_200_is_billed_and_not_retried(
     """After a 200 the provider did (and bills) the work: an answer that cannot be read
     is billed at the worst case, and a retry would pay for it twice."""
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url)}, attempts=2)
+        **setup({"upstream": provider_entry(upstream.base_url)}, attempts=2)
     )
     upstream.script(UNREADABLE[case])
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
@@ -384,7 +378,7 @@ async def test_a_close_delimited_unary_answer_cut_short_is_billed_and_not_retrie
         await writer.drain()
 
     base = await raw_upstream(reply)
-    client, _, creds = await make_gateway(**setup({"raw": provider(base)}, attempts=2))
+    client, _, creds = await make_gateway(**setup({"raw": provider_entry(base)}, attempts=2))
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 502, await resp.text()
     assert len(calls) == 1
@@ -400,7 +394,7 @@ async def test_a_unary_answer_over_the_size_cap_is_a_billed_502(
 ) -> None:
     monkeypatch.setattr(gateway.providers.http, "MAX_ANSWER_BYTES", 64 * 1024)
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url)}, attempts=2)
+        **setup({"upstream": provider_entry(upstream.base_url)}, attempts=2)
     )
     answer = json.dumps(openai_completion()).encode() + b" " * (100 * 1024)  # valid JSON
     if framing == "chunked":
@@ -417,7 +411,7 @@ async def test_a_unary_answer_over_the_size_cap_is_a_billed_502(
 async def test_an_error_body_over_the_cap_is_not_read(make_gateway, upstream) -> None:
     """Only MAX_ERROR_BODY_BYTES of an error body are read: past that, its message is
     not used (the status alone decides the answer)."""
-    client, _, creds = await make_gateway(**setup({"upstream": provider(upstream.base_url)}))
+    client, _, creds = await make_gateway(**setup({"upstream": provider_entry(upstream.base_url)}))
     cap = gateway.providers.http.MAX_ERROR_BODY_BYTES
     upstream.script(
         Reply(status=400, json=openai_error(400, "bad temperature" + " " * cap)),
@@ -440,7 +434,7 @@ async def test_a_stream_event_over_the_size_cap_ends_the_stream(
     the idle or total timeout), with the chunks before it relayed."""
     monkeypatch.setattr(gateway.sse, "MAX_EVENT_BYTES", 64 * 1024)
     client, _, creds = await make_gateway(
-        **setup({"upstream": provider(upstream.base_url, idle=5, total=10)})
+        **setup({"upstream": provider_entry(upstream.base_url, idle=5, total=10)})
     )
     if shape == "one_line":
         endless = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"a" * 200_000
