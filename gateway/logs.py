@@ -147,3 +147,11 @@ def setup_logging(level: str = "INFO") -> None:
     _installed = handler
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    route_warnings()
+
+
+def route_warnings() -> None:
+    """Python warnings (a library's DeprecationWarning, UserWarning...) become JSON
+    records of the ``py.warnings`` logger instead of free text on stderr: the log
+    stream stays one JSON object per line whatever a dependency says."""
+    logging.captureWarnings(True)
