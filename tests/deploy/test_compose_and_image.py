@@ -165,7 +165,9 @@ def test_dockerfile() -> None:
     assert "/healthz" in healthcheck
     assert ("EXPOSE", "8080") in steps
     runs = " ".join(a for k, a in steps if k == "RUN")
-    assert "pip install ." in runs
+    # Installs exactly the lock's versions, then the package without resolving anything.
+    assert "pip install --require-hashes --no-deps -r requirements/runtime.txt" in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs
     assert not re.search(r"redis-server|apt-get install[^&]*\bredis", runs), "no embedded Redis"
     (cmd,) = [a for k, a in steps if k == "CMD"]
     command = " ".join(json.loads(cmd))

@@ -6,6 +6,9 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
+import warnings
 
 from gateway.logs import JsonFormatter, TurnBufferedHandler, _timestamp, info_fields, setup_logging
 
@@ -129,3 +132,31 @@ def test_timestamps_are_iso_utc_with_milliseconds() -> None:
     assert _timestamp(1700000000.5) == "2023-11-14T22:13:20.500Z"
     assert _timestamp(1700000001.25) == "2023-11-14T22:13:21.250Z"  # next second, new prefix
     assert _timestamp(1700000001.0) == "2023-11-14T22:13:21.000Z"
+
+
+def test_a_library_warning_reaches_stderr_as_a_json_record() -> None:
+    # A dependency's warning (redis-py 8 warned on every client the gateway built) must
+    # not break the one-JSON-object-per-line stream: a fresh interpreter, as in serve.
+    script = (
+        "import warnings\n"
+        "from gateway.logs import setup_logging\n"
+        "setup_logging()\n"
+        "warnings.warn('a library changed its mind', UserWarning, stacklevel=1)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(records) == 1
+    assert records[0]["logger"] == "py.warnings"
+    assert records[0]["level"] == "warning"
+    assert "a library changed its mind" in str(records[0]["msg"])
+
+
+def test_building_the_redis_clients_warns_nothing() -> None:
+    from gateway.app import redis_client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        redis_client("redis://127.0.0.1:1/0", 0.1)
+        redis_client("redis+cluster://127.0.0.1:1", 0.1)
