@@ -143,8 +143,13 @@ def verify_session_token(
         raise TokenInvalid("missing_claim") from exc
     except jwt.InvalidAlgorithmError as exc:
         raise TokenInvalid("bad_algorithm") from exc
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, TypeError, ValueError, OverflowError) as exc:
+        # TypeError and friends: PyJWT before 2.10 compares an `exp` or `nbf` claim of the
+        # wrong type (a string, a list) unchecked; a signed but malformed token is a 401.
         raise TokenInvalid("malformed") from exc
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:
+        raise TokenInvalid("malformed")
     fields = ("org_id", "project_id", "project_slug", "scope")
     if not all(isinstance(claims.get(f), str) and claims[f] for f in fields):
         raise TokenInvalid("missing_claim")
@@ -159,7 +164,7 @@ def verify_session_token(
         project_id=claims["project_id"],
         project_slug=claims["project_slug"],
         scopes=frozenset(claims["scope"].split()),
-        exp=int(claims["exp"]),
+        exp=int(min(exp, 2**53)),
         sub=sub,
         key_id=key_id,
     )

@@ -203,10 +203,14 @@ async def test_stream_helper_recorded_tool_call(
             "type": "function",
             "function": {
                 "name": "get_capital",
+                # strict: openai-python's stream helper before 3.x auto-parses only strict
+                # function tools (the declared floor is 1.97.2).
+                "strict": True,
                 "parameters": {
                     "type": "object",
                     "properties": {"country": {"type": "string"}},
                     "required": ["country"],
+                    "additionalProperties": False,
                 },
             },
         }

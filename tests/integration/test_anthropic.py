@@ -68,6 +68,17 @@ WEATHER_TOOL: Any = {
     },
 }
 
+# The SDK's stream helper in openai-python before 3.x auto-parses only strict function
+# tools (the declared floor is 1.97.2); the gateway relays either kind the same way.
+STRICT_WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        **WEATHER_TOOL["function"],
+        "strict": True,
+        "parameters": {**WEATHER_TOOL["function"]["parameters"], "additionalProperties": False},
+    },
+}
+
 Gateway = tuple[TestClient[Any, Any], Any, Credentials]
 
 
@@ -249,7 +260,7 @@ async def test_sdk_stream_helper_final_completion_with_a_tool_call(
     async with sdk(client, creds.key, project).chat.completions.stream(
         model="default",
         messages=[{"role": "user", "content": "What's the weather in Paris?"}],
-        tools=[WEATHER_TOOL],
+        tools=[STRICT_WEATHER_TOOL],
         stream_options={"include_usage": True},
     ) as stream:
         final = await stream.get_final_completion()

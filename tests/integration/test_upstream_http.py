@@ -76,9 +76,15 @@ async def raw_upstream() -> AsyncIterator[Callable[[RawReply], Awaitable[str]]]:
     """A TCP server that reads one HTTP request per connection and lets the test write
     the answer byte by byte; returns its base URL."""
     servers: list[asyncio.Server] = []
+    # The connection handlers still running at teardown (a reply that sleeps past the
+    # test): cancelled and awaited here, so none is left pending when the loop closes.
+    handlers: set[asyncio.Task[None]] = set()
 
     async def start(reply: RawReply) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
@@ -91,6 +97,7 @@ async def raw_upstream() -> AsyncIterator[Callable[[RawReply], Awaitable[str]]]:
                 pass
             finally:
                 writer.close()
+                handlers.discard(task)
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         servers.append(server)
@@ -99,6 +106,11 @@ async def raw_upstream() -> AsyncIterator[Callable[[RawReply], Awaitable[str]]]:
     yield start
     for server in servers:
         server.close()
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
 
 
 @pytest.fixture
