@@ -26,7 +26,15 @@ from redis.backoff import NoBackoff
 from gateway.budget import BudgetStore, RedisLike
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import STATE, GatewayState
-from gateway.errors import Forbidden, Unauthorized, error_middleware, json_error
+from gateway.errors import (
+    ENDPOINTS,
+    MAX_BODY_BYTES,
+    Forbidden,
+    Unauthorized,
+    endpoint_list,
+    error_middleware,
+    json_error,
+)
 from gateway.metrics import Metrics
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
@@ -270,4 +278,6 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
     v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
     v1.router.add_get("/projects/{project_ref}/usage", get_usage)
     app.add_subapp("/v1/", v1)
+    app[ENDPOINTS] = endpoint_list(app)
+    app[MAX_BODY_BYTES] = gw.limits.max_body_bytes
     return app

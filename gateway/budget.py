@@ -100,8 +100,14 @@ class Refusal:
     requested: int
     window_id: str
 
-    def body(self) -> dict[str, Any]:
-        """The documented 402 body."""
+    @property
+    def room(self) -> int:
+        """What the cap has left: neither used nor held by requests in flight."""
+        return max(self.limit - self.used - self.reserved, 0)
+
+    def body(self, max_tokens_fit: int | None = None) -> dict[str, Any]:
+        """The documented 402 body, with a ``message`` that says what the caller can do
+        (``max_tokens_fit``: the largest max_tokens that fits now, see fitting_output)."""
         scope_word = {"project": "", "key": "per-key ", "user": "per-user ", "org": "org "}[
             self.scope
         ]
@@ -110,9 +116,12 @@ class Refusal:
             if self.used + self.reserved >= self.limit
             else "would be exceeded by this request"
         )
-        return {
+        reason = f"{scope_word}{_WINDOW_WORD[self.window]} {self.dimension} cap {verb}"
+        resets = resets_at(self.window_id)
+        body: dict[str, Any] = {
             "error": "budget_exhausted",
-            "reason": f"{scope_word}{_WINDOW_WORD[self.window]} {self.dimension} cap {verb}",
+            "reason": reason,
+            "message": self._message(reason, max_tokens_fit, resets),
             "scope": self.scope,
             "window": self.window,
             "dimension": self.dimension,
@@ -120,8 +129,51 @@ class Refusal:
             "used": self.used,
             "reserved": self.reserved,
             "requested": self.requested,
-            "resets_at": resets_at(self.window_id),
+            "resets_at": resets,
         }
+        if max_tokens_fit is not None:
+            body["max_tokens_fit"] = max_tokens_fit
+        return body
+
+    def _message(self, reason: str, max_tokens_fit: int | None, resets: str | None) -> str:
+        if self.dimension == "cost_usd":
+            left = f"${_usd(self.room)} of ${_usd(self.limit)} left"
+            need = f"this request may cost up to ${_usd(self.requested)}"
+        else:
+            left = f"{self.room} of {self.limit} {self.dimension.replace('_', ' ')} left"
+            need = f"this request may use {self.requested}"
+        text = f"{reason}: {left}, {need}"
+        if max_tokens_fit is not None:
+            text += f"; a request with max_tokens <= {max_tokens_fit} fits now"
+        if resets is not None:
+            text += f"; the {self.window} window resets at {resets}"
+        elif max_tokens_fit is None:
+            text += "; a lifetime cap does not reset: ask the operator to raise it"
+        return text
+
+
+def _usd(nano: int) -> str:
+    """Nano-USD as dollars, with as many decimals as it needs (at least two)."""
+    text = f"{nano / 1e9:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def fitting_output(refusal: Refusal, output_ceiling: int, output_price: int | None) -> int | None:
+    """The largest max_tokens with which the refused request fits now (None: none does).
+
+    Lowering max_tokens by one lowers the worst case by one token on the output and
+    total dimensions, and by the output price on cost; input caps are not helped by it.
+    ``output_price``: nano-USD per million output tokens."""
+    over = refusal.requested - refusal.room
+    if refusal.dimension in ("output_tokens", "total_tokens"):
+        cut = over
+    elif refusal.dimension == "cost_usd" and output_price:
+        cut = -(-over * 1_000_000 // output_price)
+    else:
+        return None
+    fits = output_ceiling - cut
+    return fits if fits >= 1 else None
 
 
 def resets_at(window_id: str) -> str | None:

@@ -225,6 +225,10 @@ class ResilienceConfig(_Strict):
 
 class GatewayFile(_Strict):
     listen: ListenConfig = ListenConfig()
+    # The wire profile of answers given before a project is known (a 401, an unknown
+    # project or path); each project's own wire_profile applies once the caller is
+    # authenticated for it.
+    wire_profile: Literal["karta", "openai"] = "karta"
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
     session_tokens: SessionTokenConfig = SessionTokenConfig()

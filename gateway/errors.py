@@ -33,7 +33,14 @@ log = logging.getLogger("gateway.errors")
 
 
 class GatewayError(Exception):
+    """An answer with a status and a body, rendered per wire profile (see ``render``).
+
+    ``body`` is the karta profile's documented shape; ``error_type`` and ``code`` name
+    the failure in OpenAI's error object (the ``openai`` profile)."""
+
     status = 500
+    error_type = "api_error"
+    code = "internal_error"
     # True for upstream failures before the first byte that another attempt may fix.
     retryable = False
     # True when the provider did the work although we lost its answer (bill it).
@@ -48,33 +55,95 @@ class GatewayError(Exception):
     def detail(cls, text: str, headers: dict[str, str] | None = None) -> Self:
         return cls({"detail": text}, headers)
 
-    def response(self) -> web.Response:
-        return json_error(self.status, self.body, self.headers)
+    @property
+    def message(self) -> str:
+        """What a person reads: the body's ``message``, else its ``detail``."""
+        text = self.body.get("message") or self.body.get("detail") or self.body.get("reason")
+        return str(text) if text else self.code.replace("_", " ")
+
+    def render(self, profile: str) -> dict[str, Any]:
+        """The body under a wire profile.
+
+        ``openai``: OpenAI's ``{"error": {"message", "type", "param", "code"}}``, with the
+        gateway's own fields (scope, window, limit, ...) inside the error object.
+        ``karta``: the documented body, plus a ``message`` beside a ``detail`` (the
+        official SDKs print the top-level ``message`` when there is no ``error`` object).
+        """
+        if profile == "openai":
+            extra = {
+                k: v
+                for k, v in self.body.items()
+                if k not in ("detail", "message", "error", "param", "type", "code")
+            }
+            code = self.body.get("error")
+            error = {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.body.get("param"),
+                "code": code if isinstance(code, str) else self.code,
+                **extra,
+            }
+            return {"error": error}
+        if "detail" in self.body and "message" not in self.body:
+            return {**self.body, "message": self.message}
+        return self.body
+
+    def response(self, profile: str = "karta") -> web.Response:
+        return json_error(self.status, self.render(profile), self.headers)
 
 
 class Unauthorized(GatewayError):
     status = 401
+    error_type = "authentication_error"
+    code = "unauthorized"
 
     def __init__(self, reason: str = "missing") -> None:
         # One body for every cause: callers learn nothing about which check failed.
-        super().__init__({"detail": "Unauthorized"}, {"WWW-Authenticate": "Bearer"})
+        super().__init__(
+            {
+                "detail": "Unauthorized",
+                "message": "Unauthorized: send an API key (kt_live_...) or a session token "
+                "as 'Authorization: Bearer <credential>'",
+            },
+            {"WWW-Authenticate": "Bearer"},
+        )
         self.reason = reason
 
 
 class Forbidden(GatewayError):
     status = 403
+    error_type = "permission_error"
+    code = "forbidden"
 
 
 class NotFound(GatewayError):
     status = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class Conflict(GatewayError):
     status = 409
+    error_type = "conflict_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class ValidationFailed(GatewayError):
     status = 422
+    error_type = "invalid_request_error"
+    code = "validation_failed"
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__({"error": "validation_failed", "message": message, "param": param})
@@ -82,6 +151,8 @@ class ValidationFailed(GatewayError):
 
 class ByokKeyRejected(GatewayError):
     status = 422
+    error_type = "invalid_request_error"
+    code = "byok_key_rejected"
 
     def __init__(self, provider: str) -> None:
         super().__init__(
@@ -95,31 +166,49 @@ class ByokKeyRejected(GatewayError):
 
 class BudgetExhausted(GatewayError):
     status = 402
+    error_type = "budget_error"
+    code = "budget_exhausted"
 
 
 class RateLimited(GatewayError):
     status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class UpstreamRateLimited(RateLimited):
     """The provider answered 429: retried (honouring Retry-After), then relayed."""
 
+    code = "upstream_rate_limited"
     retryable = True
     upstream_retry_after: str | None = None  # as the provider sent it (None: absent)
 
 
 class UpstreamFailed(GatewayError):
     status = 502
+    error_type = "upstream_error"
+    code = "upstream_failed"
     retryable = True
 
 
 class UpstreamTimeout(GatewayError):
     status = 504
+    error_type = "upstream_error"
+    code = "upstream_timeout"
     retryable = True
 
 
 class ServiceUnavailable(GatewayError):
     status = 503
+    error_type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class InternalError(GatewayError):
+    """An unexpected exception: nothing of it (type, message, traceback) is shown."""
+
+    def __init__(self) -> None:
+        super().__init__({"detail": "internal error"})
 
 
 def json_error(
@@ -133,7 +222,77 @@ def json_error(
     )
 
 
-_HTTP_DETAILS = {404: "Not Found", 405: "Method Not Allowed"}
+# Every endpoint this gateway serves ("METHOD /path"), named by a 404 for a path it
+# does not serve. Set by create_app from its router (see endpoint_list).
+ENDPOINTS: web.AppKey[tuple[str, ...]] = web.AppKey("endpoints", tuple)
+# The body size limit, named by a 413 (set by create_app).
+MAX_BODY_BYTES: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+
+
+def endpoint_list(app: web.Application) -> tuple[str, ...]:
+    """ "METHOD /path" for each API route (under ``/v1/``) of ``app`` and its
+    sub-applications (whose routes' paths include their prefix once registered)."""
+    out: list[str] = []
+
+    def walk(router: web.UrlDispatcher) -> None:
+        for resource in router.resources():
+            if isinstance(resource, web.PrefixedSubAppResource):
+                walk(resource._app.router)
+                continue
+            for route in resource:
+                path = resource.canonical
+                if route.method not in ("HEAD", "OPTIONS", "*") and path.startswith("/v1/"):
+                    out.append(f"{route.method} {path}")
+
+    walk(app.router)
+    return tuple(out)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
+    """aiohttp's own refusals (routing, body size) as the gateway's errors. None of the
+    request's bytes (its path, its headers) goes into the message."""
+    if exc.status == 404:
+        served = request.app.get(ENDPOINTS, ())
+        return NotFound(
+            {
+                "detail": "Not Found",
+                "message": "this gateway has no such endpoint; it serves: " + ", ".join(served),
+            }
+        )
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return MethodNotAllowed(
+            {
+                "detail": "Method Not Allowed",
+                "message": f"method not allowed here; allowed: {allow}",
+            },
+            {"Allow": allow} if allow else None,
+        )
+    if exc.status == 413:
+        limit = request.app.get(MAX_BODY_BYTES)
+        message = "request body too large" + (
+            f": over {limit} bytes (limits.max_body_bytes)" if limit else ""
+        )
+        return PayloadTooLarge({"detail": message})
+    error = GatewayError({"detail": exc.reason})
+    error.status = exc.status
+    error.error_type = "invalid_request_error"
+    error.code = exc.reason.lower().replace(" ", "_")
+    return error
+
+
+def _profile(request: web.Request) -> str:
+    """The wire profile of this request's errors: its project's once the caller is
+    authenticated for it (set by auth), else the gateway's ``wire_profile``; never the
+    project named in a path the caller has not proved access to (that would tell an
+    unauthenticated caller which projects exist)."""
+    from gateway.context import PROJECT, REQUEST_STATE  # here: context imports this module
+
+    project = request.get(PROJECT)
+    if project is not None:
+        return str(project.file.wire_profile)
+    state = request.get(REQUEST_STATE)
+    return str(state.config.gateway.wire_profile) if state is not None else "karta"
 
 
 @web.middleware
@@ -142,13 +301,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return exc.response()
+        return exc.response(_profile(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        detail = _HTTP_DETAILS.get(exc.status, exc.reason)
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return json_error(exc.status, {"detail": detail}, headers)
+        return _from_http_exception(request, exc).response(_profile(request))
     except Exception as exc:
         from gateway.context import REQUEST_ID  # here: the context module imports this one
 
@@ -156,4 +313,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "unhandled error",
             extra={"request_id": request.get(REQUEST_ID), "error_type": type(exc).__name__},
         )
-        return json_error(500, {"detail": "internal error"})
+        return InternalError().response(_profile(request))

@@ -298,6 +298,9 @@ async def _stream(
                     call.upstream_seconds += time.perf_counter() - waited
                 await relay.write(response, batch)
             await relay.send(response, relay.trailer())
+            # The client has the whole stream: a disconnect from here on (while the
+            # hold settles) is no 499.
+            call.stream_outcome = "completed"
         except UpstreamStreamError as exc:
             outcome = "upstream_error"
             metrics.upstream_errors.labels(name, exc.code).inc()

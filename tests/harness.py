@@ -29,6 +29,13 @@ from gateway.credentials import generate_key, mint_session_token
 SESSION_SECRET = "test-session-secret-" + "x" * 24
 PROVIDER_KEY = "sk-test-provider-key-DO-NOT-LEAK-0123456789"
 BYOK_KEY = "sk-test-byok-key-DO-NOT-LEAK-9876543210"
+# The one 401 body (karta profile), whatever check failed: the documented detail and a
+# message an SDK's exception text carries.
+UNAUTHORIZED = {
+    "detail": "Unauthorized",
+    "message": "Unauthorized: send an API key (kt_live_...) or a session token "
+    "as 'Authorization: Bearer <credential>'",
+}
 
 
 def free_port() -> int:

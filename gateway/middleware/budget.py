@@ -29,8 +29,10 @@ from gateway.budget import (
     Counter,
     RateLimit,
     RateLimitExceeded,
+    Refusal,
     Reservation,
     StoreUnavailable,
+    fitting_output,
     org_counters,
     project_counters,
     project_rate_limits,
@@ -75,6 +77,12 @@ async def retry_until_done(window_s: float, attempt: Callable[[], Awaitable[bool
 
 def amounts_for(usage: Usage, call: CallContext) -> Amounts:
     return Amounts(usage.input_tokens, usage.output_tokens, cost_nano(usage, call.price))
+
+
+def _fit(refusal: Refusal, call: CallContext) -> int | None:
+    """The max_tokens that would let this refused request fit now, for the 402."""
+    price = call.price.output if call.price is not None else None
+    return fitting_output(refusal, call.output_ceiling, price)
 
 
 def worst_amounts(call: CallContext) -> Amounts:
@@ -122,7 +130,9 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = 499
+        # A stream the client read to the end and then closed was answered (observe
+        # records the same status).
+        status = 200 if call.stream_outcome == "completed" else 499
         raise
     finally:
         outcome = _Outcome(request[REQUEST_ID], principal, status)
@@ -157,7 +167,7 @@ async def _reserve(state: GatewayState, call: CallContext, principal: Principal)
         await _undo_org_step(state, call)
         r = exc.refusal
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
-        raise BudgetExhausted(r.body()) from None
+        raise BudgetExhausted(r.body(_fit(r, call))) from None
     except RateLimitExceeded as exc:
         await _undo_org_step(state, call)
         limit = exc.limit
@@ -243,7 +253,7 @@ async def _rebudget(
             exc.refusal, reserved=max(exc.refusal.reserved - held, 0), requested=held + extra
         )
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
-        raise BudgetExhausted(r.body()) from None
+        raise BudgetExhausted(r.body(_fit(r, call))) from None
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
         _release_later(state, exc.maybe_held, "")

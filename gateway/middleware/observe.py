@@ -43,7 +43,11 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = 499  # client closed the connection before the answer finished
+        # 499: the client closed the connection before the answer finished. A stream
+        # it read to the end and then closed (SDKs do, at once) was answered: 200.
+        call = request.get(CALL)
+        completed = call is not None and call.stream_outcome == "completed"
+        status = 200 if completed else 499
         raise
     finally:
         metrics.in_flight.dec()

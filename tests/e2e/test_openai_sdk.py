@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.fakeupstream import FakeUpstream, Reply, fixture, openai_stream
+from tests.harness import UNAUTHORIZED
 
 PROFILES = [("alpha", "text_completion"), ("beta", "chat.completion")]
 PROJECT_IDS = ["karta", "openai"]
@@ -357,7 +358,7 @@ async def test_bad_credential_is_401(
     with pytest.raises(openai.AuthenticationError) as info:
         await sdk(client, bad).chat.completions.create(model="default", messages=MESSAGES)
     assert info.value.status_code == 401
-    assert info.value.response.json() == {"detail": "Unauthorized"}
+    assert info.value.response.json() == UNAUTHORIZED
     assert upstream.requests == []
 
 

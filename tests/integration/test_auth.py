@@ -28,6 +28,7 @@ from tests.harness import (
     BYOK_KEY,
     PROVIDER_KEY,
     SESSION_SECRET,
+    UNAUTHORIZED,
     Credentials,
     bearer,
     chat_body,
@@ -101,7 +102,7 @@ async def assert_unauthorized(resp: Any, creds: Credentials) -> None:
     text = await resp.text()
     assert resp.status == 401, text
     assert resp.content_type == "application/json"
-    assert await resp.json() == {"detail": "Unauthorized"}
+    assert await resp.json() == UNAUTHORIZED
     assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert_clean(text, creds)
 
@@ -192,7 +193,7 @@ async def test_read_only_key_cannot_mint_session_tokens(gateway) -> None:
         "/v1/projects/alpha/session-tokens", json={"sub": "u"}, headers=bearer(creds.read_key)
     )
     assert resp.status == 403, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
 
 
 async def test_session_token_cannot_mint_session_tokens(gateway) -> None:
@@ -203,7 +204,7 @@ async def test_session_token_cannot_mint_session_tokens(gateway) -> None:
         headers=bearer(creds.session("alpha")),
     )
     assert resp.status == 403, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
 
 
 # --------------------------------------------------------------------------- rejected (401)
@@ -310,7 +311,7 @@ async def test_session_token_for_another_project_is_403_and_counted(gateway, ups
     )
     assert resp.status == 403, await resp.text()
     body = await resp.json()
-    assert set(body) == {"detail"}
+    assert set(body) == {"detail", "message"}
     assert (await auth_failures(client)).get("wrong_project") == 1
     assert upstream.requests == []
 
@@ -320,7 +321,7 @@ async def test_read_scoped_session_token_is_403_and_counted(gateway, upstream) -
     token = creds.session("alpha", scope="read")
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     assert resp.status == 403, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
     assert (await auth_failures(client)).get("insufficient_scope") == 1
     assert upstream.requests == []
 
@@ -329,7 +330,7 @@ async def test_read_only_key_is_403_and_counted(gateway, upstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.read_key))
     assert resp.status == 403, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
     assert (await auth_failures(client)).get("insufficient_scope") == 1
     assert upstream.requests == []
 
@@ -340,7 +341,7 @@ async def test_session_token_for_another_orgs_project_is_404(gateway, upstream) 
     token = creds.session("gamma")
     resp = await client.post(chat_url("gamma"), json=chat_body(), headers=bearer(token))
     assert resp.status == 404, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
     assert upstream.requests == []
 
 
@@ -349,7 +350,7 @@ async def test_globex_session_token_on_acme_project_is_404(gateway, upstream) ->
     token = creds.session("gamma", org_id="globex")
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     assert resp.status == 404, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
     assert upstream.requests == []
 
 
@@ -357,7 +358,7 @@ async def test_acme_key_on_globex_project_is_404(gateway, upstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("gamma"), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 404, await resp.text()
-    assert set(await resp.json()) == {"detail"}
+    assert set(await resp.json()) == {"detail", "message"}
     assert upstream.requests == []
 
 

@@ -251,6 +251,11 @@ async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None
         "reserved": 0,
         "requested": 133,
         "resets_at": body["resets_at"],
+        # 126 left of 133 asked: 7 fewer output tokens fit.
+        "max_tokens_fit": CEILING - 7,
+        "message": "per-user daily total_tokens cap would be exceeded by this request: 126"
+        " of 140 total tokens left, this request may use 133; a request with max_tokens"
+        f" <= {CEILING - 7} fits now; the day window resets at {body['resets_at']}",
     }
     tomorrow = datetime.strptime(day[1:], "%Y%m%d") + timedelta(days=1)
     assert body["resets_at"] == tomorrow.strftime("%Y-%m-%dT00:00:00Z")

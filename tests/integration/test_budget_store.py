@@ -264,7 +264,13 @@ async def test_refusal_details_and_body(
         "reserved": 100,
         "requested": 60,
         "resets_at": "2027-01-01T00:00:00Z",
+        "message": "daily output_tokens cap would be exceeded by this request: 50 of 150"
+        " output tokens left, this request may use 60; the day window resets at"
+        " 2027-01-01T00:00:00Z",
     }
+    # With the request's output ceiling known, it says which max_tokens fits.
+    assert refusal.body(max_tokens_fit=50)["max_tokens_fit"] == 50
+    assert "a request with max_tokens <= 50 fits now" in refusal.body(50)["message"]
     # Fill the day exactly (50 more fit: <= is allowed), then it is "reached".
     await store.reserve(project.id, "r3", counters, amounts(0, 50), now_ms=now + 2)
     with pytest.raises(BudgetExceeded) as info:

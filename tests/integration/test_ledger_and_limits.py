@@ -371,7 +371,7 @@ async def test_ledger_disabled_with_zero_max_events(make_gateway, redis) -> None
 
 def _rate_limited_body(status: int, headers: Any, body: Any) -> str:
     assert status == 429
-    assert set(body) == {"detail"}, body
+    assert set(body) == {"detail", "message"}, body
     retry_after = int(headers["Retry-After"])
     assert 1 <= retry_after <= 60
     return str(body["detail"])
@@ -504,10 +504,11 @@ async def test_a_request_over_the_tokens_per_minute_limit_by_itself_gets_no_retr
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 429
     assert "Retry-After" not in resp.headers
-    assert await resp.json() == {
-        "detail": f"this request's worst case ({WORST} tokens) exceeds the tokens per minute"
+    detail = (
+        f"this request's worst case ({WORST} tokens) exceeds the tokens per minute"
         " limit (100) by itself: lower max_tokens or shorten the input"
-    }
+    )
+    assert await resp.json() == {"detail": detail, "message": detail}
     assert upstream.requests == []
     assert await redis.exists(tag(prefix) + "rl:tpm") == 0
     resp = await client.post(URL, json=chat_body(max_tokens=50), headers=bearer(creds.key))

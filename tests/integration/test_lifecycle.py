@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_stream
-from tests.harness import PROVIDER_KEY, Credentials, bearer, chat_body, write_config
+from tests.harness import PROVIDER_KEY, UNAUTHORIZED, Credentials, bearer, chat_body, write_config
 from tests.process import (
     GatewayProcess,
     add_api_key,
@@ -309,7 +309,7 @@ async def test_sighup_reload_applies_rejects_and_spares_streams(
     sent = len(upstream.requests)
     resp = await http.post(alpha, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 401, await resp.text()
-    assert await resp.json() == {"detail": "Unauthorized"}
+    assert await resp.json() == UNAUTHORIZED
     assert len(upstream.requests) == sent  # refused before anything went upstream
 
     # (b) an invalid config (unknown key) is rejected; the old one keeps serving. The
@@ -370,7 +370,7 @@ async def test_admin_reload_endpoint(
 
     resp = await http.post(url)
     assert resp.status == 401, await resp.text()
-    assert await resp.json() == {"detail": "Unauthorized"}
+    assert await resp.json() == UNAUTHORIZED
     assert resp.headers.get("WWW-Authenticate") == "Bearer"
     resp = await http.post(url, headers=bearer(generate_key().secret))
     assert resp.status == 401, await resp.text()
@@ -379,7 +379,7 @@ async def test_admin_reload_endpoint(
         resp = await http.post(url, headers=bearer(credential))
         assert resp.status == 403, await resp.text()
         body = await resp.json()
-        assert set(body) == {"detail"}, body
+        assert set(body) == {"detail", "message"}, body
     resp = await http.post(delta, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 404, "nothing was reloaded by the refused calls"
 

@@ -22,6 +22,7 @@ from tests.harness import (
     BYOK_KEY,
     PROVIDER_KEY,
     STORE_TIMEOUT_FAST,
+    UNAUTHORIZED,
     Credentials,
     bearer,
     chat_body,
@@ -63,7 +64,7 @@ async def error_json(resp: Any, status: int, creds: Credentials) -> dict[str, An
 
 
 def assert_detail_only(body: dict[str, Any]) -> None:
-    assert set(body) == {"detail"}, body
+    assert set(body) == {"detail", "message"}, body
     assert isinstance(body["detail"], str)
     assert body["detail"]
 
@@ -103,7 +104,7 @@ async def test_401_unauthorized(gateway, upstream, case: str) -> None:
     headers = UNAUTHORIZED_HEADERS[case](creds)
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=headers)
     body = await error_json(resp, 401, creds)
-    assert body == {"detail": "Unauthorized"}
+    assert body == UNAUTHORIZED
     assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert upstream.requests == []
 
@@ -116,7 +117,7 @@ async def test_401_not_404_for_unknown_project_when_unauthenticated(
     headers = UNAUTHORIZED_HEADERS[case](creds)
     resp = await client.post(chat_url("no-such-project"), json=chat_body(), headers=headers)
     body = await error_json(resp, 401, creds)
-    assert body == {"detail": "Unauthorized"}
+    assert body == UNAUTHORIZED
     assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert upstream.requests == []
 
