@@ -93,7 +93,8 @@ def assert_reads(exc: openai.APIStatusError, status: int, reason: str, profile: 
         assert set(body) == {"error"}, body
         error = body["error"]
         assert {"message", "type", "param", "code"} <= set(error), error
-        assert isinstance(error["type"], str) and isinstance(error["code"], str)
+        assert isinstance(error["type"], str)
+        assert isinstance(error["code"], str)
         assert exc.code == error["code"]
         assert reason in error["message"], body
         assert str(exc) == f"Error code: {status} - {error['message']}"
