@@ -362,7 +362,9 @@ async def test_the_reserved_gauge_excludes_expired_holds(make_gateway: Any, redi
 
 CHAT = "/v1/projects/alpha/chat/completions"
 IN_FLIGHT = 50
-TTL = 10  # the shortest the provider timeouts below allow: 4 + 1 + 5 s
+# The shortest the provider timeouts below allow (8 + 1 + 5 s): a stream lives up to 8 s,
+# time enough to start 50 on a loaded machine before the kill.
+TTL = 14
 
 
 @pytest.fixture
@@ -413,7 +415,7 @@ async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_ca
                     "kind": "openai",
                     "base_url": upstream.base_url,
                     "api_key_env": "TEST_PROVIDER_KEY",
-                    "timeouts": {"connect": 2, "first_byte": 2, "idle": 1, "total": 4},
+                    "timeouts": {"connect": 2, "first_byte": 2, "idle": 1, "total": 8},
                 }
             },
         },
@@ -453,7 +455,7 @@ async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_ca
                 pass  # cut by the kill
 
         streams = [asyncio.create_task(stream()) for _ in range(IN_FLIGHT)]
-        await asyncio.wait_for(started.wait(), timeout=20)
+        await asyncio.wait_for(started.wait(), timeout=8)
         assert (await counter(redis, month_key))["r2"] == IN_FLIGHT * W
         t_held = time.monotonic()
         victim.kill()
