@@ -2,9 +2,10 @@
 
 One Lua script reserves on every applicable counter (project, API key, end user;
 day, month, lifetime windows) atomically on Redis time, all or nothing; a second
-replaces the reservation with the usage the provider reported. Both purge
-expired reservations first, so a crashed gateway's holds release themselves.
-All keys of a project share the hash tag ``{prj:<id>}``: one slot per script.
+replaces the reservation with the usage the provider reported. Both first charge
+expired reservations (a crashed gateway's) at their worst case, with a ledger event
+each, a bounded batch per call; a third (``drain``) charges all of them before usage
+is read. All keys of a project share the hash tag ``{prj:<id>}``: one slot per script.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _script(name: str) -> str:
 RESERVE_LUA = _script("reserve.lua")
 SETTLE_LUA = _script("settle.lua")
 EXTEND_LUA = _script("extend.lua")
+DRAIN_LUA = _script("drain.lua")
 # How much longer than a hold a settled marker lives (see BudgetStore.settle).
 SETTLED_MARKER_MARGIN_S = 300
 
@@ -324,6 +326,7 @@ class BudgetStore:
         self._reserve = redis.register_script(RESERVE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         self._extend = redis.register_script(EXTEND_LUA)
+        self._drain = redis.register_script(DRAIN_LUA)
         # Callers give up after timeout_s; a batch nobody answers frees its connection
         # a little later (a slow reply past a caller's deadline is still read and dropped).
         self._pipeline = (
@@ -362,6 +365,7 @@ class BudgetStore:
                 await self.redis.script_load(RESERVE_LUA)
                 await self.redis.script_load(SETTLE_LUA)
                 await self.redis.script_load(EXTEND_LUA)
+                await self.redis.script_load(DRAIN_LUA)
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("budget store not ready at start", extra={"error_type": type(exc).__name__})
 
@@ -402,10 +406,16 @@ class BudgetStore:
         *,
         rate_limits: Sequence[RateLimit] = (),
         kind: str = "prj",
+        event: dict[str, Any] | None = None,
+        ledger_max_events: int = 0,
     ) -> Reservation:
         """Hold ``amounts`` on every counter and rate limit, or hold nothing and raise
         BudgetExceeded (402) or RateLimitExceeded (429). ``kind`` "org" reserves on an
-        org's counters (its own hash tag)."""
+        org's counters (its own hash tag).
+
+        ``event``: what the ledger event says if this hold expires unsettled (request id,
+        project...); it and every expired hold this call charges go to the tag's ledger
+        (bounded by ``ledger_max_events``, 0: none)."""
         for limit in rate_limits:
             # Over the limit by itself: refused for good, without asking Redis.
             if limit.units(amounts) > limit.per_minute:
@@ -419,16 +429,23 @@ class BudgetStore:
             amounts.encode(),
             ";".join(f"{c.suffix} {c.window} {c.caps}" for c in counters),
             ";".join(f"{r.suffix} {r.us_per_unit} {r.units(amounts)}" for r in rate_limits),
+            self._expiry_arg(ledger_max_events, event),
         ]
-        script_keys = [tag + "rsv", tag + "rsvexp", f"{tag}done:{reservation_id}"]
+        script_keys = [tag + "rsv", tag + "rsvexp", f"{tag}done:{reservation_id}", tag + "ledger"]
         try:
             result = await self._call(self._reserve, script_keys, args)
+            if int(result[0]) == 0 and int(result[7]) > 0:
+                # Refused while expired holds beyond the script's batch were left: the
+                # decision stands (charged or not, they weigh the same), but the body's
+                # used/reserved split would count them as reserved. Charge them all, ask again.
+                await self.drain(tag, ledger_max_events, now_ms)
+                result = await self._call(self._reserve, script_keys, args)
         except StoreUnavailable as exc:
             exc.maybe_held = Reservation(reservation_id, tag, (), amounts, tuple(rate_limits))
             raise
         status = int(result[0])
         if status == 1:
-            keys = tuple(k.decode() if isinstance(k, bytes) else k for k in result[1:])
+            keys = tuple(k.decode() if isinstance(k, bytes) else k for k in result[2:])
             return Reservation(reservation_id, tag, keys, amounts, tuple(rate_limits))
         if status == 2:
             limit = rate_limits[int(result[1]) - 1]
@@ -461,9 +478,11 @@ class BudgetStore:
         ledger_max_events: int = 0,
         refund_rate_limits: bool = True,
     ) -> bool:
-        """Replace the hold with ``actual``; False if the hold had already expired.
+        """Replace the hold with ``actual``; False if it was no longer held (it expired and
+        was charged at its worst case: ``actual`` replaces that charge; or it was never made).
 
         Exactly once per reservation: a retry after an unanswered call changes nothing.
+        ``ledger_max_events`` also bounds the events of the expired holds this call charges.
         """
         tag = reservation.project_tag
         keys = [
@@ -471,6 +490,7 @@ class BudgetStore:
             tag + "rsvexp",
             f"{tag}done:{reservation.id}",
             tag + "ledger",
+            f"{tag}xh:{reservation.id}",
             *reservation.counter_keys,
         ]
         # Token rate limits were charged the worst case: give back the difference (the
@@ -491,14 +511,47 @@ class BudgetStore:
             # The settled marker (one small key per request) lives past every retry of
             # this settle, which stop once the hold would have expired, and no longer:
             # at a day, a busy gateway kept millions of them in Redis.
-            str(self.reservation_ttl_s + SETTLED_MARKER_MARGIN_S),
+            str(self._marker_lifetime_s),
+            str(ledger_max_events),
         ]
         return int(await self._call(self._settle, keys, args)) == 1
 
-    async def release(self, reservation: Reservation, refund_rate_limits: bool = False) -> None:
+    async def release(
+        self,
+        reservation: Reservation,
+        refund_rate_limits: bool = False,
+        *,
+        ledger_max_events: int = 0,
+    ) -> None:
         """Undo a reservation that will not be used (a later step was refused, or the
         request moved to another reservation, which keeps the rate-limit charge)."""
-        await self.settle(reservation, Amounts(0, 0, 0), refund_rate_limits=refund_rate_limits)
+        await self.settle(
+            reservation,
+            Amounts(0, 0, 0),
+            refund_rate_limits=refund_rate_limits,
+            ledger_max_events=ledger_max_events,
+        )
+
+    async def drain(self, tag: str, ledger_max_events: int, now_ms: int | None = None) -> None:
+        """Charge every expired hold under ``tag`` (a project's or an org's key prefix) at
+        its worst case, a bounded batch per script call, until none is left: after this,
+        what the counters hold as reserved is live holds only."""
+        keys = [tag + "rsv", tag + "rsvexp", tag + "ledger"]
+        args = ["" if now_ms is None else str(now_ms), self._expiry_arg(ledger_max_events)]
+        while int(await self._call(self._drain, keys, args)) > 0:
+            pass
+
+    @property
+    def _marker_lifetime_s(self) -> int:
+        """How long a settled marker (and an expired hold's tombstone) lives: past every
+        retry of a settle, which stop once the hold would have expired."""
+        return self.reservation_ttl_s + SETTLED_MARKER_MARGIN_S
+
+    def _expiry_arg(self, ledger_max_events: int, event: dict[str, Any] | None = None) -> str:
+        """The scripts' "<max events> <tombstone lifetime> <event>" argument."""
+        head = f"{ledger_max_events} {self._marker_lifetime_s}"
+        # orjson escapes newlines inside strings: the record's "\n" separator stays unique.
+        return f"{head} {orjson.dumps(event).decode()}" if event else head
 
     async def extend(self, reservation: Reservation, now_ms: int | None = None) -> bool:
         """Hold ``reservation`` for another full ttl from now (before a retry or a

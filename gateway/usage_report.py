@@ -1,8 +1,10 @@
 """Reading usage: per window and dimension, used, reserved in flight, cap, reset time.
 
 Served at ``GET /v1/projects/{ref}/usage`` (a credential with ``read`` scope) and by
-``gateway usage --project SLUG``. One Redis round trip for the clock, one pipeline
-for the counters.
+``gateway usage --project SLUG``. First every expired hold of the tags read is charged
+(``BudgetStore.drain``: usually one script call each, more only after a crash left more
+than a batch), so "reserved" is live holds only; then one Redis round trip for the
+clock, one pipeline for the counters.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ async def usage_report(
             if caps:
                 rows.append(("org", project.org, otag, f"o:{window}", caps))
     try:
+        await _drain(store, {row[2] for row in rows}, config.gateway.ledger.max_events)
         async with asyncio.timeout(store.timeout_s * 3):
             seconds, _micros = await store.redis.time()
             ids = window_ids(float(seconds))
@@ -101,6 +104,12 @@ async def usage_report(
     }
 
 
+async def _drain(store: BudgetStore, tags: set[str], ledger_max_events: int) -> None:
+    """Charge the expired holds of every tag (concurrently: one round trip when none is
+    left over), so the counters hold live reservations only."""
+    await asyncio.gather(*(store.drain(tag, ledger_max_events) for tag in sorted(tags)))
+
+
 async def get_usage(request: web.Request) -> web.Response:
     state = request[REQUEST_STATE]
     principal = request[PRINCIPAL]
@@ -120,6 +129,8 @@ async def refresh_budget_gauges(state: GatewayState) -> None:
     store, metrics = state.store, state.metrics
     projects = list(state.config.projects.values())
     try:
+        tags = {store.tag(project.id) for project in projects}
+        await _drain(store, tags, state.config.gateway.ledger.max_events)
         async with asyncio.timeout(store.timeout_s * 3):
             seconds, _micros = await store.redis.time()
             ids = window_ids(float(seconds))
@@ -128,7 +139,7 @@ async def refresh_budget_gauges(state: GatewayState) -> None:
                 for window in WINDOWS:
                     pipe.hgetall(f"{store.tag(project.id)}p:{ids[window]}")
             results = iter(await pipe.execute())
-    except (TimeoutError, RedisError, OSError):
+    except (TimeoutError, RedisError, OSError, StoreUnavailable):
         metrics.store_errors.labels("metrics").inc()
         return
     token_dims = (

@@ -3,6 +3,7 @@
 -- KEYS[1]  reservation records (hash)      KEYS[2]  reservation expiries (zset)
 -- KEYS[3]  settled marker of this reservation: if it exists, the gateway already gave
 --          this reservation up (its reserve call timed out), so it must not be held now
+-- KEYS[4]  usage ledger (stream): where expired holds charged here are recorded
 -- ARGV[1]  counter key prefix, hash tag included, e.g. "gw:{prj:p1}:"
 -- ARGV[2]  reservation id
 -- ARGV[3]  reservation ttl in ms
@@ -15,9 +16,14 @@
 --          key suffix, microseconds per unit (60e6 / limit per minute, with its fraction:
 --          whole microseconds distorted large limits), units this request costs (never
 --          more than the limit: the caller refuses those for good); "" for none
+-- ARGV[8]  "<max ledger events> <tombstone lifetime s> <event>": the bound of the ledger
+--          (0: no events), how long a charged expired hold's tombstone lives, and the
+--          JSON object this hold's expired-hold event starts from (request id, project...)
 -- (Few arguments on purpose: packing each one costs the client more than parsing here.)
--- Returns  {1, key1, ..., keyN}                                   admitted
---          {0, counter index, dim, limit, used, reserved, window id}  refused (402)
+-- Returns  {1, expired left, key1, ..., keyN}                     admitted
+--          {0, counter index, dim, limit, used, reserved, window id, expired left}  refused
+--          (402; "expired left": expired holds beyond this call's batch, still counted
+--          as reserved in used/reserved: drain them and ask again for an exact body)
 --          {2, rate limit index, retry after ms}                   rate limited (429)
 --          {3}                                                     given up already
 -- Nothing is written unless every rate limit and every cap has room.
@@ -25,7 +31,9 @@
 if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 
 local now = now_ms(ARGV[4])
-purge_expired(KEYS[1], KEYS[2], now)
+local max_events, lifetime, event = expiry_arg(ARGV[8])
+-- Charged (u) or not yet (r), an expired hold weighs the same in every cap check below.
+local expired_left = purge_expired(KEYS[1], KEYS[2], KEYS[4], now, max_events, lifetime)
 
 -- Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 local function civil(days)
@@ -108,7 +116,7 @@ for c = 1, n do
       local reserved = tonumber(state[dim + 5] or '0')
       if used + reserved + amount_n[dim + 1] > limit then
         return {0, c, dim, string.format('%d', limit), string.format('%d', used),
-                string.format('%d', reserved), window_ids[window]}
+                string.format('%d', reserved), window_ids[window], expired_left}
       end
     end
   end
@@ -127,9 +135,9 @@ for _, t in ipairs(new_tats) do
   redis.call('SET', t[1], string.format('%.0f', t[2]), 'PX', math.ceil((t[2] - now_us) / 1000) + 1000)
 end
 
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|'))
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|') .. '\n' .. event)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 
-local out = {1}
-for c = 1, n do out[c + 1] = keys[c] end
+local out = {1, expired_left}
+for c = 1, n do out[c + 2] = keys[c] end
 return out

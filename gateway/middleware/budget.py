@@ -98,9 +98,10 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     state = request[REQUEST_STATE]
     principal = request[PRINCIPAL]
+    request_id = request[REQUEST_ID]
 
     async def rebudget(route: Route) -> None:
-        await _rebudget(state, call, principal, route)
+        await _rebudget(state, call, principal, route, request_id)
 
     async def renew() -> bool:
         return await _renew(state, call)
@@ -108,7 +109,7 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
     call.rebudget = rebudget
     call.renew = renew
     try:
-        await _reserve(state, call, principal)
+        await _reserve(state, call, principal, request_id)
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
         _release_later(state, exc.maybe_held, request[REQUEST_ID])
@@ -144,19 +145,45 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         await asyncio.shield(settle)
 
 
-async def _reserve(state: GatewayState, call: CallContext, principal: Principal) -> None:
+def _hold_event(
+    call: CallContext, principal: Principal, request_id: str, hold: str
+) -> dict[str, Any]:
+    """What the ledger says of a hold if it expires unsettled (its gateway died): the
+    script adds the amounts it charges, the expiry and the reason."""
+    return {
+        "request_id": request_id,
+        "org": call.project.org,
+        "project": call.project.slug,
+        "project_id": call.project.id,
+        "key_id": principal.key_id,
+        "user": principal.user,
+        "model": call.alias,
+        "provider": call.route.provider,
+        "upstream_model": call.route.model,
+        "stream": call.chat.stream,
+        "hold": hold,  # "project" | "org" | "fallback" (a fallback's extra cost)
+    }
+
+
+async def _reserve(
+    state: GatewayState, call: CallContext, principal: Principal, request_id: str
+) -> None:
     project = call.project
     worst = worst_amounts(call)
     org = call.config.gateway.orgs.get(project.org)
     counters = org_counters(org_caps(org)) if org is not None else []
     try:
         if counters:
-            call.org_reservation = await _hold(state, project.org, counters, worst, kind="org")
+            event = _hold_event(call, principal, request_id, "org")
+            call.org_reservation = await _hold(
+                state, project.org, counters, worst, event, kind="org"
+            )
         call.reservation = await _hold(
             state,
             project.id,
             project_counters(project, principal.key_id, principal.user),
             worst,
+            _hold_event(call, principal, request_id, "project"),
             rate_limits=project_rate_limits(project, principal.key_id),
         )
     except asyncio.CancelledError:
@@ -196,6 +223,7 @@ async def _hold(
     owner: str,
     counters: list[Counter],
     amounts: Amounts,
+    event: dict[str, Any],
     *,
     kind: str = "prj",
     rate_limits: Sequence[RateLimit] = (),
@@ -208,7 +236,14 @@ async def _hold(
     reservation_id = new_id()
     try:
         return await state.store.reserve(
-            owner, reservation_id, counters, amounts, kind=kind, rate_limits=rate_limits
+            owner,
+            reservation_id,
+            counters,
+            amounts,
+            kind=kind,
+            rate_limits=rate_limits,
+            event=event,
+            ledger_max_events=state.config.gateway.ledger.max_events,
         )
     except asyncio.CancelledError:
         tag = state.store.tag(owner, kind)
@@ -217,7 +252,7 @@ async def _hold(
 
 
 async def _rebudget(
-    state: GatewayState, call: CallContext, principal: Principal, route: Route
+    state: GatewayState, call: CallContext, principal: Principal, route: Route, request_id: str
 ) -> None:
     """Before a fallback to another model: if its worst case costs more than what is
     held, hold the difference too, on the project's and the org's counters (402 if a
@@ -244,9 +279,11 @@ async def _rebudget(
     org = call.config.gateway.orgs.get(project.org)
     if call.org_reservation is not None and org is not None:
         steps.insert(0, ("org", project.org, org_counters(org_caps(org))))
+    event = _hold_event(call, principal, request_id, "fallback")
+    event.update(provider=route.provider, upstream_model=route.model)  # the fallback's
     try:
         for kind, owner, counters in steps:
-            call.extra_holds.append(await _hold(state, owner, counters, delta, kind=kind))
+            call.extra_holds.append(await _hold(state, owner, counters, delta, event, kind=kind))
     except BudgetExceeded as exc:
         # Report it as the new model's whole worst case against what others hold.
         r = dataclasses.replace(
@@ -285,7 +322,11 @@ def _release_later(state: GatewayState, reservation: Reservation | None, request
 
     async def attempt() -> bool:
         try:
-            await state.store.release(reservation, refund_rate_limits=True)
+            await state.store.release(
+                reservation,
+                refund_rate_limits=True,
+                ledger_max_events=state.config.gateway.ledger.max_events,
+            )
         except StoreUnavailable:
             return False
         return True
@@ -307,7 +348,9 @@ async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
     if call.org_reservation is None:
         return
     try:
-        await state.store.release(call.org_reservation)
+        await state.store.release(
+            call.org_reservation, ledger_max_events=state.config.gateway.ledger.max_events
+        )
     except StoreUnavailable:
         state.metrics.store_errors.labels("release").inc()  # expires by itself
     except asyncio.CancelledError:  # the client left: release it in the background

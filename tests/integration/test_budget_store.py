@@ -404,7 +404,7 @@ async def test_settle_after_midnight_charges_the_reservation_windows(
 # ----------------------------------------------------------------------------- expiry
 
 
-async def test_expired_reservation_is_released_by_the_next_reserve(
+async def test_expired_reservation_is_charged_by_the_next_reserve(
     make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
 ) -> None:
     store = make_store(ttl_s=1)
@@ -423,19 +423,24 @@ async def test_expired_reservation_is_released_by_the_next_reserve(
     )
     assert await counter(redis, month) == held(33, 100, 64_950)
 
-    # Once past its expiry, the next reserve purges it first: the headroom is back.
-    nxt = await store.reserve(project.id, "next", counters, amounts(33, 100), now_ms=t0 + 1001)
+    # Once past its expiry, the next reserve charges it first, at its worst case (an
+    # answer nobody recorded): the same room, now as used, not reserved.
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "next", counters, amounts(33, 100), now_ms=t0 + 1001)
+    assert info.value.refusal == Refusal(
+        "project", "month", "total_tokens", 200, 133, 0, 133, "m202606"
+    )
+    for key in crashed.counter_keys:
+        assert await counter(redis, key) == used(33, 100, 64_950)
+    assert await redis.exists(crashed.project_tag + "rsv", crashed.project_tag + "rsvexp") == 0
+    # What is left fits.
+    nxt = await store.reserve(project.id, "next", counters, amounts(33, 30), now_ms=t0 + 1002)
+    assert await store.settle(nxt, amounts(11, 3), now_ms=t0 + 1003) is True
     for key in nxt.counter_keys:
-        assert await counter(redis, key) == held(33, 100, 64_950)
-    assert await redis.hkeys(crashed.project_tag + "rsv") == [b"next"]
-    assert await redis.zrange(crashed.project_tag + "rsvexp", 0, -1) == [b"next"]
-
-    assert await store.settle(nxt, amounts(11, 3), now_ms=t0 + 1002) is True
-    for key in nxt.counter_keys:
-        assert await counter(redis, key) == used(11, 3, 3_450)
+        assert await counter(redis, key) == used(44, 103, 64_950 + 3_450)
 
 
-async def test_late_settle_after_expiry_still_charges(
+async def test_late_settle_of_an_expired_hold_nobody_charged_yet_settles_it(
     make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
 ) -> None:
     store = make_store(ttl_s=1)
@@ -443,8 +448,9 @@ async def test_late_settle_after_expiry_still_charges(
     counters = project_counters(project, None, None)
     t0 = T_JUNE
     rsv = await store.reserve(project.id, "slow", counters, amounts(33, 100), now_ms=t0)
-    # The settle itself purges the expired hold, then charges the usage anyway.
-    assert await store.settle(rsv, amounts(20, 50), now_ms=t0 + 5000) is False
+    # Past its expiry, but no script charged it yet: its gateway was slow, not gone. The
+    # settle finds it still held and charges the truth (no worst case, no expired event).
+    assert await store.settle(rsv, amounts(20, 50), now_ms=t0 + 5000) is True
     for key in rsv.counter_keys:
         assert await counter(redis, key) == used(20, 50, 20 * 150 + 50 * 600)
     assert await redis.exists(rsv.project_tag + "rsv", rsv.project_tag + "rsvexp") == 0
@@ -459,7 +465,8 @@ async def test_late_settle_after_purge_does_not_release_twice(
     t0 = T_JUNE
     slow = await store.reserve(project.id, "slow", counters, amounts(33, 100), now_ms=t0)
     other = await store.reserve(project.id, "other", counters, amounts(40, 60), now_ms=t0 + 2000)
-    # "slow" was purged by that reserve; its late settle charges usage and releases nothing.
+    # "slow" was charged at its worst case by that reserve; its late settle replaces that
+    # charge by the truth and releases nothing.
     assert await store.settle(slow, amounts(20, 50), now_ms=t0 + 2001) is False
     cost_slow = 20 * 150 + 50 * 600
     for key in other.counter_keys:
@@ -531,9 +538,9 @@ async def test_purging_a_hold_whose_counter_expired_recreates_no_key(
     later = T_JUNE + 41 * 86_400_000
     await store.reserve(project.id, "next", counters, amounts(1, 1), now_ms=later)
     assert await redis.exists(day) == 0
-    # The counters that still exist lost exactly the crashed hold.
-    assert await counter(redis, month) == used(0, 0, 0)
-    assert await counter(redis, lifetime) == held(1, 1, 750)
+    # The counters that still exist charged exactly the crashed hold (at its worst case).
+    assert await counter(redis, month) == used(33, 100, 64_950)
+    assert await counter(redis, lifetime) == held(1, 1, 750, u=(33, 100, 64_950))
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from gateway.app import create_app
-from gateway.config import load_config
+from gateway.budget import Amounts, BudgetStore, org_counters, project_counters
+from gateway.config import load_config, org_caps
 from gateway.embedded_redis import find_redis_server
 from tests.fakeupstream import (
     FakeUpstream,
@@ -471,3 +472,51 @@ async def test_ledger_event(gateway_on, upstream, rc) -> None:
     assert (int(event["input_tokens"]), int(event["output_tokens"])) == (30, 57)
     assert int(event["cost_nano_usd"]) == 30 * IN_PRICE + 57 * OUT_PRICE
     assert event["settled"] == "1"
+
+
+async def test_expired_holds_are_charged_on_both_nodes(cluster: Cluster, gateway_on, rc) -> None:
+    """A crashed gateway's holds on a project and its org (two nodes), more than a
+    script's batch: /usage charges every one at its worst case (an expired_hold event
+    each, on the tag's own ledger) and shows nothing reserved; a late settle of one of
+    them replaces its worst case by the truth."""
+    client, config, creds = await gateway_on(
+        projects={"delta": {"budgets": {"project": {"month": {"total_tokens": 100_000}}}}},
+        org_budgets={"month": {"total_tokens": 100_000}},
+    )
+    prefix = config.gateway.redis.key_prefix
+    project = config.projects["delta"]
+    store = BudgetStore(rc, prefix, 1.0, 1)
+    worst = Amounts(33, 100, 33 * IN_PRICE + 100 * OUT_PRICE)
+    holds = []
+    for i in range(40):
+        holds.append(
+            await store.reserve(
+                "acme", f"o{i}", org_counters(org_caps(config.gateway.orgs["acme"])), worst,
+                kind="org", event={"request_id": f"r{i}"}, ledger_max_events=100,
+            )
+        )  # fmt: skip
+        holds.append(
+            await store.reserve(
+                project.id, f"p{i}", project_counters(project, None, None), worst,
+                event={"request_id": f"r{i}"}, ledger_max_events=100,
+            )
+        )  # fmt: skip
+    await asyncio.sleep(1.1)
+    resp = await client.get("/v1/projects/delta/usage", headers=bearer(creds.key))
+    assert resp.status == 200
+    rows = {(r["scope"], r["window"]): r for r in (await resp.json())["counters"]}
+    for scope in ("project", "org"):
+        assert rows[(scope, "month")]["dimensions"]["total_tokens"] == {
+            "used": 40 * WORST,
+            "reserved": 0,
+            "cap": 100_000,
+        }
+    for owner, kind in (("prj_delta", "prj"), ("acme", "org")):
+        events = [parse_event(e) for _, e in await rc.xrange(tag(prefix, owner, kind) + "ledger")]
+        assert sorted(e["request_id"] for e in events) == sorted(f"r{i}" for i in range(40))
+        assert {e["kind"] for e in events} == {"expired_hold"}
+        assert await rc.hlen(tag(prefix, owner, kind) + "rsv") == 0
+    slow = holds[1]  # project hold p0, charged 133 on each project counter
+    assert await store.settle(slow, Amounts(11, 3, SMALL_COST)) is False
+    month = f"{tag(prefix, 'prj_delta')}p:{(await window_ids(rc))['month']}"
+    assert (await counter(rc, month))["u2"] == 39 * WORST + SMALL

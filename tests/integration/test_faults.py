@@ -315,12 +315,13 @@ async def test_upstream_failures_settle_or_release_every_reservation(
 # ============================================================================== crash
 
 
-async def test_crashed_gateway_reservations_hold_until_their_expiry(
+async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_charged(
     tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http
 ) -> None:
     """SIGKILL a gateway with three streams in flight: their worst cases stay held (a
-    request that fits only without them gets 402) until reservation_ttl_seconds (10)
-    passes, then the same request is admitted."""
+    request that fits only without them gets 402, the body saying reserved) until
+    reservation_ttl_seconds (10) passes, then they are charged at their worst case (the
+    same 402 now says used), never released: nobody recorded those answers."""
     ttl = 10  # the shortest hold the provider's timeouts allow: 4 + 1 + 5 s
     text = "Hello"
     w = worst(text)[2]  # 133
@@ -369,45 +370,45 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry(
     await upstream.wait_disconnect(count=3, timeout=5)
 
     refused_after_kill = 0
+    charged_at = None
     last_refusal: dict[str, Any] = {}
-    admitted_at = None
     while time.monotonic() < t_held + ttl + 10:
         resp = await http.post(survivor.url(URL), json=chat_body(text), headers=bearer(creds.key))
         body = await resp.json()
-        if resp.status == 200:
-            admitted_at = time.monotonic()
-            break
         assert resp.status == 402, body
+        if body["used"] > 0:
+            charged_at = time.monotonic()
+            break
         refused_after_kill += 1
         last_refusal = body
         await asyncio.sleep(0.1)
-    assert admitted_at is not None, "the crashed reservations were never released"
-    held_for = admitted_at - t_held
+    assert charged_at is not None, "the crashed reservations were never charged"
+    held_for = charged_at - t_held
     record_figures(
         "crash",
         {
             "reservation_ttl_seconds": ttl,
-            "held_after_kill_s": round(admitted_at - t_killed, 2),
+            "held_after_kill_s": round(charged_at - t_killed, 2),
             "held_since_observed_s": round(held_for, 2),
             "probes_refused_while_held": refused_after_kill,
         },
     )
     assert refused_after_kill > 0
-    # The refusals saw exactly the three crashed holds, and no usage.
+    # While held, the refusals saw exactly the three crashed holds, and no usage.
     assert (last_refusal["reserved"], last_refusal["used"], last_refusal["requested"]) == (
         3 * w,
         0,
         w,
     )
+    # Past their expiry: the same three worst cases, now used, nothing reserved.
+    assert (body["reserved"], body["used"], body["requested"]) == (0, 3 * w, w)
     assert ttl - 1.0 <= held_for <= ttl + 2.0, held_for
-    # Released, not billed: the crashed requests never settled (their usage is unknown).
-    await wait_for(lambda: _no_holds(redis, month_key), what="the probe's settlement")
-    assert (await counter(redis, month_key))["u2"] == 11 + 3  # the probe's reported usage
+    state = await counter(redis, month_key)
+    assert held_amount(state) == 0
+    assert state["u2"] == 3 * w
     assert await redis.hlen(tag + "rsv") == 0
-
-
-async def _no_holds(redis: Redis, key: str) -> bool:
-    return held_amount(await counter(redis, key)) == 0
+    events = [parse_event(e) for _, e in await redis.xrange(tag + "ledger")]
+    assert [(e["kind"], e["total_tokens"]) for e in events] == [("expired_hold", w)] * 3
 
 
 # ============================================================================== Redis outage
