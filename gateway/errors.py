@@ -1,6 +1,7 @@
 """Errors a request can end with, and the outermost middleware that renders them.
 
     GatewayError                      an answer with a status and a JSON body
+    ├── BadRequest          400       malformed HTTP (answered by gateway.server)
     ├── Unauthorized        401       credential missing/malformed/expired/revoked
     ├── Forbidden           403       wrong project, scope, or model not allowed
     ├── NotFound            404       unknown project or model alias
@@ -50,6 +51,10 @@ class GatewayError(Exception):
 
     def response(self) -> web.Response:
         return json_error(self.status, self.body, self.headers)
+
+
+class BadRequest(GatewayError):
+    status = 400
 
 
 class Unauthorized(GatewayError):

@@ -8,13 +8,17 @@ in-process (or a real ``gateway serve`` process where its logs are read).
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakeupstream import FakeUpstream, Reply
-from tests.harness import PROVIDER_KEY, bearer, chat_body, provider_entry
+from tests.harness import PROVIDER_KEY, bearer, chat_body, provider_entry, write_config
+from tests.process import GatewayProcess
 
 URL = "/v1/projects/alpha/chat/completions"
 
@@ -94,3 +98,75 @@ async def test_every_3xx_is_a_502(
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 502, await resp.text()
     assert elsewhere.requests == []
+
+
+# ------------------------------------------------------------ malformed HTTP requests
+
+
+def malformed_requests(key: str) -> dict[str, bytes]:
+    """Requests aiohttp's parser rejects, each carrying ``key`` where it breaks."""
+    chat = "POST /v1/projects/alpha/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+    cases = {
+        "header line without a colon": f"{chat}Authorization Bearer {key}\r\n\r\n",
+        "space in a header name": f"{chat}Authori zation: Bearer {key}\r\n\r\n",
+        "control character in a value": f"{chat}Authorization: Bearer {key}\x01\r\n\r\n",
+        "NUL in a value": f"{chat}Authorization: Bearer {key}\x00\r\n\r\n",
+        "obsolete line folding": f"{chat}X-A: b\r\n Bearer {key}\r\n\r\n",
+        "bad protocol version": f"POST /v1/{key} HTTX/1.1\r\nHost: gw\r\n\r\n",
+        "bad method": f"{key}@ / HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "oversized header": f"{chat}Authorization: Bearer {key}{'a' * 9000}\r\n\r\n",
+        "oversized request line": f"GET /{key}{'a' * 9000} HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "too many headers": chat + "".join(f"X-H{i}: {key}\r\n" for i in range(200)) + "\r\n",
+        "bad content length": f"{chat}Content-Length: {key}\r\n\r\n",
+        "bad chunk size": f"{chat}Transfer-Encoding: chunked\r\n\r\nzz{key}\r\n\r\n",
+    }
+    return {name: raw.encode("latin-1") for name, raw in cases.items()}
+
+
+async def raw_exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` on a new connection; everything the gateway answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_malformed_requests_get_json_and_are_logged_without_their_bytes(
+    tmp_path: Path, upstream: FakeUpstream, redis_url: str
+) -> None:
+    """aiohttp's own 400 page quotes the offending bytes (an API key with them): the
+    gateway answers its JSON instead, and logs a warning without the request's bytes."""
+    creds = write_config(tmp_path / "config", upstream.base_url, redis_url)
+    gw = GatewayProcess(creds, tmp_path / "gateway.log")
+    await gw.start()
+    secrets = [creds.key, creds.key.upper(), PROVIDER_KEY]
+    try:
+        answers = {
+            name: await raw_exchange(gw.port, raw)
+            for name, raw in malformed_requests(creds.key).items()
+        }
+        await gw.wait_log(lambda r: r.get("msg") == "malformed request", count=len(answers))
+    finally:
+        gw.kill()
+    for name, answer in answers.items():
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n")[0]
+        assert status_line.split(b" ")[1] == b"400", (name, answer[:300])
+        assert b"content-type: application/json" in head.lower(), (name, head)
+        assert b"x-request-id:" in head.lower(), (name, head)
+        assert set(json.loads(body)) == {"detail"}, (name, body)
+        for secret in secrets:
+            assert secret.encode() not in answer, (name, answer[:300])
+        assert b"kt_live_" not in answer, (name, answer[:300])
+    lines = gw.log_lines()
+    for line in lines:
+        for secret in (*secrets, "kt_live_", "Bearer"):
+            assert secret not in line, line
+    malformed = [r for r in gw.records() if r.get("msg") == "malformed request"]
+    assert len(malformed) == len(answers), malformed
+    assert {r["level"] for r in malformed} == {"warning"}, malformed
+    assert not [r for r in gw.records() if r.get("level") in ("error", "critical")]
