@@ -218,8 +218,8 @@ class HttpProvider(Provider):
         is instead): an error object the provider sent is mapped as the
         status it goes with would be (a rejected key, a rate limit, a rejected request);
         anything else is a 502 that another attempt may fix. Nothing is billed: nothing
-        was generated. The provider's text is relayed only through ``error_for_status``,
-        which scrubs the key."""
+        was generated. The provider's text is never relayed (``error_for_status``
+        answers a fixed sentence, with the provider's code when it is safe)."""
         try:
             error = error_object(orjson.loads(body))
         except orjson.JSONDecodeError:

@@ -9,14 +9,25 @@ in-process (or a real ``gateway serve`` process where its logs are read).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fakeupstream import FakeUpstream, Reply
+from gateway.logs import JsonFormatter
+from tests.fakeupstream import (
+    FakeUpstream,
+    Reply,
+    anthropic_error,
+    anthropic_stream,
+    openai_error,
+    openai_stream,
+)
 from tests.harness import PROVIDER_KEY, bearer, chat_body, provider_entry, write_config
 from tests.process import GatewayProcess
 
@@ -170,3 +181,140 @@ async def test_malformed_requests_get_json_and_are_logged_without_their_bytes(
     assert len(malformed) == len(answers), malformed
     assert {r["level"] for r in malformed} == {"warning"}, malformed
     assert not [r for r in gw.records() if r.get("level") in ("error", "critical")]
+
+
+# ------------------------------------------------------------ upstream error text
+
+SECRET_ENV = "SECRETS_TEST_PROVIDER_KEY"
+
+
+@pytest.fixture
+def hostile_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A random provider key (so that no fixed word of the gateway's can resemble it),
+    in the environment the gateway's config reads it from."""
+    key = "sk-" + secrets.token_urlsafe(30)
+    monkeypatch.setenv(SECRET_ENV, key)
+    return key
+
+
+def key_forms(key: str) -> dict[str, str]:
+    raw = key.encode()
+    return {
+        "plain": key,
+        "upper": key.upper(),
+        "lower": key.lower(),
+        "reversed": key[::-1],
+        "base64": base64.b64encode(raw).decode(),
+        "base64url": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "base32": base64.b32encode(raw).decode(),
+        "hex": raw.hex(),
+    }
+
+
+def leaks(text: str, key: str, run: int = 10) -> list[str]:
+    """Forms of ``key`` of which ``text`` holds a ``run``-character piece (any case)."""
+    haystack = text.lower()
+    found = []
+    for name, form in key_forms(key).items():
+        form = form.lower()
+        if any(form[i : i + run] in haystack for i in range(len(form) - run + 1)):
+            found.append(name)
+    return found
+
+
+def stream_failing_with(error: dict[str, Any]) -> bytes:
+    """An OpenAI stream: one content chunk, then the provider's error frame."""
+    head = openai_stream(["one "], include_usage=False).split(b"\n\n")[:2]
+    return b"\n\n".join(head) + b"\n\n" + f"data: {json.dumps(error)}\n\n".encode()
+
+
+def anthropic_failing_with(error: dict[str, Any]) -> bytes:
+    """An Anthropic stream: its first events and a text delta, then an error event."""
+    events = anthropic_stream(["one "]).split(b"\n\n")[:4]
+    return b"\n\n".join(events) + b"\n\nevent: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+
+
+def hostile_replies(key: str) -> dict[str, tuple[str, bool, Reply]]:
+    """Upstream answers echoing ``key`` in every field, form and split:
+    name -> (provider kind, stream, reply)."""
+    forms = key_forms(key)
+    half = len(key) // 2
+    openai_400 = openai_error(
+        400, f"Invalid key {forms['upper']}", type_=forms["base64"], code=forms["lower"]
+    )
+    openai_400["error"]["param"] = forms["hex"][:60]
+    split = openai_error(422, f"key starts {key[:half]}", type_=key[half:].lower(), code=None)
+    stream_error = {
+        "error": {
+            "message": forms["reversed"],
+            "type": forms["base32"],
+            "code": forms["lower"][:40],
+        }
+    }
+    return {
+        "400, key upper-cased, base64 and lower-cased": ("openai", False, Reply(status=400, json=openai_400)),
+        "422, key split across fields": ("openai", False, Reply(status=422, json=split)),
+        "500, key and hex": ("openai", False, Reply(status=500, json=openai_error(500, key, code=forms["hex"][:64]))),
+        "503, key in a text body": ("openai", False, Reply(status=503, body=f"<h1>down</h1> {key}".encode(), content_type="text/html")),
+        "404, key lower-cased as code": ("openai", False, Reply(status=404, json=openai_error(404, key, code=key.lower()[:64]))),
+        "429, key in message": ("openai", False, Reply(status=429, json=openai_error(429, f"slow down {key}"))),
+        "200 with an error object": ("openai", False, Reply(json=openai_error(400, forms["base64"], type_="invalid_request_error", code=key.lower()))),
+        "200 stream with an error object": ("openai", True, Reply(json=openai_error(400, forms["base64"], type_="invalid_request_error", code=key.lower()))),
+        "stream error frame before any chunk": ("openai", True, Reply(sse=f"data: {json.dumps(stream_error)}\n\n".encode())),
+        "stream error frame mid-stream": ("openai", True, Reply(sse=stream_failing_with(stream_error))),
+        "anthropic 400": ("anthropic", False, Reply(status=400, json=anthropic_error(key.lower()[:30], key))),
+        "anthropic 529": ("anthropic", False, Reply(status=529, json=anthropic_error("overloaded_error", forms["upper"]))),
+        "anthropic stream error event": ("anthropic", True, Reply(sse=anthropic_failing_with(anthropic_error(forms["lower"][:60], forms["base64"])))),
+    }  # fmt: skip
+
+
+HOSTILE_CASES = list(hostile_replies("sk-placeholder"))
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES)
+async def test_no_form_of_the_provider_key_reaches_the_client_or_the_logs(
+    make_gateway: Any,
+    upstream: FakeUpstream,
+    hostile_key: str,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    kind, stream, reply = hostile_replies(hostile_key)[case]
+    entry = {**provider_of(kind, upstream.base_url), "api_key_env": SECRET_ENV}
+    client, _, creds = await make_gateway(**routed_to(entry))
+    upstream.script(reply)
+    caplog.set_level(logging.DEBUG)
+    resp = await client.post(URL, json=chat_body(stream=stream), headers=bearer(creds.key))
+    text = await resp.text()
+    sent = upstream.last.header("x-api-key" if kind == "anthropic" else "Authorization")
+    assert hostile_key in (sent or "")  # the upstream had the key to echo
+    assert resp.status != 200 or "error" in text, text
+    answer = text + "".join(f"{k}: {v}\n" for k, v in resp.headers.items())
+    assert leaks(answer, hostile_key) == [], answer
+    formatter = JsonFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    assert [line for line in lines if leaks(line, hostile_key)] == []
+
+
+async def test_a_safe_provider_code_and_param_are_relayed(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url)))
+    upstream.script(
+        Reply(
+            status=400,
+            json=openai_error(
+                400,
+                "This model's maximum context length is 128000 tokens.",
+                code="context_length_exceeded",
+                param="messages[0].content",
+            ),
+        )
+    )
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["error"] == "validation_failed"
+    assert body["message"] == "provider upstream rejected the request (context_length_exceeded)"
+    assert body["param"] == "messages[0].content"
+    assert "maximum context length" not in await resp.text()  # the provider's text: never
