@@ -110,7 +110,9 @@ class UpstreamRateLimited(RateLimited):
     """The provider answered 429: retried (honouring Retry-After), then relayed."""
 
     retryable = True
-    upstream_retry_after: str | None = None  # as the provider sent it (None: absent)
+    # The provider's Retry-After as accepted seconds (gateway.retryafter); None: absent
+    # or not accepted.
+    upstream_retry_after: int | None = None
 
 
 class UpstreamFailed(GatewayError):

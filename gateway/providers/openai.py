@@ -7,6 +7,7 @@ gateway's statuses and parses the SSE stream into chunk dicts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +26,7 @@ from gateway.errors import (
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
 from gateway.providers.errortext import error_fields, provider_code, safe_param, with_code
 from gateway.providers.http import HttpChunkStream, HttpProvider
+from gateway.retryafter import retry_after_seconds
 from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 
 
@@ -39,11 +41,14 @@ def error_for_status(
     if status in (401, 403):
         return ByokKeyRejected(provider)
     if status == 429:
+        # Never relayed as sent (it can carry anything): capped seconds, or our own 1.
         sent = headers.get("Retry-After") if headers is not None else None
+        wait = retry_after_seconds(sent, time.time())
         limited = UpstreamRateLimited.detail(
-            f"provider {provider} is rate limiting this project", {"Retry-After": sent or "1"}
+            f"provider {provider} is rate limiting this project",
+            {"Retry-After": str(1 if wait is None else wait)},
         )
-        limited.upstream_retry_after = sent
+        limited.upstream_retry_after = wait
         return limited
     if status in (400, 422):
         return ValidationFailed(

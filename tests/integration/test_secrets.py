@@ -12,8 +12,11 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import secrets
+import time
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from tests.fakeupstream import (
     Reply,
     anthropic_error,
     anthropic_stream,
+    openai_completion,
     openai_error,
     openai_stream,
 )
@@ -318,3 +322,82 @@ async def test_a_safe_provider_code_and_param_are_relayed(
     assert body["message"] == "provider upstream rejected the request (context_length_exceeded)"
     assert body["param"] == "messages[0].content"
     assert "maximum context length" not in await resp.text()  # the provider's text: never
+
+
+# ------------------------------------------------------------------- Retry-After
+
+RETRY_AFTER_CAP = 60
+
+
+def http_date(offset: float) -> str:
+    return formatdate(time.time() + offset, usegmt=True)
+
+
+HOSTILE_RETRY_AFTER = {
+    "the provider key": PROVIDER_KEY,
+    "seconds then the key": f"1; key={PROVIDER_KEY}",
+    "a fraction": "1.5",
+    "negative": "-1",
+    "nan": "nan",
+    "infinity": "inf",
+    "an exponent": "1e3",
+    "hex": "0x10",
+    "non-ASCII digits": "\u0663",
+    "two values": "3, 4",
+    "a huge number": "9" * 40,
+    "a loose date": "tomorrow at noon",
+    "a date with the key": f"Sun, 06 Nov 1994 08:49:37 GMT {PROVIDER_KEY}",
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_RETRY_AFTER))
+async def test_a_hostile_retry_after_is_never_relayed(
+    make_gateway: Any, upstream: FakeUpstream, case: str
+) -> None:
+    client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url)))
+    value = HOSTILE_RETRY_AFTER[case]
+    upstream.script(Reply(status=429, json=openai_error(429), headers={"Retry-After": value}))
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 429, await resp.text()
+    sent = resp.headers.get("Retry-After")
+    assert sent is None or re.fullmatch(r"[0-9]{1,2}", sent), sent
+    assert sent != value
+    assert_no_key("".join(f"{k}: {v}" for k, v in resp.headers.items()))
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high"),
+    [
+        ("7", 7, 7),
+        ("0", 0, 0),
+        ("86400", RETRY_AFTER_CAP, RETRY_AFTER_CAP),  # capped
+        (http_date(30), 28, 31),
+        (http_date(-3600), 0, 0),  # already past: retry now
+        (http_date(10**6), RETRY_AFTER_CAP, RETRY_AFTER_CAP),
+    ],
+)
+async def test_seconds_and_http_dates_are_relayed_as_capped_seconds(
+    make_gateway: Any, upstream: FakeUpstream, value: str, low: int, high: int
+) -> None:
+    client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url)))
+    upstream.script(Reply(status=429, json=openai_error(429), headers={"Retry-After": value}))
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 429, await resp.text()
+    assert low <= int(resp.headers["Retry-After"]) <= high, resp.headers["Retry-After"]
+
+
+@pytest.mark.parametrize("value", ["5.0", "1e1", "9.999", "nan"])
+async def test_a_retry_after_that_is_no_integer_is_not_waited_on(
+    make_gateway: Any, upstream: FakeUpstream, value: str
+) -> None:
+    """The gateway's own backoff (milliseconds here) replaces a value it does not accept."""
+    client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url), 2))
+    upstream.script(
+        Reply(status=429, json=openai_error(429), headers={"Retry-After": value}),
+        Reply(json=openai_completion()),
+    )
+    started = time.monotonic()
+    resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+    assert time.monotonic() - started < 2
+    assert len(upstream.requests) == 2
