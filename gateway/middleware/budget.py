@@ -38,6 +38,7 @@ from gateway.budget import (
 from gateway.config import Route, org_caps
 from gateway.context import (
     CALL,
+    CLIENT_REQUEST_ID,
     PRINCIPAL,
     REQUEST_ID,
     REQUEST_STATE,
@@ -125,7 +126,7 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 499
         raise
     finally:
-        outcome = _Outcome(request[REQUEST_ID], principal, status)
+        outcome = _Outcome(request[REQUEST_ID], principal, status, request.get(CLIENT_REQUEST_ID))
         # Shielded and tracked: a cancelled handler (client gone, shutdown) still settles,
         # and shutdown waits for it before closing the store.
         settle = asyncio.create_task(_settle(state, call, outcome))
@@ -308,10 +309,17 @@ async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
 
 
 class _Outcome:
-    __slots__ = ("finished_at", "principal", "request_id", "status")
+    __slots__ = ("client_request_id", "finished_at", "principal", "request_id", "status")
 
-    def __init__(self, request_id: str, principal: Principal, status: int) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        principal: Principal,
+        status: int,
+        client_request_id: str | None = None,
+    ) -> None:
         self.request_id = request_id
+        self.client_request_id = client_request_id
         self.principal = principal
         self.status = status
         self.finished_at = time.time()
@@ -324,6 +332,7 @@ def _ledger_event(
     p = outcome.principal
     return {
         "request_id": outcome.request_id,
+        "client_request_id": outcome.client_request_id,
         "ts": round(outcome.finished_at, 3),
         "org": call.project.org,
         "project": call.project.slug,

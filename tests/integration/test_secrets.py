@@ -32,7 +32,15 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import PROVIDER_KEY, bearer, chat_body, provider_entry, write_config
+from tests.harness import (
+    PROVIDER_KEY,
+    bearer,
+    chat_body,
+    parse_event,
+    provider_entry,
+    tag,
+    write_config,
+)
 from tests.process import GatewayProcess
 
 URL = "/v1/projects/alpha/chat/completions"
@@ -401,3 +409,68 @@ async def test_a_retry_after_that_is_no_integer_is_not_waited_on(
     assert resp.status == 200, await resp.text()
     assert time.monotonic() - started < 2
     assert len(upstream.requests) == 2
+
+
+# ------------------------------------------------------------------ request ids
+
+
+async def ledger_events(redis: Any, prefix: str) -> list[dict[str, Any]]:
+    entries = await redis.xrange(tag(prefix) + "ledger")
+    return [parse_event(fields) for _id, fields in entries]
+
+
+async def wait_events(redis: Any, prefix: str, count: int) -> list[dict[str, Any]]:
+    """The ledger's events once there are ``count`` (settles run after the answer)."""
+    # A deadline, not asyncio.timeout: redis-py on Python 3.11 can swallow a cancellation.
+    deadline = time.monotonic() + 5
+    while True:
+        events = await ledger_events(redis, prefix)
+        if len(events) >= count:
+            return events
+        assert time.monotonic() < deadline, events
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_gateway_id_is_its_own_and_the_clients_is_kept_apart(
+    make_gateway: Any, upstream: FakeUpstream, redis: Any, stream: bool
+) -> None:
+    """Two requests naming the same X-Request-Id: each gets its own gateway id (in
+    the response, the completion id, the upstream's X-Request-Id and the ledger), and
+    the client's value is kept as client_request_id."""
+    client, config, creds = await make_gateway()
+    headers = {**bearer(creds.key), "X-Request-Id": "client-dup-0001"}
+    answers = []
+    for _ in range(2):
+        resp = await client.post(URL, json=chat_body(stream=stream), headers=headers)
+        assert resp.status == 200
+        answers.append((resp.headers, await resp.text()))
+    ids = [h["X-Request-Id"] for h, _ in answers]
+    assert len(set(ids)) == 2
+    assert "client-dup-0001" not in ids
+    assert [h["X-Client-Request-Id"] for h, _ in answers] == ["client-dup-0001"] * 2
+    for (_, text), own in zip(answers, ids, strict=True):
+        assert "client-dup-0001" not in text  # not the completion id either
+        assert own in text
+    sent = [r.header("X-Request-Id") for r in upstream.requests]
+    assert sent == ids
+    events = await wait_events(redis, config.gateway.redis.key_prefix, 2)
+    assert sorted(e["request_id"] for e in events) == sorted(ids)
+    assert [e["client_request_id"] for e in events] == ["client-dup-0001"] * 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["has space", "x" * 129, "<script>", "semi;colon", "caf\u00e9", PROVIDER_KEY + "\u00e9"],
+)
+async def test_an_unsafe_client_request_id_is_dropped(
+    make_gateway: Any, upstream: FakeUpstream, redis: Any, value: str
+) -> None:
+    client, config, creds = await make_gateway()
+    headers = {**bearer(creds.key), "X-Request-Id": value}
+    resp = await client.post(URL, json=chat_body(), headers=headers)
+    assert resp.status == 200
+    assert "X-Client-Request-Id" not in resp.headers
+    assert resp.headers["X-Request-Id"] != value
+    [event] = await wait_events(redis, config.gateway.redis.key_prefix, 1)
+    assert event["client_request_id"] is None
