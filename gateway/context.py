@@ -140,5 +140,5 @@ REQUEST_STATE = web.RequestKey("gateway_state", GatewayState)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CALL = web.RequestKey("call", CallContext)
 REQUEST_ID = web.RequestKey("request_id", str)  # the gateway's own, unique
-CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str | None)  # the client's, if safe
+CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's if safe, else ""
 PROJECT = web.RequestKey("project", Project)

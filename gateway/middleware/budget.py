@@ -126,7 +126,8 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 499
         raise
     finally:
-        outcome = _Outcome(request[REQUEST_ID], principal, status, request.get(CLIENT_REQUEST_ID))
+        client_id = request.get(CLIENT_REQUEST_ID) or None
+        outcome = _Outcome(request[REQUEST_ID], principal, status, client_id)
         # Shielded and tracked: a cancelled handler (client gone, shutdown) still settles,
         # and shutdown waits for it before closing the store.
         settle = asyncio.create_task(_settle(state, call, outcome))

@@ -39,7 +39,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     # The gateway's id is always its own (unique: it keys the ledger event, the
     # completion id, the upstream's X-Request-Id); the client's is kept beside it.
     request[REQUEST_ID] = new_id()
-    request[CLIENT_REQUEST_ID] = client_request_id(request.headers.get("X-Request-Id"))
+    request[CLIENT_REQUEST_ID] = client_request_id(request.headers.get("X-Request-Id")) or ""
     state = request.app[STATE]  # the root app: observe is its middleware
     request[REQUEST_STATE] = state
     if not request.path.startswith("/v1/"):
@@ -80,7 +80,7 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
     metrics.request_duration.labels(slug).observe(elapsed)
     fields: dict[str, object] = {
         "request_id": request[REQUEST_ID],
-        "client_request_id": request[CLIENT_REQUEST_ID],
+        "client_request_id": request[CLIENT_REQUEST_ID] or None,
         "method": request.method,
         "route": request.match_info.route.resource.canonical
         if request.match_info.route.resource

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import reload_config
 from gateway.logs import JsonFormatter
 from tests.fakeupstream import (
     FakeUpstream,
@@ -41,7 +42,7 @@ from tests.harness import (
     tag,
     write_config,
 )
-from tests.process import GatewayProcess
+from tests.process import GatewayProcess, edit_gateway_yaml
 
 URL = "/v1/projects/alpha/chat/completions"
 
@@ -474,3 +475,76 @@ async def test_an_unsafe_client_request_id_is_dropped(
     assert resp.headers["X-Request-Id"] != value
     [event] = await wait_events(redis, config.gateway.redis.key_prefix, 1)
     assert event["client_request_id"] is None
+
+
+# ------------------------------------------------------- session tokens follow their key
+
+USAGE = "/v1/projects/alpha/usage"
+
+
+async def mint(client: Any, key: str, project: str = "alpha") -> Any:
+    return await client.post(
+        f"/v1/projects/{project}/session-tokens", json={"sub": "u-1"}, headers=bearer(key)
+    )
+
+
+def set_main_key(creds: Any, **fields: Any) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        keys = data["orgs"]["acme"]["api_keys"]
+        entry = next(k for k in keys if k["id"] == "key_main")
+        entry.update(fields)
+
+    edit_gateway_yaml(creds, edit)
+
+
+def drop_main_key(creds: Any) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        keys = data["orgs"]["acme"]["api_keys"]
+        keys[:] = [k for k in keys if k["id"] != "key_main"]
+
+    edit_gateway_yaml(creds, edit)
+
+
+async def test_lowering_a_key_to_read_stops_its_tokens_spending(
+    gateway: Any, upstream: FakeUpstream
+) -> None:
+    client, _, creds = gateway
+    resp = await mint(client, creds.key)
+    assert resp.status == 201, await resp.text()
+    token = (await resp.json())["token"]
+    ok = await client.post(URL, json=chat_body(), headers=bearer(token))
+    assert ok.status == 200, await ok.text()
+
+    set_main_key(creds, scopes=["read"])
+    assert reload_config(client.server.app) is True
+    refused = await client.post(URL, json=chat_body(), headers=bearer(token))
+    assert refused.status == 403, await refused.text()
+    assert len(upstream.requests) == 1
+    # The token's own scope (write) never included read: the key's read gives it none.
+    assert (await client.get(USAGE, headers=bearer(token))).status == 403
+
+    set_main_key(creds, scopes=["read", "write"])  # raised again: the token spends again
+    assert reload_config(client.server.app) is True
+    again = await client.post(URL, json=chat_body(), headers=bearer(token))
+    assert again.status == 200, await again.text()
+
+
+async def test_a_key_with_admin_scope_keeps_its_tokens_scopes(
+    gateway: Any, upstream: FakeUpstream
+) -> None:
+    client, _, creds = gateway
+    token = (await (await mint(client, creds.key)).json())["token"]
+    set_main_key(creds, scopes=["admin"])
+    assert reload_config(client.server.app) is True
+    ok = await client.post(URL, json=chat_body(), headers=bearer(token))
+    assert ok.status == 200, await ok.text()
+
+
+async def test_a_removed_key_stops_its_tokens(gateway: Any, upstream: FakeUpstream) -> None:
+    client, _, creds = gateway
+    token = (await (await mint(client, creds.key)).json())["token"]
+    drop_main_key(creds)
+    assert reload_config(client.server.app) is True
+    resp = await client.post(URL, json=chat_body(), headers=bearer(token))
+    assert resp.status == 401, await resp.text()
+    assert upstream.requests == []
