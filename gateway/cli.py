@@ -360,6 +360,9 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if project is None:
         print(f"unknown project {args.project!r}", file=sys.stderr)
         return 2
+    if not project.file.enabled:
+        print(f"project {args.project!r} is disabled: no token minted", file=sys.stderr)
+        return 2
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)
     if not secret:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from gateway.app import reload_config
+from gateway.cli import main
 from gateway.logs import JsonFormatter
 from tests.fakeupstream import (
     FakeUpstream,
@@ -548,3 +549,25 @@ async def test_a_removed_key_stops_its_tokens(gateway: Any, upstream: FakeUpstre
     resp = await client.post(URL, json=chat_body(), headers=bearer(token))
     assert resp.status == 401, await resp.text()
     assert upstream.requests == []
+
+
+# ------------------------------------------------------- minting for a disabled project
+
+
+async def test_no_token_is_minted_for_a_disabled_project(gateway: Any) -> None:
+    client, _, creds = gateway
+    resp = await mint(client, creds.key, project="sleepy")
+    assert resp.status == 409, await resp.text()
+    assert "token" not in await resp.json()
+
+
+def test_the_cli_mints_no_token_for_a_disabled_project(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    creds = write_config(tmp_path / "config", "http://127.0.0.1:9/v1", redis_url)
+    monkeypatch.setenv("GATEWAY_SESSION_SECRET", creds.env["GATEWAY_SESSION_SECRET"])
+    argv = ["token", "mint", "--config", str(creds.config_dir), "--project", "sleepy"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no token printed
+    assert "disabled" in captured.err
