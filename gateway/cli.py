@@ -67,10 +67,12 @@ def _worker_main(supervisor: int, config_dir: str, host: str, port: int, redis_u
 def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_port: bool) -> None:
     from aiohttp import web
 
+    from gateway import server
     from gateway.app import begin_shutdown, create_app, reload_config
     from gateway.logs import setup_logging
 
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    server.install()  # malformed requests: the gateway's JSON, not aiohttp's echo
     try:
         import uvloop
 
@@ -357,6 +359,9 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     project = config.project(args.project)
     if project is None:
         print(f"unknown project {args.project!r}", file=sys.stderr)
+        return 2
+    if not project.file.enabled:
+        print(f"project {args.project!r} is disabled: no token minted", file=sys.stderr)
         return 2
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)

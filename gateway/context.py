@@ -139,5 +139,6 @@ STATE = web.AppKey("gateway_state", GatewayState)
 REQUEST_STATE = web.RequestKey("gateway_state", GatewayState)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CALL = web.RequestKey("call", CallContext)
-REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID = web.RequestKey("request_id", str)  # the gateway's own, unique
+CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's if safe, else ""
 PROJECT = web.RequestKey("project", Project)

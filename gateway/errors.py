@@ -1,6 +1,7 @@
 """Errors a request can end with, and the outermost middleware that renders them.
 
     GatewayError                      an answer with a status and a JSON body
+    ├── BadRequest          400       malformed HTTP (answered by gateway.server)
     ├── Unauthorized        401       credential missing/malformed/expired/revoked
     ├── Forbidden           403       wrong project, scope, or model not allowed
     ├── NotFound            404       unknown project or model alias
@@ -92,6 +93,10 @@ class GatewayError(Exception):
         return json_error(self.status, self.render(profile), self.headers)
 
 
+class BadRequest(GatewayError):
+    status = 400
+
+
 class Unauthorized(GatewayError):
     status = 401
     error_type = "authentication_error"
@@ -181,7 +186,9 @@ class UpstreamRateLimited(RateLimited):
 
     code = "upstream_rate_limited"
     retryable = True
-    upstream_retry_after: str | None = None  # as the provider sent it (None: absent)
+    # The provider's Retry-After as accepted seconds (gateway.retryafter); None: absent
+    # or not accepted.
+    upstream_retry_after: int | None = None
 
 
 class UpstreamFailed(GatewayError):

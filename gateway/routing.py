@@ -21,16 +21,12 @@ def plan_targets(routes: Sequence[Route], rng: random.Random) -> list[Route]:
 
 
 def backoff_seconds(
-    attempt: int, retries: RetryConfig, rng: random.Random, retry_after: str | None = None
+    attempt: int, retries: RetryConfig, rng: random.Random, retry_after: int | None = None
 ) -> float | None:
     """Seconds to wait before retry number ``attempt`` (1-based); None: do not retry
-    this target (its Retry-After is longer than we are willing to hold the client)."""
+    this target (its Retry-After is longer than we are willing to hold the client).
+    ``retry_after``: the upstream's, as accepted seconds (gateway.retryafter), or None."""
     if retry_after is not None:
-        try:
-            wait = float(retry_after)
-        except ValueError:
-            wait = None
-        if wait is not None:
-            return wait if 0 <= wait <= retries.retry_after_max_seconds else None
+        return retry_after if 0 <= retry_after <= retries.retry_after_max_seconds else None
     cap = min(retries.backoff_max_ms, retries.backoff_base_ms * 2 ** (attempt - 1))
     return rng.uniform(0, cap) / 1000

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
 from gateway.credentials import mint_session_token
-from gateway.errors import Forbidden, ServiceUnavailable, ValidationFailed
+from gateway.errors import Conflict, Forbidden, ServiceUnavailable, ValidationFailed
 
 
 async def mint_token(request: web.Request) -> web.Response:
@@ -18,6 +18,9 @@ async def mint_token(request: web.Request) -> web.Response:
     if principal.session is not None:
         raise Forbidden.detail("session tokens cannot mint session tokens; use an API key")
     project = request[PROJECT]
+    if not project.file.enabled:
+        # As for its chat calls: a disabled project gets nothing new, tokens included.
+        raise Conflict.detail("project is disabled")
     config = request[REQUEST_STATE].config
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)

@@ -19,6 +19,12 @@ from gateway.metrics import Metrics
 REQUIRED_SCOPE = {"POST": "write", "GET": "read", "HEAD": "read"}
 
 
+def within(token_scopes: frozenset[str], key_scopes: frozenset[str]) -> frozenset[str]:
+    """A minted token's scopes as far as its key's current ones allow (a key with
+    ``admin`` may do everything, so its tokens keep theirs)."""
+    return token_scopes if "admin" in key_scopes else token_scopes & key_scopes
+
+
 def authenticate(header: str | None, config: Config) -> Principal:
     """Resolve the Authorization header to a principal or raise Unauthorized(reason)."""
     if not header:
@@ -51,7 +57,9 @@ def authenticate(header: str | None, config: Config) -> Principal:
     if claims.key_id is None:  # minted by the operator (gateway token mint)
         return Principal(org=claims.org_id, scopes=claims.scopes, session=claims)
     # Minted by an API key: that key's caps and rate limits apply to it too (or minting
-    # tokens would bypass them), and it stops working when the key is revoked.
+    # tokens would bypass them), it stops working when the key is revoked or removed,
+    # and it can do no more than the key can now (a key lowered from write to read by a
+    # reload stops its tokens spending at once, not at their expiry).
     minted_by = config.key(claims.key_id)
     if minted_by is None or minted_by.org != claims.org_id:
         raise Unauthorized("unknown_key")
@@ -59,7 +67,7 @@ def authenticate(header: str | None, config: Config) -> Principal:
         raise Unauthorized("revoked")
     return Principal(
         org=claims.org_id,
-        scopes=claims.scopes,
+        scopes=within(claims.scopes, frozenset(minted_by.entry.scopes)),
         key_id=minted_by.entry.id,
         key_prefix=minted_by.entry.prefix,
         session=claims,

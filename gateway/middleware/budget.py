@@ -40,6 +40,7 @@ from gateway.budget import (
 from gateway.config import Route, org_caps
 from gateway.context import (
     CALL,
+    CLIENT_REQUEST_ID,
     PRINCIPAL,
     REQUEST_ID,
     REQUEST_STATE,
@@ -136,7 +137,8 @@ async def budget_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 200 if call.stream_outcome == "completed" else 499
         raise
     finally:
-        outcome = _Outcome(request[REQUEST_ID], principal, status)
+        client_id = request.get(CLIENT_REQUEST_ID) or None
+        outcome = _Outcome(request[REQUEST_ID], principal, status, client_id)
         # Shielded and tracked: a cancelled handler (client gone, shutdown) still settles,
         # and shutdown waits for it before closing the store.
         settle = asyncio.create_task(_settle(state, call, outcome))
@@ -361,10 +363,17 @@ async def _undo_org_step(state: GatewayState, call: CallContext) -> None:
 
 
 class _Outcome:
-    __slots__ = ("finished_at", "principal", "request_id", "status")
+    __slots__ = ("client_request_id", "finished_at", "principal", "request_id", "status")
 
-    def __init__(self, request_id: str, principal: Principal, status: int) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        principal: Principal,
+        status: int,
+        client_request_id: str | None = None,
+    ) -> None:
         self.request_id = request_id
+        self.client_request_id = client_request_id
         self.principal = principal
         self.status = status
         self.finished_at = time.time()
@@ -377,6 +386,7 @@ def _ledger_event(
     p = outcome.principal
     return {
         "request_id": outcome.request_id,
+        "client_request_id": outcome.client_request_id,
         "ts": round(outcome.finished_at, 3),
         "org": call.project.org,
         "project": call.project.slug,

@@ -10,20 +10,36 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.context import CALL, PRINCIPAL, PROJECT, REQUEST_ID, REQUEST_STATE, STATE
+from gateway.context import (
+    CALL,
+    CLIENT_REQUEST_ID,
+    PRINCIPAL,
+    PROJECT,
+    REQUEST_ID,
+    REQUEST_STATE,
+    STATE,
+)
 from gateway.errors import GatewayError
 from gateway.ids import new_id
 from gateway.logs import info_fields
 
 log = logging.getLogger("gateway.access")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# A client's X-Request-Id kept as its client_request_id: bounded, and of characters
+# that are safe in a header, a log line and a ledger event; anything else is dropped.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def client_request_id(value: str | None) -> str | None:
+    """The client's X-Request-Id, if safe to keep (else None)."""
+    return value if value is not None and _CLIENT_ID.fullmatch(value) else None
 
 
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _SAFE_ID.match(incoming) else new_id()
-    request[REQUEST_ID] = request_id
+    # The gateway's id is always its own (unique: it keys the ledger event, the
+    # completion id, the upstream's X-Request-Id); the client's is kept beside it.
+    request[REQUEST_ID] = new_id()
+    request[CLIENT_REQUEST_ID] = client_request_id(request.headers.get("X-Request-Id")) or ""
     state = request.app[STATE]  # the root app: observe is its middleware
     request[REQUEST_STATE] = state
     if not request.path.startswith("/v1/"):
@@ -68,6 +84,7 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
     metrics.request_duration.labels(slug).observe(elapsed)
     fields: dict[str, object] = {
         "request_id": request[REQUEST_ID],
+        "client_request_id": request[CLIENT_REQUEST_ID] or None,
         "method": request.method,
         "route": request.match_info.route.resource.canonical
         if request.match_info.route.resource
@@ -97,7 +114,12 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, errors and streams included, names its request."""
+    """on_response_prepare: every response, errors and streams included, names its
+    request (X-Request-Id, the gateway's id) and echoes the client's accepted id
+    (X-Client-Request-Id)."""
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers["X-Request-Id"] = request_id
+    client_id = request.get(CLIENT_REQUEST_ID)
+    if client_id:
+        response.headers["X-Client-Request-Id"] = client_id

@@ -33,8 +33,9 @@ import orjson
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, ValidationFailed
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
+from gateway.providers.errortext import provider_code, with_code
 from gateway.providers.http import HttpChunkStream, HttpProvider
-from gateway.providers.openai import error_for_status, scrub
+from gateway.providers.openai import error_for_status
 from gateway.sse import EventTooLarge, SSEEvent, SSEParser
 from gateway.validation import asks_for_json
 
@@ -556,7 +557,7 @@ class StreamTranslator:
         # The request asked for JSON: the forced tool's input streams as content.
         self.json_answer = json_answer
         self._json_block: int | None = None  # the Anthropic block index of that tool call
-        self.secret = secret  # the provider key: scrubbed from relayed error messages
+        self.secret = secret  # the provider key: no error code relayed may resemble it
         self.created = int(time.time()) if created is None else created
         self.id = ""
         self.model = ""
@@ -643,12 +644,9 @@ class StreamTranslator:
             raise UpstreamStreamError("upstream_error", "the provider sent an invalid event")
         kind = data.get("type") or event.event
         if kind == "error" or event.event == "error":
-            error = data.get("error")
-            message = error.get("message") if isinstance(error, dict) else None
+            code = provider_code(data.get("error"), self.secret)
             raise UpstreamStreamError(
-                "upstream_error",
-                scrub(message, self.secret) if isinstance(message, str) else "provider error",
-                declared=True,
+                "upstream_error", with_code("the provider reported an error", code), declared=True
             )
         if kind == "message_start":
             message = _member(data, "message")

@@ -17,6 +17,9 @@ unary request sent and timed out, or a 200 whose answer is lost, too large or
 unreadable, may have been (was) done by the provider: billed at the worst case
 (``billable``), never retried. Bodies are read within bounds (MAX_ANSWER_BYTES,
 MAX_ERROR_BODY_BYTES), as are stream events (gateway.sse.MAX_EVENT_BYTES).
+
+Redirects are never followed: a 3xx is a 502 (UpstreamFailed), so the request and
+the provider key go to the configured URL and nowhere else.
 """
 
 from __future__ import annotations
@@ -149,8 +152,16 @@ class HttpProvider(Provider):
         wait, and a timeout then is billed (the provider may have done the work).
         """
         try:
+            # Never follow a redirect: it would re-send the prompt and the provider key
+            # (Authorization survives a same-host redirect, x-api-key / api-key any) to
+            # wherever the Location points.
             sent = self.session.post(
-                url, params=params, data=data, headers=headers, timeout=self.client_timeout
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self.client_timeout,
+                allow_redirects=False,
             )
             async with asyncio.timeout_at(deadline):
                 response = await sent
@@ -170,6 +181,14 @@ class HttpProvider(Provider):
             raise timed_out from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailed.detail(f"provider {self.name} is unreachable") from exc
+        if 300 <= response.status < 400:
+            # A redirect (or any 3xx) is no answer: a 502, its Location never used or
+            # relayed, its body never read.
+            response.close()
+            raise UpstreamFailed.detail(
+                f"provider {self.name} answered a redirect (HTTP {response.status}), "
+                "which the gateway does not follow"
+            )
         if response.status != 200:
             body = await self._small_body(response, deadline)
             raise error_for_status(self.name, response.status, body, response.headers, api_key)
@@ -199,8 +218,8 @@ class HttpProvider(Provider):
         is instead): an error object the provider sent is mapped as the
         status it goes with would be (a rejected key, a rate limit, a rejected request);
         anything else is a 502 that another attempt may fix. Nothing is billed: nothing
-        was generated. The provider's text is relayed only through ``error_for_status``,
-        which scrubs the key."""
+        was generated. The provider's text is never relayed (``error_for_status``
+        answers a fixed sentence, with the provider's code when it is safe)."""
         try:
             error = error_object(orjson.loads(body))
         except orjson.JSONDecodeError:

@@ -7,7 +7,7 @@ gateway's statuses and parses the SSE stream into chunk dicts.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -24,59 +24,38 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
+from gateway.providers.errortext import error_fields, provider_code, safe_param, with_code
 from gateway.providers.http import HttpChunkStream, HttpProvider
+from gateway.retryafter import retry_after_seconds
 from gateway.sse import EventTooLarge, SSEEvent, SSEParser
-
-# Provider messages can quote a (partly masked) key: scrub anything key-shaped, and
-# any fragment of the key actually used, whatever its format.
-_SECRETISH = re.compile(r"(sk-|sk_|gsk_|kt_live_|Bearer\s+)[A-Za-z0-9_\-*.]{4,}")
-_WORDS = re.compile(r"[A-Za-z0-9_\-]{8,}")
-
-
-def scrub(message: str, secret: str = "", limit: int = 500) -> str:
-    """A provider's message made safe to relay: no key, no fragment of ``secret``."""
-    if secret:
-        message = message.replace(secret, "[redacted]")
-
-        def fragment(match: re.Match[str]) -> str:
-            word = match.group(0)
-            leaks = word in secret or word[:8] in secret or word[-8:] in secret
-            return "[redacted]" if leaks else word
-
-        message = _WORDS.sub(fragment, message)
-    return _SECRETISH.sub("[redacted]", message)[:limit]
-
-
-def _provider_message(body: bytes, secret: str) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return ""
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return scrub(error["message"], secret)
-    if isinstance(error, str):
-        return scrub(error, secret)
-    return ""
 
 
 def error_for_status(
     provider: str, status: int, body: bytes, headers: Any, secret: str = ""
 ) -> GatewayError:
-    """The gateway's answer to a non-200 upstream status (before any byte reached the client)."""
+    """The gateway's answer to a non-200 upstream status (before any byte reached the
+    client): a fixed sentence per status, with the provider's code and the parameter
+    it names when they pass the filter (gateway.providers.errortext); never its text."""
+    error = error_fields(body)
+    code = provider_code(error, secret)
     if status in (401, 403):
         return ByokKeyRejected(provider)
     if status == 429:
+        # Never relayed as sent (it can carry anything): capped seconds, or our own 1.
         sent = headers.get("Retry-After") if headers is not None else None
+        wait = retry_after_seconds(sent, time.time())
         limited = UpstreamRateLimited.detail(
-            f"provider {provider} is rate limiting this project", {"Retry-After": sent or "1"}
+            f"provider {provider} is rate limiting this project",
+            {"Retry-After": str(1 if wait is None else wait)},
         )
-        limited.upstream_retry_after = sent
+        limited.upstream_retry_after = wait
         return limited
     if status in (400, 422):
-        message = _provider_message(body, secret) or "the provider rejected the request"
-        return ValidationFailed(f"provider {provider}: {message}", None)
-    return UpstreamFailed.detail(f"provider {provider} failed (HTTP {status})")
+        return ValidationFailed(
+            with_code(f"provider {provider} rejected the request", code),
+            safe_param(error.get("param"), secret),
+        )
+    return UpstreamFailed.detail(with_code(f"provider {provider} failed (HTTP {status})", code))
 
 
 def _has_finish(batch: list[dict[str, Any]]) -> bool:
@@ -183,11 +162,11 @@ class OpenAIStream(HttpChunkStream):
         # An "error" member that is null is no error (some compatible servers send one on
         # every chunk); any other value, or an error event, ends the stream.
         if event == "error" or chunk.get("error") is not None:
-            error = chunk.get("error")
-            message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamStreamError(
                 "upstream_error",
-                scrub(message, self.secret) if isinstance(message, str) else "provider error",
+                with_code(
+                    "the provider reported an error", provider_code(chunk.get("error"), self.secret)
+                ),
                 declared=True,
             )
         if not _well_formed(chunk):

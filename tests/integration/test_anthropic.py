@@ -676,7 +676,7 @@ async def test_midstream_overloaded_error_raises_api_error_in_the_sdk(
     with pytest.raises(openai.APIError) as info:
         await collect(stream, received)
     assert type(info.value) is openai.APIError
-    assert info.value.message == "Overloaded"
+    assert info.value.message == "the provider reported an error (overloaded_error)"
     assert text_of(received) == "I"  # what came before the error frame was relayed
     assert all(c.usage is None for c in received)
     # No usage arrived: the unknown output is billed at the reserved ceiling.
@@ -699,9 +699,9 @@ async def test_midstream_overloaded_error_event_on_the_wire(
     assert payload["data"] == {
         "code": "upstream_error",
         "provider": "claude",
-        "message": "Overloaded",
+        "message": "the provider reported an error (overloaded_error)",
     }
-    assert payload["error"]["message"] == "Overloaded"
+    assert payload["error"]["message"] == "the provider reported an error (overloaded_error)"
     args = "".join(
         call["function"].get("arguments") or ""
         for e in events[:-1]
@@ -816,7 +816,7 @@ async def test_429_from_anthropic_keeps_retry_after(
     assert resp.headers["Retry-After"] == "3"
 
 
-async def test_400_from_anthropic_is_422_with_its_message(
+async def test_400_from_anthropic_is_422_with_its_code(
     claude: Gateway, upstream: FakeUpstream
 ) -> None:
     client, _, creds = claude
@@ -830,7 +830,8 @@ async def test_400_from_anthropic_is_422_with_its_message(
     assert resp.status == 422
     body = await resp.json()
     assert body["error"] == "validation_failed"
-    assert "messages.0.content: Field required" in body["message"]
+    # The provider's text is never relayed (it can quote the key): its code is.
+    assert body["message"] == "provider claude rejected the request (invalid_request_error)"
 
 
 async def test_sdk_sees_the_status_errors(

@@ -467,7 +467,8 @@ async def test_ledger_event(gateway_on, upstream, rc) -> None:
     events = await rc.xrange(tag(prefix, "prj_delta") + "ledger")
     assert len(events) == 1
     event = parse_event(events[0][1])
-    assert event["request_id"] == "cluster-ledger-0001"
+    assert event["client_request_id"] == "cluster-ledger-0001"
+    assert event["request_id"] == resp.headers["X-Request-Id"]
     assert (event["project"], event["org"], event["key_id"]) == ("delta", "acme", "key_main")
     assert (int(event["input_tokens"]), int(event["output_tokens"])) == (30, 57)
     assert int(event["cost_nano_usd"]) == 30 * IN_PRICE + 57 * OUT_PRICE

@@ -170,10 +170,13 @@ async def test_ledger_has_exactly_one_event_per_admitted_request(
     def rid(name: str) -> str:
         return f"ledger-{name}-{run}"
 
+    gateway_ids: dict[str, str] = {}
+
     async def post(name: str, body: dict[str, Any], auth: dict[str, str]) -> tuple[int, str]:
         resp = await client.post(URL, json=body, headers={**auth, "X-Request-Id": rid(name)})
         text = await resp.text()
-        assert resp.headers["X-Request-Id"] == rid(name)
+        assert resp.headers["X-Client-Request-Id"] == rid(name)
+        gateway_ids[name] = resp.headers["X-Request-Id"]
         return resp.status, text
 
     # 1. unary, API key, cached input reported.
@@ -218,35 +221,45 @@ async def test_ledger_has_exactly_one_event_per_admitted_request(
         URL, json=chat_body(stream=True), headers={**key_auth, "X-Request-Id": rid("gone")}
     )
     assert resp.status == 200
-    assert resp.headers["X-Request-Id"] == rid("gone")
+    assert resp.headers["X-Client-Request-Id"] == rid("gone")
     await resp.content.readline()
     resp.close()
     # 8. refused (402: the per-user day cap is 1000 tokens): not admitted, no event.
     status, text = await post("refused", chat_body("z" * 1200), user_auth)
     assert status == 402, text
-    # 9. no X-Request-Id from the client: the gateway's own id is the event's.
+    # 9. no X-Request-Id from the client: the event's client_request_id is null. (The
+    # event's request_id is always the gateway's own: the X-Request-Id it answered.)
     resp = await client.post(URL, json=chat_body(), headers=key_auth)
     assert resp.status == 200
     own_id = resp.headers["X-Request-Id"]
     await resp.read()
 
-    admitted = {rid(n) for n in ("unary", "stream", "smart", "failed", "cut", "error-event")}
+    admitted_names = ("unary", "stream", "smart", "failed", "cut", "error-event")
+    admitted = {rid(n) for n in admitted_names}
     admitted |= {rid("gone"), own_id}
 
+    def named(e: dict[str, Any]) -> str:
+        """An event by the client's id, or the gateway's when the client sent none."""
+        return str(e["client_request_id"] or e["request_id"])
+
     async def all_settled() -> bool:
-        return {e["request_id"] for e in await ledger_events(redis, prefix)} >= admitted
+        return {named(e) for e in await ledger_events(redis, prefix)} >= admitted
 
     await wait_until(all_settled, what="the ledger events of every admitted request")
     await asyncio.sleep(0.2)  # a duplicate event would show up by now
     events = await ledger_events(redis, prefix)
-    ids = [e["request_id"] for e in events]
+    ids = [named(e) for e in events]
     assert sorted(ids) == sorted(admitted), ids  # exactly one each; none for the 402
-    by_id = {e["request_id"]: e for e in events}
+    by_id = {named(e): e for e in events}
+    assert len({e["request_id"] for e in events}) == len(events)
+    for name, gateway_id in gateway_ids.items():
+        if name in admitted_names:
+            assert by_id[rid(name)]["request_id"] == gateway_id
 
     now = time.time()
     for event in events:
         assert set(event) >= {
-            "request_id", "ts", "org", "project", "key_id", "user", "model", "provider",
+            "request_id", "client_request_id", "ts", "org", "project", "key_id", "user", "model", "provider",
             "upstream_model", "status", "stream", "outcome", "input_tokens", "output_tokens",
             "cached_input_tokens", "reasoning_tokens", "cost_nano_usd", "estimated",
             "duration_ms", "upstream_ms", "settled",

@@ -297,8 +297,14 @@ def test_every_request_has_exactly_one_access_line_naming_its_request_id(run: Ru
     assert len({c.request_id for c in run.calls}) == len(run.calls)
 
 
-def test_a_safe_client_request_id_is_kept(run: Run) -> None:
-    assert run.call("unary_ok").request_id == CLIENT_REQUEST_ID
+def test_a_safe_client_request_id_is_kept_beside_the_gateways(run: Run) -> None:
+    call = run.call("unary_ok")
+    assert call.request_id != CLIENT_REQUEST_ID  # the gateway's id is its own
+    assert call.headers["x-client-request-id"] == CLIENT_REQUEST_ID
+    [record] = [r for r in run.access() if r.get("request_id") == call.request_id]
+    assert record["client_request_id"] == CLIENT_REQUEST_ID
+    others = [r for r in run.access() if r.get("request_id") != call.request_id]
+    assert {r.get("client_request_id") for r in others} == {None}
 
 
 def test_access_lines_carry_status_project_and_stream(run: Run) -> None:

@@ -689,7 +689,8 @@ async def test_client_supplied_request_id_is_echoed_on_errors(gateway) -> None:
     rid = "client-req-0123456789"
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers={"X-Request-Id": rid})
     await error_json(resp, 401, creds)
-    assert resp.headers["X-Request-Id"] == rid
+    assert resp.headers["X-Client-Request-Id"] == rid
+    assert resp.headers["X-Request-Id"] != rid  # the gateway's own id
 
 
 async def test_405_wrong_method_on_a_known_route_is_json(gateway, upstream) -> None:

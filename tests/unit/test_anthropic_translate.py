@@ -802,7 +802,7 @@ def test_error_statuses(status: int, expected_status: int, expected_type: str) -
         assert error.headers["Retry-After"] == "7"
 
 
-def test_400_carries_the_scrubbed_provider_message() -> None:
+def test_400_carries_the_providers_code_never_its_message() -> None:
     raw = json.dumps(
         {
             "type": "error",
@@ -811,7 +811,8 @@ def test_400_carries_the_scrubbed_provider_message() -> None:
     ).encode()
     error = anthropic_error_for_status("claude", 400, raw, {})
     assert error.body["error"] == "validation_failed"
-    assert "max_tokens: too big" in error.body["message"]
+    assert error.body["message"] == "provider claude rejected the request (invalid_request_error)"
+    assert "too big" not in error.body["message"]
 
 
 # ============================================================================ streams
@@ -992,7 +993,7 @@ def test_overloaded_right_after_message_start_fails_before_the_first_chunk() -> 
     with pytest.raises(UpstreamStreamError) as info:
         translator.check()
     assert info.value.declared
-    assert info.value.message == "Overloaded"
+    assert info.value.message == "the provider reported an error (overloaded_error)"
 
 
 def test_error_frames_do_not_leak_the_provider_key() -> None:
@@ -1036,7 +1037,7 @@ def test_overloaded_error_frame_mid_stream(
         translator.check()
     assert info.value.declared
     assert info.value.code == "upstream_error"
-    assert info.value.message == "Overloaded"
+    assert info.value.message == "the provider reported an error (overloaded_error)"
     with pytest.raises(UpstreamStreamError):
         translator.feed(b"more")
     with pytest.raises(UpstreamStreamError):
@@ -1048,7 +1049,7 @@ def test_overloaded_error_frame_in_97_byte_slices() -> None:
     with pytest.raises(UpstreamStreamError) as info:
         run(raw, slices(raw))
     assert info.value.declared
-    assert info.value.message == "Overloaded"
+    assert info.value.message == "the provider reported an error (overloaded_error)"
 
 
 def test_error_frame_as_the_first_event() -> None:
