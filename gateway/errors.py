@@ -95,6 +95,8 @@ class GatewayError(Exception):
 
 class BadRequest(GatewayError):
     status = 400
+    error_type = "invalid_request_error"
+    code = "bad_request"
 
 
 class Unauthorized(GatewayError):
