@@ -1,7 +1,9 @@
 """The aiohttp application: middleware chain, routes, long-lived resources.
 
-    root:  errors -> observe -> /healthz /readyz /metrics
+    root:  errors -> observe -> /healthz /readyz /admin/reload
     /v1:   auth -> parse+validate -> budget -> chat_completions
+
+``/metrics`` is not here: it has its own listener (gateway.metrics_server).
 
 The root app's middlewares wrap the ``/v1`` sub-app's, so every answer, errors
 included, is rendered as JSON and observed.
@@ -17,7 +19,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -28,6 +29,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.context import STATE, GatewayState
 from gateway.errors import Forbidden, Unauthorized, error_middleware, json_error
 from gateway.metrics import Metrics
+from gateway.metrics_server import metrics_listener
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
@@ -38,7 +40,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
 from gateway.sessions import mint_token
-from gateway.usage_report import get_usage, refresh_budget_gauges
+from gateway.usage_report import get_usage
 
 log = logging.getLogger("gateway.app")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -104,13 +106,6 @@ async def readyz(request: web.Request) -> web.Response:
     return json_error(503, {"detail": "not ready", "checks": checks}, {"Retry-After": "1"})
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    await refresh_budget_gauges(state)
-    body = state.metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def reload_config(app: web.Application) -> bool:
     """Re-read the config directory; keep serving the old one if the new one is invalid.
 
@@ -139,6 +134,7 @@ def _load_reloadable(current: Config) -> Config:
         "redis.url": (old.redis.url, gw.redis.url),
         "redis.key_prefix": (old.redis.key_prefix, gw.redis.key_prefix),
         "listen": (old.listen, gw.listen),
+        "metrics": (old.metrics, gw.metrics),
         "limits.max_body_bytes": (old.limits.max_body_bytes, gw.limits.max_body_bytes),
     }
     path = str(current.directory / "gateway.yaml")
@@ -222,8 +218,16 @@ def _swap(app: web.Application, new: Config) -> None:
     log.info("config reloaded", extra={"projects": len(new.projects)})
 
 
-def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -> web.Application:
-    """The gateway application, using the Redis at ``redis_url``."""
+def create_app(
+    config: Config,
+    redis_url: str,
+    metrics: Metrics | None = None,
+    metrics_address: tuple[str, int] | None = None,
+) -> web.Application:
+    """The gateway application, using the Redis at ``redis_url``. With a
+    ``metrics_address`` it also opens the metrics listener there while it runs: one
+    process of a gateway does (the others' values reach it through the multiprocess
+    files)."""
     gw = config.gateway
     app = web.Application(
         middlewares=[error_middleware, observe_middleware],
@@ -257,10 +261,12 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         await redis.aclose()
 
     app.cleanup_ctx.append(resources)
+    if metrics_address is not None:
+        token = config.secret(gw.metrics.bearer_token_env)
+        app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store
     app.on_response_prepare.append(add_request_id)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/admin/reload", admin_reload)
 
     v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])

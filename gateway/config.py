@@ -54,6 +54,33 @@ class ListenConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6addr]:port`` for IPv6) as (host, port); ValueError if not."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus exposition: its own listener, never the API port (it lists every
+    org's projects, caps and spend). Loopback by default; "" serves no metrics."""
+
+    listen: str = "127.0.0.1:9464"
+    # Optional: the environment variable holding a token the scraper must send as
+    # ``Authorization: Bearer``. Named but unset or empty is a config error.
+    bearer_token_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+
 class RedisConfig(_Strict):
     url: str = ""  # empty: start an embedded redis-server
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "gw"
@@ -225,6 +252,7 @@ class ResilienceConfig(_Strict):
 
 class GatewayFile(_Strict):
     listen: ListenConfig = ListenConfig()
+    metrics: MetricsConfig = MetricsConfig()
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
     session_tokens: SessionTokenConfig = SessionTokenConfig()
@@ -455,6 +483,15 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
     keys: dict[str, list[KeyRecord]] = {}
     if gateway is not None:
         _check_hold_outlasts_attempts(gateway, gw_path, problems)
+        token_env = gateway.metrics.bearer_token_env
+        if token_env and not env.get(token_env):
+            problems.append(
+                (
+                    str(gw_path),
+                    "metrics.bearer_token_env",
+                    f"environment variable {token_env} is not set",
+                )
+            )
         for org_name, org in gateway.orgs.items():
             for entry in org.api_keys:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))

@@ -414,7 +414,7 @@ async def test_admin_reload_endpoint(
 
 
 async def requests_total(http: aiohttp.ClientSession, gw: GatewayProcess) -> float:
-    async with http.get(gw.url("/metrics")) as resp:
+    async with http.get(gw.metrics_url) as resp:
         assert resp.status == 200
         text = await resp.text()
     total = 0.0
@@ -435,7 +435,7 @@ async def test_workers_share_the_port_restart_and_add_up_metrics(
     assert len(set(workers)) == 2
     # Before anything moved, every family is announced all the same (HELP and TYPE),
     # as a single process shows them: dashboards and alerts find their metrics.
-    async with http.get(gw.url("/metrics")) as resp:
+    async with http.get(gw.metrics_url) as resp:
         fresh = {f.name for f in text_string_to_metric_families(await resp.text())}
     for name in ("gateway_budget_rejections", "gateway_upstream_errors", "gateway_tokens"):
         assert name in fresh, sorted(fresh)

@@ -23,7 +23,7 @@ from gateway.app import reload_config
 from gateway.context import STATE
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion
-from tests.harness import RedisServer, bearer, chat_body
+from tests.harness import RedisServer, bearer, chat_body, scrape
 from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
     CEILING,
     CHAT,
@@ -158,14 +158,14 @@ async def test_budget_gauges_follow_a_reload(make_gateway) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 5000}}}}}
     )
-    before = _series(await (await client.get("/metrics")).text(), "gateway_budget_limit_tokens")
+    before = _series(await scrape(client), "gateway_budget_limit_tokens")
     assert any(dict(s).get("project") == "alpha" for s in before), before
     path = creds.config_dir / "projects" / "alpha.yaml"
     project = yaml.safe_load(path.read_text())
     project["budgets"] = {}
     path.write_text(yaml.safe_dump(project, sort_keys=False))
     assert reload_config(client.server.app) is True
-    after = _series(await (await client.get("/metrics")).text(), "gateway_budget_limit_tokens")
+    after = _series(await scrape(client), "gateway_budget_limit_tokens")
     assert not any(dict(s).get("project") == "alpha" for s in after), after
 
 
