@@ -12,6 +12,7 @@ included, is rendered as JSON and observed.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -174,16 +175,43 @@ def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: fl
     loop.call_later(drain_seconds + grace_seconds, cut_handlers)
 
 
-async def admin_reload(request: web.Request) -> web.Response:
-    """``POST /admin/reload`` (an API key with ``admin`` scope): re-read the config."""
+# The operator's credential for gateway-wide operations (POST /admin/reload): a secret
+# of its own, from the environment, never an org's key (an org admin would reload every
+# org's config and read every org's config errors).
+OPERATOR_TOKEN_ENV = "KARTA_OPERATOR_TOKEN"
+
+
+def _check_operator(request: web.Request) -> None:
+    """Let the operator through; anyone else gets 401 (no valid credential) or 403 (an
+    org's credential, or the endpoint disabled because no operator token is set)."""
     state = request.app[STATE]
+    token = state.config.secret(OPERATOR_TOKEN_ENV)
+    if not token:
+        raise Forbidden.detail(
+            f"POST /admin/reload is disabled: set {OPERATOR_TOKEN_ENV} to enable it, "
+            "or reload with SIGHUP"
+        )
+    header = request.headers.get("Authorization", "")
+    sent = header.encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(sent, f"Bearer {token}".encode()):  # constant time
+        return
     try:
-        principal = authenticate(request.headers.get("Authorization"), state.config)
+        authenticate(header or None, state.config)
     except Unauthorized as exc:
         state.metrics.auth_failures.labels(exc.reason).inc()  # counted as on every route
         raise
-    if principal.session is not None or "admin" not in principal.scopes:
-        raise Forbidden.detail("reloading needs an API key with the 'admin' scope")
+    state.metrics.auth_failures.labels("not_operator").inc()
+    raise Forbidden.detail(
+        f"reloading the gateway needs the operator token ({OPERATOR_TOKEN_ENV}); "
+        "an org's API key or session token cannot"
+    )
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """``POST /admin/reload`` (the operator token): re-read the config. Only the
+    operator sees what is wrong with a rejected config (every org's files)."""
+    _check_operator(request)
+    state = request.app[STATE]
     try:
         new = _load_reloadable(state.config)
     except ConfigError as exc:

@@ -29,6 +29,8 @@ from gateway.credentials import generate_key, mint_session_token
 SESSION_SECRET = "test-session-secret-" + "x" * 24
 PROVIDER_KEY = "sk-test-provider-key-DO-NOT-LEAK-0123456789"
 BYOK_KEY = "sk-test-byok-key-DO-NOT-LEAK-9876543210"
+# The operator's credential (POST /admin/reload), in every test gateway's environment.
+OPERATOR_TOKEN = "test-operator-token-" + "o" * 24
 
 
 def free_port() -> int:
@@ -206,6 +208,7 @@ def write_config(
         "GATEWAY_SESSION_SECRET": SESSION_SECRET,
         "TEST_PROVIDER_KEY": PROVIDER_KEY,
         "TEST_BYOK_KEY": BYOK_KEY,
+        "KARTA_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
     return Credentials(
         config_dir=root,

@@ -21,9 +21,8 @@ from redis.asyncio import Redis
 
 from gateway.app import reload_config
 from gateway.context import STATE
-from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion
-from tests.harness import RedisServer, bearer, chat_body, scrape
+from tests.harness import OPERATOR_TOKEN, RedisServer, bearer, chat_body, scrape
 from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
     CEILING,
     CHAT,
@@ -33,7 +32,7 @@ from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
     make_creds,
     spawn,
 )
-from tests.process import add_api_key, edit_gateway_yaml, month_counter, open_reservations
+from tests.process import edit_gateway_yaml, month_counter, open_reservations
 
 
 async def test_admin_reload_reaches_every_worker(
@@ -45,8 +44,6 @@ async def test_admin_reload_reaches_every_worker(
     """With --workers 2 the reload answered by one worker reached only that worker: a
     revoked key went on working on the other. Now every worker reloads."""
     creds = make_creds()
-    admin = generate_key()
-    add_api_key(creds, "key_admin", admin.prefix, admin.sha256, ["admin"])
     gw = await spawn(creds, workers=2)
     url = gw.url(CHAT.format("alpha"))
 
@@ -56,7 +53,7 @@ async def test_admin_reload_reaches_every_worker(
                 entry["revoked"] = True
 
     edit_gateway_yaml(creds, revoke)
-    async with http.post(gw.url("/admin/reload"), headers=bearer(admin.secret)) as resp:
+    async with http.post(gw.url("/admin/reload"), headers=bearer(OPERATOR_TOKEN)) as resp:
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["workers"] == "all"
     statuses: list[int] = []

@@ -7,6 +7,9 @@ would: with its own valid credentials, over the API port.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +17,13 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream
-from tests.harness import Credentials, bearer, chat_body, write_config
-from tests.process import GatewayProcess
+from tests.harness import OPERATOR_TOKEN, Credentials, bearer, chat_body, write_config
+from tests.process import GatewayProcess, edit_gateway_yaml
 
 CHAT = "/v1/projects/{}/chat/completions"
 METRICS_TOKEN = "metrics-scrape-token-" + "m" * 24
@@ -144,3 +149,98 @@ async def test_with_workers_one_process_binds_the_metrics_listener(
         if s.name == "gateway_requests_total"
     )
     assert total == 6  # every worker's requests, summed by the one that serves metrics
+
+
+# ------------------------------------------------------------------------ /admin/reload
+
+
+def add_org_admin(creds: Credentials, org: str) -> str:
+    """An ``admin``-scoped API key of ``org``; returns its secret."""
+    key = generate_key()
+
+    def change(data: dict[str, Any]) -> None:
+        data["orgs"][org]["api_keys"].append(
+            {"id": f"key_{org}_admin", "prefix": key.prefix, "sha256": key.sha256,
+             "scopes": ["admin"]}
+        )  # fmt: skip
+
+    edit_gateway_yaml(creds, change)
+    return key.secret
+
+
+def write_project(creds: Credentials, slug: str, org: str, **extra: Any) -> Path:
+    path = creds.config_dir / "projects" / f"{slug}.yaml"
+    body = {
+        "id": f"prj_{slug}",
+        "org": org,
+        "models": {"default": {"routes": [{"provider": "upstream", "model": "gpt-4o-mini"}]}},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+async def test_an_org_admin_key_cannot_reload_the_gateway_or_read_other_orgs_errors(
+    make_creds: MakeCreds, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    """globex's admin key reloaded every org's config and was shown acme's config
+    errors. Gateway-wide operations now need the operator token."""
+    creds = make_creds()
+    globex_admin = add_org_admin(creds, "globex")
+    gw = await spawn(creds)
+    url = gw.url("/admin/reload")
+    write_project(creds, "globex-new", "globex")
+    resp = await http.post(url, headers=bearer(globex_admin))
+    assert resp.status == 403, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"detail"}, body
+    assert "operator token" in body["detail"]
+    new = gw.url(CHAT.format("globex-new"))
+    resp = await http.post(new, json=chat_body(), headers=bearer(creds.other_org_key))
+    assert resp.status == 404, "nothing was reloaded"
+
+    # acme's file broken: globex's admin learns nothing of it, the operator everything.
+    write_project(creds, "acme-broken", "acme", secret_plan="acme internal")
+    resp = await http.post(url, headers=bearer(globex_admin))
+    assert resp.status == 403
+    text = await resp.text()
+    assert "acme" not in text
+    assert "secret_plan" not in text
+    resp = await http.post(url, headers=bearer(OPERATOR_TOKEN))
+    assert resp.status == 422, await resp.text()
+    problems = (await resp.json())["problems"]
+    assert any("acme-broken" in p["file"] and "secret_plan" in p["path"] for p in problems)
+    (creds.config_dir / "projects" / "acme-broken.yaml").unlink()
+    resp = await http.post(url, headers=bearer(OPERATOR_TOKEN))
+    assert resp.status == 200, await resp.text()
+    resp = await http.post(new, json=chat_body(), headers=bearer(creds.other_org_key))
+    assert resp.status == 200, await resp.text()
+    # A wrong operator token is no credential at all: 401, as anywhere.
+    resp = await http.post(url, headers=bearer(OPERATOR_TOKEN[:-1] + "x"))
+    assert resp.status == 401
+
+
+async def test_without_an_operator_token_reload_is_refused_and_sighup_remains(
+    make_creds: MakeCreds, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    creds = make_creds()
+    del creds.env["KARTA_OPERATOR_TOKEN"]
+    admin = add_org_admin(creds, "acme")
+    gw = await spawn(creds)
+    write_project(creds, "delta", "acme")
+    for headers in ({}, bearer(admin), bearer(OPERATOR_TOKEN), bearer("")):
+        resp = await http.post(gw.url("/admin/reload"), headers=headers)
+        assert resp.status == 403, await resp.text()
+        detail = (await resp.json())["detail"]
+        assert "KARTA_OPERATOR_TOKEN" in detail
+        assert "SIGHUP" in detail
+    delta = gw.url(CHAT.format("delta"))
+    resp = await http.post(delta, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 404
+    gw.send(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (
+        status := (await http.post(delta, json=chat_body(), headers=bearer(creds.key))).status
+    ) != 200:
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.1)
