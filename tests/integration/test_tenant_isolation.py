@@ -21,8 +21,17 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream
-from tests.harness import OPERATOR_TOKEN, Credentials, bearer, chat_body, write_config
+from tests.fakeupstream import FakeUpstream, Reply, openai_error
+from tests.harness import (
+    BYOK_KEY,
+    OPERATOR_TOKEN,
+    PROVIDER_KEY,
+    Credentials,
+    bearer,
+    chat_body,
+    provider_entry,
+    write_config,
+)
 from tests.process import GatewayProcess, edit_gateway_yaml
 
 CHAT = "/v1/projects/{}/chat/completions"
@@ -244,3 +253,52 @@ async def test_without_an_operator_token_reload_is_refused_and_sighup_remains(
     ) != 200:
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------------------ circuit breaker
+
+BREAKER = {
+    "retries": {"attempts_per_target": 1, "backoff_base_ms": 10},
+    "breaker": {"failure_threshold": 3, "cooldown_seconds": 30, "half_open_probes": 1},
+}
+
+
+@pytest.mark.parametrize("failure", ["http_500", "timeout", "byok_500", "byok_timeout"])
+async def test_one_orgs_failures_do_not_open_the_breaker_for_another(
+    make_gateway: Any, upstream: FakeUpstream, failure: str
+) -> None:
+    """Three failing requests from globex opened the breaker of the (provider, model)
+    and acme got 503 for 30 s. Whatever fails globex's requests (what they ask, which
+    makes the model answer 5xx or time out, or its own BYOK key), acme is served."""
+    byok = failure.startswith("byok")
+    projects = {"gamma": {"provider_keys": {"upstream": "TEST_BYOK_KEY"}}} if byok else {}
+    client, _, creds = await make_gateway(
+        projects=projects,
+        gateway={
+            "resilience": BREAKER,
+            "providers": {"upstream": provider_entry(upstream.base_url, first_byte=0.3)},
+        },
+    )
+    bad = (
+        Reply(delay_before_headers=1.0)
+        if failure.endswith("timeout")
+        else Reply(status=500, json=openai_error(500))
+    )
+    upstream.script(*[bad] * 3)
+    gamma = "/v1/projects/gamma/chat/completions"
+    statuses = []
+    for _ in range(4):
+        resp = await client.post(gamma, json=chat_body(), headers=bearer(creds.other_org_key))
+        statuses.append(resp.status)
+    # globex's own circuit opened (its fourth request is not sent upstream) ...
+    assert set(statuses[:3]) <= {502, 504}, statuses
+    assert statuses[3] == 503, statuses
+    assert len(upstream.requests) == 3
+    sent_with = {r.header("Authorization") for r in upstream.requests}
+    assert sent_with == {f"Bearer {BYOK_KEY if byok else PROVIDER_KEY}"}
+    # ... acme's did not: same provider, same model, served at once.
+    for project in ("alpha", "beta"):
+        url = f"/v1/projects/{project}/chat/completions"
+        resp = await client.post(url, json=chat_body(), headers=bearer(creds.key))
+        assert resp.status == 200, await resp.text()
+    assert len(upstream.requests) == 5
