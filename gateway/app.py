@@ -1,7 +1,7 @@
 """The aiohttp application: middleware chain, routes, long-lived resources.
 
     root:  errors -> observe -> /healthz /readyz /admin/reload
-    /v1:   auth -> parse+validate -> budget -> chat_completions
+    /v1:   auth -> in-flight caps -> parse+validate -> budget -> chat_completions
 
 ``/metrics`` is not here: it has its own listener (gateway.metrics_server).
 
@@ -33,6 +33,7 @@ from gateway.metrics import Metrics
 from gateway.metrics_server import metrics_listener
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
+from gateway.middleware.inflight import inflight_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
 from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
 from gateway.providers.anthropic import AnthropicProvider
@@ -297,7 +298,9 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/admin/reload", admin_reload)
 
-    v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])
+    v1 = web.Application(
+        middlewares=[auth_middleware, inflight_middleware, parse_middleware, budget_middleware]
+    )
     v1.router.add_post(
         "/projects/{project_ref}/chat/completions", chat_completions, name=CHAT_ROUTE
     )

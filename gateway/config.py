@@ -91,6 +91,15 @@ class RedisConfig(_Strict):
 
 class LimitsConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    # What one body may cost to decode (gateway.jsonlimits): JSON elements (values and
+    # object members) and nesting depth. A chat request with a long history and many
+    # tools has a few thousand elements; 1 MiB of tiny elements has 500,000.
+    max_json_elements: Annotated[int, Field(ge=16)] = 50_000
+    max_json_depth: Annotated[int, Field(ge=4, le=200)] = 64
+    # Requests served at once per API key (session tokens count for the key that minted
+    # them) and per org, per process: past them, 429 + Retry-After.
+    max_in_flight_per_key: Annotated[int, Field(ge=1)] = 128
+    max_in_flight_per_org: Annotated[int, Field(ge=1)] = 512
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
     # Input tokens reserved per image on models without prices.<model>.image_tokens: the
     # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.

@@ -21,6 +21,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.budget import BudgetStore, Reservation
 from gateway.config import Config, PriceConfig, Project, ProviderConfig, Route
 from gateway.credentials import SessionClaims
+from gateway.inflight import InFlight
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider
 from gateway.usage import Usage
@@ -41,6 +42,7 @@ class GatewayState:
     grace_over: bool = False  # set when they are cancelled
     breakers: dict[tuple[str, str, str, str], CircuitBreaker] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    in_flight: InFlight = field(default_factory=InFlight)  # per key and org, this process
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from aiohttp import web
 
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
 from gateway.credentials import mint_session_token
 from gateway.errors import Forbidden, ServiceUnavailable, ValidationFailed
+from gateway.middleware.parse import bounded_json
 
 
 async def mint_token(request: web.Request) -> web.Response:
@@ -24,10 +24,7 @@ async def mint_token(request: web.Request) -> web.Response:
     if not secret:
         raise ServiceUnavailable.detail("session tokens are not configured", {"Retry-After": "60"})
     raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise ValidationFailed("request body is not valid JSON", None) from None
+    body = bounded_json(raw, config.gateway.limits) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object", None)
     sub = body.get("sub")

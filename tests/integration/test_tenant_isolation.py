@@ -8,6 +8,8 @@ would: with its own valid credentials, over the API port.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gzip
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.context import STATE
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream, Reply, openai_error
+from tests.fakeupstream import FakeUpstream, Recorded, Reply, default_reply, openai_error
 from tests.harness import (
     BYOK_KEY,
     OPERATOR_TOKEN,
@@ -302,3 +305,150 @@ async def test_one_orgs_failures_do_not_open_the_breaker_for_another(
         resp = await client.post(url, json=chat_body(), headers=bearer(creds.key))
         assert resp.status == 200, await resp.text()
     assert len(upstream.requests) == 5
+
+
+# ------------------------------------------------------------------- what one request costs
+
+MiB = 1 << 20
+
+
+def element_bomb(size: int = MiB - 4096) -> bytes:
+    """A valid chat request padded with ~``size`` bytes of tiny JSON elements."""
+    head = b'{"messages":[{"role":"user","content":"hi"}],"metadata":{"pad":['
+    count = (size - len(head)) // 3
+    return head + b",".join([b"{}"] * count) + b"]}}"
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+async def test_an_element_bomb_is_refused_before_it_is_decoded(
+    make_creds: MakeCreds, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    """30 concurrent 1 MiB bodies of tiny elements grew the process from 65 MB to
+    1.27 GB and stalled its loop: another org got 503s. They are now refused from their
+    bytes (413 naming the limit); the process's peak memory stays bounded and the other
+    org is served meanwhile."""
+    creds = make_creds()
+    gw = await spawn(creds)
+    alpha = gw.url(CHAT.format("alpha"))
+    gamma = gw.url(CHAT.format("gamma"))
+    for _ in range(3):  # warm: first-request allocations are not the bomb's
+        resp = await http.post(gamma, json=chat_body(), headers=bearer(creds.other_org_key))
+        assert resp.status == 200
+    before = rss_kib(gw.pid)
+    bomb = element_bomb()
+    headers = {**bearer(creds.key), "Content-Type": "application/json"}
+
+    async def send_bomb() -> tuple[int, Any]:
+        async with http.post(alpha, data=bomb, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def other_org() -> list[tuple[int, float]]:
+        out = []
+        for _ in range(10):
+            started = time.monotonic()
+            async with http.post(
+                gamma, json=chat_body(), headers=bearer(creds.other_org_key)
+            ) as resp:
+                out.append((resp.status, time.monotonic() - started))
+        return out
+
+    *bombs, served = await asyncio.gather(*(send_bomb() for _ in range(30)), other_org())
+    for status, body in bombs:
+        assert status == 413, body
+        assert "limits.max_json_elements" in body["detail"], body
+    assert [status for status, _ in served] == [200] * 10
+    assert max(seconds for _, seconds in served) < 2.0, served
+    peak_growth_mib = (rss_kib(gw.pid, "VmHWM") - before) / 1024
+    # Generous: the raw bodies being read (30 MiB) and allocator slack; decoding them
+    # took over 1,200 MiB.
+    assert peak_growth_mib < 200, peak_growth_mib
+
+
+async def test_json_limits_name_themselves_and_spare_honest_bodies(make_gateway: Any) -> None:
+    client, _, creds = await make_gateway(
+        gateway={"limits": {"reservation_ttl_seconds": 60, "max_json_elements": 1000,
+                            "max_json_depth": 16}}
+    )  # fmt: skip
+    url = "/v1/projects/alpha/chat/completions"
+    headers = {**bearer(creds.key), "Content-Type": "application/json"}
+    wide = chat_body(metadata={"pad": [0] * 1000})
+    resp = await client.post(url, json=wide, headers=bearer(creds.key))
+    assert resp.status == 413, await resp.text()
+    assert "1000 JSON elements (limits.max_json_elements)" in (await resp.json())["detail"]
+    nested: Any = 0
+    for _ in range(20):
+        nested = [nested]
+    resp = await client.post(url, json=chat_body(metadata={"deep": nested}), headers=headers)
+    assert resp.status == 422, await resp.text()
+    assert "limits.max_json_depth" in (await resp.json())["message"]
+    # Thousands of commas and brackets inside a string are text, not elements.
+    csv = ",".join(["[1,{2}]"] * 5000)
+    resp = await client.post(url, json=chat_body(csv), headers=bearer(creds.key))
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_compressed_body_is_bounded_by_its_decoded_size(make_gateway: Any) -> None:
+    client, _, creds = await make_gateway()
+    inflated = b'{"messages":[{"role":"user","content":"' + b"a" * (64 * MiB) + b'"}]}'
+    packed = gzip.compress(inflated, compresslevel=9)
+    assert len(packed) < MiB // 4
+    headers = {
+        **bearer(creds.key),
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    resp = await client.post("/v1/projects/alpha/chat/completions", data=packed, headers=headers)
+    assert resp.status == 413, await resp.text()
+
+
+def slow(seconds: float) -> Callable[[Recorded], Reply]:
+    return lambda rec: dataclasses.replace(default_reply(rec), delay_before_headers=seconds)
+
+
+async def test_in_flight_caps_per_key_and_per_org(
+    make_gateway: Any, upstream: FakeUpstream
+) -> None:
+    client, _, creds = await make_gateway(
+        gateway={"limits": {"reservation_ttl_seconds": 60, "max_in_flight_per_key": 2,
+                            "max_in_flight_per_org": 3}}
+    )  # fmt: skip
+    alpha = "/v1/projects/alpha/chat/completions"
+    gamma = "/v1/projects/gamma/chat/completions"
+    upstream.script(slow(1.0), slow(1.0), slow(1.0))
+    held = [
+        asyncio.create_task(client.post(alpha, json=chat_body(), headers=bearer(creds.key)))
+        for _ in range(2)
+    ]
+    await upstream.wait_requests(2)
+    # The key's third: 429 at once, before its body is read.
+    resp = await client.post(alpha, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 429, await resp.text()
+    assert resp.headers["Retry-After"] == "1"
+    assert "limits.max_in_flight_per_key" in (await resp.json())["detail"]
+    # Another credential of the org takes the org's last slot; then the org is full.
+    token_call = asyncio.create_task(
+        client.post(alpha, json=chat_body(), headers=bearer(creds.session("alpha")))
+    )
+    await upstream.wait_requests(3)
+    resp = await client.post(
+        alpha, json=chat_body(), headers=bearer(creds.session("alpha", sub="u2"))
+    )
+    assert resp.status == 429, await resp.text()
+    assert "limits.max_in_flight_per_org" in (await resp.json())["detail"]
+    # Another org is served all along.
+    started = time.monotonic()
+    resp = await client.post(gamma, json=chat_body(), headers=bearer(creds.other_org_key))
+    assert resp.status == 200, await resp.text()
+    assert time.monotonic() - started < 0.9
+    for answer in await asyncio.gather(*held, token_call):
+        assert answer.status == 200
+    # Slots come back once answered.
+    resp = await client.post(alpha, json=chat_body(), headers=bearer(creds.key))
+    assert resp.status == 200
+    assert client.server.app[STATE].in_flight.by_key == {}
