@@ -85,6 +85,7 @@ def _run_worker(
     from aiohttp import web
 
     from gateway.app import begin_shutdown, create_app, reload_config
+    from gateway.connections import ConnectionGuard, fd_bounded, serve
     from gateway.logs import setup_logging
 
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
@@ -116,16 +117,18 @@ def _run_worker(
             )
 
     app.on_startup.append(on_startup)
-    web.run_app(
+    # Every connection: a header deadline, a cap per process and per client address.
+    guard = ConnectionGuard(
+        fd_bounded(limits.max_connections),
+        limits.max_connections_per_address,
+        limits.header_timeout_seconds,
+    )
+    serve(
         app,
+        guard,
         host=host,
         port=port,
         reuse_port=reuse_port,
-        # Cancel the handler when the client disconnects: the upstream is stopped at once
-        # (the relay and the budget settlement handle the cancellation).
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda *_: None,
         # Longer than the grace period: streams are cut by begin_shutdown (with an error
         # event) before aiohttp would close their connections.
         shutdown_timeout=limits.shutdown_grace_seconds + 10,

@@ -100,6 +100,16 @@ class LimitsConfig(_Strict):
     # them) and per org, per process: past them, 429 + Retry-After.
     max_in_flight_per_key: Annotated[int, Field(ge=1)] = 128
     max_in_flight_per_org: Annotated[int, Field(ge=1)] = 512
+    # Slow clients (gateway.connections): a request's headers must arrive within
+    # header_timeout_seconds of the connection opening (or of its first byte on a
+    # kept-alive one), its body within body_timeout_seconds of the headers.
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Open connections per process (lowered to what RLIMIT_NOFILE allows) and per client
+    # address: past either, a new connection is closed when accepted. Behind a load
+    # balancer every connection comes from its address: raise the second to match.
+    max_connections: Annotated[int, Field(ge=16)] = 4096
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 256
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
     # Input tokens reserved per image on models without prices.<model>.image_tokens: the
     # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.

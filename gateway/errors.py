@@ -5,6 +5,7 @@
     ├── Forbidden           403       wrong project, scope, or model not allowed
     ├── NotFound            404       unknown project or model alias
     ├── Conflict            409       project disabled / no route
+    ├── RequestTimeout      408       body not received in time (names the limit)
     ├── PayloadTooLarge     413       body over a decoding limit (names it)
     ├── ValidationFailed    422       request body invalid (names the field)
     ├── ByokKeyRejected     422       the provider rejected the provider key
@@ -92,6 +93,10 @@ class ByokKeyRejected(GatewayError):
                 "message": "the provider rejected the configured API key",
             }
         )
+
+
+class RequestTimeout(GatewayError):
+    status = 408
 
 
 class PayloadTooLarge(GatewayError):

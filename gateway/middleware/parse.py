@@ -6,6 +6,7 @@ reserves the ``input_bound`` and ``output_ceiling`` computed here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,13 @@ from aiohttp.typedefs import Handler
 
 from gateway.config import Config, LimitsConfig, Route
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
-from gateway.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from gateway.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ValidationFailed,
+)
 from gateway.jsonlimits import NotJson, TooDeep, TooManyElements, load_bounded
 from gateway.routing import plan_targets
 from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
@@ -32,6 +39,21 @@ def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | N
     windows = [p.context_tokens if p else None for p in prices]
     context = None if None in windows else max(w for w in windows if w is not None)
     return image_bound, context
+
+
+async def read_body(request: web.Request, caps: LimitsConfig) -> bytes:
+    """The whole body, within ``limits.body_timeout_seconds`` (else 408: a client
+    trickling its body must not hold the request, nor its in-flight slot, indefinitely;
+    the connection is closed after the answer, the rest drained for at most a couple
+    of seconds: gateway.connections)."""
+    try:
+        async with asyncio.timeout(caps.body_timeout_seconds):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout.detail(
+            f"request body not received within {caps.body_timeout_seconds:g} s "
+            "(limits.body_timeout_seconds)"
+        ) from None
 
 
 def bounded_json(raw: bytes, caps: LimitsConfig) -> Any:
@@ -70,7 +92,7 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise Conflict.detail("project is disabled")
     # Over client_max_size (counted decoded: a compressed body is inflated by aiohttp,
     # chunk by chunk, and bounded the same): 413 from aiohttp, rendered as JSON.
-    raw = await request.read()
+    raw = await read_body(request, config.gateway.limits)
     body = bounded_json(raw, config.gateway.limits)
     chat = validate_chat_request(body)
     alias = chat.model or project.file.default_model

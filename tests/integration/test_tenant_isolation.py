@@ -452,3 +452,121 @@ async def test_in_flight_caps_per_key_and_per_org(
     resp = await client.post(alpha, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 200
     assert client.server.app[STATE].in_flight.by_key == {}
+
+
+# ------------------------------------------------------------------------------ slowloris
+
+SLOW = {
+    "reservation_ttl_seconds": 60,
+    "header_timeout_seconds": 1.0,
+    "body_timeout_seconds": 1.5,
+    "max_connections_per_address": 5,
+}
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, if it closed within ``seconds`` (else None)."""
+    got = b""
+    try:
+        async with asyncio.timeout(seconds):
+            while piece := await reader.read(65536):
+                got += piece
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return got
+
+
+async def test_partial_headers_are_cut_at_the_header_timeout(
+    make_creds: MakeCreds, spawn: Spawn
+) -> None:
+    """A connection trickling its headers was held 75 s (and longer, a byte at a time)."""
+    gw = await spawn(make_creds(gateway={"limits": SLOW}))
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    started = time.monotonic()
+    writer.write(b"POST /v1/projects/alpha/chat/completions HTTP/1.1\r\nHost: x\r\n")
+
+    async def trickle() -> None:
+        for i in range(40):
+            await asyncio.sleep(0.2)
+            writer.write(b"X-Slow-%d: y\r\n" % i)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        assert await closed_within(reader, 4) is not None, "held past the header timeout"
+        assert await closed_within(idle_reader, 4) is not None, "a silent one too"
+        assert time.monotonic() - started < 3
+    finally:
+        trickling.cancel()
+        writer.close()
+        idle_writer.close()
+
+
+async def test_a_slow_body_is_cut_at_the_body_timeout(make_creds: MakeCreds, spawn: Spawn) -> None:
+    """An authenticated request trickling its body held its connection (and its
+    in-flight slot) indefinitely."""
+    creds = make_creds(gateway={"limits": SLOW})
+    gw = await spawn(creds)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    body = b'{"messages":[{"role":"user","content":"' + b"a" * 400 + b'"}]}'
+    writer.write(
+        b"POST /v1/projects/alpha/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + creds.key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        for i in range(0, len(body), 4):
+            writer.write(body[i : i + 4])
+            await asyncio.sleep(0.2)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answer = await closed_within(reader, 8)
+        assert answer is not None, "held past the body timeout"
+        # The 408 at the body timeout; closed once the rest stops being drained.
+        assert time.monotonic() - started < 6
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"limits.body_timeout_seconds" in answer
+    finally:
+        trickling.cancel()
+        writer.close()
+
+
+async def test_connections_past_the_per_address_cap_are_closed_and_probes_answer(
+    make_creds: MakeCreds, spawn: Spawn, http: aiohttp.ClientSession
+) -> None:
+    """1,007 sockets from one client filled the fd table and health probes failed."""
+    gw = await spawn(make_creds(gateway={"limits": SLOW}))
+    held = []
+    try:
+        for _ in range(12):  # from another loopback address than the probe's
+            held.append(
+                await asyncio.open_connection("127.0.0.1", gw.port, local_addr=("127.0.0.2", 0))
+            )
+        # At once: the kept ones are closed by the header timeout (1 s) after a while.
+        outcomes = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in held))
+        kept = [o for o in outcomes if o is None]
+        assert len(kept) == 5, outcomes
+        assert all(o == b"" for o in outcomes if o is not None)  # closed unanswered
+        for _ in range(3):
+            async with http.get(gw.url("/healthz")) as resp:
+                assert resp.status == 200
+        # Once the kept ones are gone (the header timeout), the address is served again.
+        await asyncio.sleep(1.0)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gw.port, local_addr=("127.0.0.2", 0)
+        )
+        held.append((reader, writer))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await closed_within(reader, 3)
+        assert answer is not None
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        for _, writer in held:
+            writer.close()
