@@ -1,7 +1,9 @@
 """The aiohttp application: middleware chain, routes, long-lived resources.
 
-    root:  errors -> observe -> /healthz /readyz /metrics
-    /v1:   auth -> parse+validate -> budget -> chat_completions
+    root:  errors -> observe -> /healthz /readyz /admin/reload
+    /v1:   auth -> in-flight caps -> parse+validate -> budget -> chat_completions
+
+``/metrics`` is not here: it has its own listener (gateway.metrics_server).
 
 The root app's middlewares wrap the ``/v1`` sub-app's, so every answer, errors
 included, is rendered as JSON and observed.
@@ -10,6 +12,7 @@ included, is rendered as JSON and observed.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -17,7 +20,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -36,8 +38,10 @@ from gateway.errors import (
     json_error,
 )
 from gateway.metrics import Metrics
+from gateway.metrics_server import metrics_listener
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.budget import budget_middleware
+from gateway.middleware.inflight import inflight_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
 from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
 from gateway.providers.anthropic import AnthropicProvider
@@ -46,7 +50,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
 from gateway.sessions import mint_token
-from gateway.usage_report import get_usage, refresh_budget_gauges
+from gateway.usage_report import get_usage
 
 log = logging.getLogger("gateway.app")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
@@ -112,13 +116,6 @@ async def readyz(request: web.Request) -> web.Response:
     return json_error(503, {"detail": "not ready", "checks": checks}, {"Retry-After": "1"})
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    await refresh_budget_gauges(state)
-    body = state.metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def reload_config(app: web.Application) -> bool:
     """Re-read the config directory; keep serving the old one if the new one is invalid.
 
@@ -147,6 +144,7 @@ def _load_reloadable(current: Config) -> Config:
         "redis.url": (old.redis.url, gw.redis.url),
         "redis.key_prefix": (old.redis.key_prefix, gw.redis.key_prefix),
         "listen": (old.listen, gw.listen),
+        "metrics": (old.metrics, gw.metrics),
         "limits.max_body_bytes": (old.limits.max_body_bytes, gw.limits.max_body_bytes),
     }
     path = str(current.directory / "gateway.yaml")
@@ -186,16 +184,43 @@ def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: fl
     loop.call_later(drain_seconds + grace_seconds, cut_handlers)
 
 
-async def admin_reload(request: web.Request) -> web.Response:
-    """``POST /admin/reload`` (an API key with ``admin`` scope): re-read the config."""
+# The operator's credential for gateway-wide operations (POST /admin/reload): a secret
+# of its own, from the environment, never an org's key (an org admin would reload every
+# org's config and read every org's config errors).
+OPERATOR_TOKEN_ENV = "KARTA_OPERATOR_TOKEN"
+
+
+def _check_operator(request: web.Request) -> None:
+    """Let the operator through; anyone else gets 401 (no valid credential) or 403 (an
+    org's credential, or the endpoint disabled because no operator token is set)."""
     state = request.app[STATE]
+    token = state.config.secret(OPERATOR_TOKEN_ENV)
+    if not token:
+        raise Forbidden.detail(
+            f"POST /admin/reload is disabled: set {OPERATOR_TOKEN_ENV} to enable it, "
+            "or reload with SIGHUP"
+        )
+    header = request.headers.get("Authorization", "")
+    sent = header.encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(sent, f"Bearer {token}".encode()):  # constant time
+        return
     try:
-        principal = authenticate(request.headers.get("Authorization"), state.config)
+        authenticate(header or None, state.config)
     except Unauthorized as exc:
         state.metrics.auth_failures.labels(exc.reason).inc()  # counted as on every route
         raise
-    if principal.session is not None or "admin" not in principal.scopes:
-        raise Forbidden.detail("reloading needs an API key with the 'admin' scope")
+    state.metrics.auth_failures.labels("not_operator").inc()
+    raise Forbidden.detail(
+        f"reloading the gateway needs the operator token ({OPERATOR_TOKEN_ENV}); "
+        "an org's API key or session token cannot"
+    )
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """``POST /admin/reload`` (the operator token): re-read the config. Only the
+    operator sees what is wrong with a rejected config (every org's files)."""
+    _check_operator(request)
+    state = request.app[STATE]
     try:
         new = _load_reloadable(state.config)
     except ConfigError as exc:
@@ -230,8 +255,16 @@ def _swap(app: web.Application, new: Config) -> None:
     log.info("config reloaded", extra={"projects": len(new.projects)})
 
 
-def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -> web.Application:
-    """The gateway application, using the Redis at ``redis_url``."""
+def create_app(
+    config: Config,
+    redis_url: str,
+    metrics: Metrics | None = None,
+    metrics_address: tuple[str, int] | None = None,
+) -> web.Application:
+    """The gateway application, using the Redis at ``redis_url``. With a
+    ``metrics_address`` it also opens the metrics listener there while it runs: one
+    process of a gateway does (the others' values reach it through the multiprocess
+    files)."""
     gw = config.gateway
     app = web.Application(
         middlewares=[error_middleware, observe_middleware],
@@ -265,13 +298,17 @@ def create_app(config: Config, redis_url: str, metrics: Metrics | None = None) -
         await redis.aclose()
 
     app.cleanup_ctx.append(resources)
+    if metrics_address is not None:
+        token = config.secret(gw.metrics.bearer_token_env)
+        app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store
     app.on_response_prepare.append(add_request_id)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/admin/reload", admin_reload)
 
-    v1 = web.Application(middlewares=[auth_middleware, parse_middleware, budget_middleware])
+    v1 = web.Application(
+        middlewares=[auth_middleware, inflight_middleware, parse_middleware, budget_middleware]
+    )
     v1.router.add_post(
         "/projects/{project_ref}/chat/completions", chat_completions, name=CHAT_ROUTE
     )

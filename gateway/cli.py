@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.multiprocess import mark_process_dead
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, parse_listen
 from gateway.credentials import generate_key, mint_session_token
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config")
@@ -51,7 +51,14 @@ def _load(directory: str, as_log: bool = False) -> Config:
 # ------------------------------------------------------------------------ serve
 
 
-def _worker_main(supervisor: int, config_dir: str, host: str, port: int, redis_url: str) -> None:
+def _worker_main(
+    supervisor: int,
+    config_dir: str,
+    host: str,
+    port: int,
+    redis_url: str,
+    metrics_listen: str | None = None,
+) -> None:
     """A worker of ``serve --workers N``: it dies with its supervisor, whatever kills
     the supervisor (SIGKILL, OOM killer), instead of serving on under pid 1 beside the
     next gateway (SO_REUSEPORT) with a budget store that is gone. SIGTERM: it stops as
@@ -61,14 +68,25 @@ def _worker_main(supervisor: int, config_dir: str, host: str, port: int, redis_u
     die_with_parent(signal.SIGTERM)
     if os.getppid() != supervisor:  # it died before that took effect
         raise SystemExit(1)
-    _run_worker(config_dir, host, port, redis_url, reuse_port=True)
+    _run_worker(config_dir, host, port, redis_url, reuse_port=True, metrics_listen=metrics_listen)
 
 
-def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_port: bool) -> None:
+def _run_worker(
+    config_dir: str,
+    host: str,
+    port: int,
+    redis_url: str,
+    reuse_port: bool,
+    metrics_listen: str | None = None,
+) -> None:
+    """One serving process. ``metrics_listen`` (None: this process serves no metrics;
+    else the ``metrics.listen`` value to use, "" for the config's) opens the metrics
+    listener here."""
     from aiohttp import web
 
     from gateway import server
     from gateway.app import begin_shutdown, create_app, reload_config
+    from gateway.connections import ConnectionGuard, fd_bounded, serve
     from gateway.logs import setup_logging
 
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
@@ -80,7 +98,13 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
     except ImportError:  # pragma: no cover - non-Linux platforms
         pass
     config = _load(config_dir, as_log=True)
-    app = create_app(config, redis_url)
+    address = None
+    if metrics_listen is not None:
+        # The command line's address (not written into the config: a reload compares
+        # the config with the file) or the config's; "off" or "": none.
+        value = metrics_listen or config.gateway.metrics.listen
+        address = None if value in ("", "off") else parse_listen(value)
+    app = create_app(config, redis_url, metrics_address=address)
 
     limits = config.gateway.limits
 
@@ -95,16 +119,18 @@ def _run_worker(config_dir: str, host: str, port: int, redis_url: str, reuse_por
             )
 
     app.on_startup.append(on_startup)
-    web.run_app(
+    # Every connection: a header deadline, a cap per process and per client address.
+    guard = ConnectionGuard(
+        fd_bounded(limits.max_connections),
+        limits.max_connections_per_address,
+        limits.header_timeout_seconds,
+    )
+    serve(
         app,
+        guard,
         host=host,
         port=port,
         reuse_port=reuse_port,
-        # Cancel the handler when the client disconnects: the upstream is stopped at once
-        # (the relay and the budget settlement handle the cancellation).
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda *_: None,
         # Longer than the grace period: streams are cut by begin_shutdown (with an error
         # event) before aiohttp would close their connections.
         shutdown_timeout=limits.shutdown_grace_seconds + 10,
@@ -174,6 +200,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gw = config.gateway
     host = args.host or gw.listen.host
     port = _port_free(host, args.port if args.port is not None else gw.listen.port)
+    if args.metrics_listen and args.metrics_listen != "off":
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            log.error("invalid --metrics-listen", extra={"reason": str(exc)})
+            return 2
     embedded = None
     redis_url = gw.redis.url
     status = 0
@@ -194,8 +226,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info(
             "gateway listening", extra={"url": f"http://{host}:{port}", "workers": args.workers}
         )
+        metrics_listen = args.metrics_listen or gw.metrics.listen
+        if metrics_listen and metrics_listen != "off":
+            log.info("metrics listening", extra={"url": f"http://{metrics_listen}/metrics"})
         if args.workers <= 1:
-            _run_worker(args.config, host, port, redis_url, reuse_port=False)
+            _run_worker(
+                args.config,
+                host,
+                port,
+                redis_url,
+                reuse_port=False,
+                metrics_listen=args.metrics_listen or "",
+            )
         else:
             status = _supervise(args, host, port, redis_url)
     finally:
@@ -230,8 +272,14 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
     workers: list[multiprocessing.process.BaseProcess] = []
     supervisor = os.getpid()
 
-    def start() -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=_worker_main, args=(supervisor, args.config, host, port, redis_url))
+    def start(slot: int) -> multiprocessing.process.BaseProcess:
+        # Only the first slot's worker binds the metrics listener (a second bind would
+        # fail; its scrape reads every worker's values); restarted, it binds it again.
+        metrics = (args.metrics_listen or "") if slot == 0 else None
+        p = ctx.Process(
+            target=_worker_main,
+            args=(supervisor, args.config, host, port, redis_url, metrics),
+        )
         p.start()
         started_at[id(p)] = time.monotonic()
         return p
@@ -248,17 +296,17 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     # Metrics of all workers add up: each writes to this directory (prometheus-client
-    # multiprocess mode) and /metrics on any worker aggregates them.
+    # multiprocess mode) and the first slot's worker serves their sum (metrics.listen).
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # Workers ask the supervisor for a reload of all of them (POST /admin/reload).
     os.environ[SUPERVISOR_PID_ENV] = str(supervisor)
     status = 0
     try:
-        for _ in range(args.workers):
+        for slot in range(args.workers):
             if stopping:
                 break
-            workers.append(start())
+            workers.append(start(slot))
         restart_at: dict[int, float] = {}  # slot -> when its dead worker is started again
         while not stopping:
             now = time.monotonic()
@@ -268,7 +316,7 @@ def _supervise(args: argparse.Namespace, host: str, port: int, redis_url: str) -
                 if i in restart_at:
                     if now >= restart_at[i]:
                         del restart_at[i]
-                        workers[i] = start()
+                        workers[i] = start(i)
                     continue
                 if p.is_alive():
                     continue
@@ -458,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--metrics-listen",
+        help="metrics listener host:port, or 'off' (default: metrics.listen in the config)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", parents=[common], help="validate the config and exit")

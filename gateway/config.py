@@ -54,6 +54,33 @@ class ListenConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6addr]:port`` for IPv6) as (host, port); ValueError if not."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus exposition: its own listener, never the API port (it lists every
+    org's projects, caps and spend). Loopback by default; "" serves no metrics."""
+
+    listen: str = "127.0.0.1:9464"
+    # Optional: the environment variable holding a token the scraper must send as
+    # ``Authorization: Bearer``. Named but unset or empty is a config error.
+    bearer_token_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+
 class RedisConfig(_Strict):
     url: str = ""  # empty: start an embedded redis-server
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "gw"
@@ -64,6 +91,25 @@ class RedisConfig(_Strict):
 
 class LimitsConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    # What one body may cost to decode (gateway.jsonlimits): JSON elements (values and
+    # object members) and nesting depth. A chat request with a long history and many
+    # tools has a few thousand elements; 1 MiB of tiny elements has 500,000.
+    max_json_elements: Annotated[int, Field(ge=16)] = 50_000
+    max_json_depth: Annotated[int, Field(ge=4, le=200)] = 64
+    # Requests served at once per API key (session tokens count for the key that minted
+    # them) and per org, per process: past them, 429 + Retry-After.
+    max_in_flight_per_key: Annotated[int, Field(ge=1)] = 128
+    max_in_flight_per_org: Annotated[int, Field(ge=1)] = 512
+    # Slow clients (gateway.connections): a request's headers must arrive within
+    # header_timeout_seconds of the connection opening (or of its first byte on a
+    # kept-alive one), its body within body_timeout_seconds of the headers.
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Open connections per process (lowered to what RLIMIT_NOFILE allows) and per client
+    # address: past either, a new connection is closed when accepted. Behind a load
+    # balancer every connection comes from its address: raise the second to match.
+    max_connections: Annotated[int, Field(ge=16)] = 4096
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 256
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
     # Input tokens reserved per image on models without prices.<model>.image_tokens: the
     # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.
@@ -229,6 +275,7 @@ class GatewayFile(_Strict):
     # project or path); each project's own wire_profile applies once the caller is
     # authenticated for it.
     wire_profile: Literal["karta", "openai"] = "karta"
+    metrics: MetricsConfig = MetricsConfig()
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
     session_tokens: SessionTokenConfig = SessionTokenConfig()
@@ -459,6 +506,15 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
     keys: dict[str, list[KeyRecord]] = {}
     if gateway is not None:
         _check_hold_outlasts_attempts(gateway, gw_path, problems)
+        token_env = gateway.metrics.bearer_token_env
+        if token_env and not env.get(token_env):
+            problems.append(
+                (
+                    str(gw_path),
+                    "metrics.bearer_token_env",
+                    f"environment variable {token_env} is not set",
+                )
+            )
         for org_name, org in gateway.orgs.items():
             for entry in org.api_keys:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))

@@ -21,6 +21,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.budget import BudgetStore, Reservation
 from gateway.config import Config, PriceConfig, Project, ProviderConfig, Route
 from gateway.credentials import SessionClaims
+from gateway.inflight import InFlight
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider
 from gateway.usage import Usage
@@ -39,15 +40,25 @@ class GatewayState:
     # grace period ends, so each settles what it cost before the process exits.
     handlers: set[asyncio.Task[Any]] = field(default_factory=set)
     grace_over: bool = False  # set when they are cancelled
-    breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+    breakers: dict[tuple[str, str, str, str], CircuitBreaker] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    in_flight: InFlight = field(default_factory=InFlight)  # per key and org, this process
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]
 
-    def breaker(self, route: Route) -> CircuitBreaker:
-        """This process's circuit breaker for one target (provider + model)."""
-        key = (route.provider, route.model)
+    def breaker(self, route: Route, project: Project) -> CircuitBreaker:
+        """This process's circuit breaker for one target (provider + model) as one
+        project reaches it (with the gateway's key or its own, BYOK).
+
+        Per project, not per target alone: what fails a request may be the request
+        (a prompt that times the model out, one that makes it answer 5xx) or the key
+        it is sent with (a BYOK key suspended), so one tenant's failures must not
+        open the circuit for every tenant. The cost: a provider-wide outage is found
+        by each project after ``failure_threshold`` failures of its own. Bounded: one
+        breaker per project, target and key source of the config(s) served."""
+        source = "byok" if route.provider in project.file.provider_keys else "shared"
+        key = (route.provider, route.model, project.id, source)
         found = self.breakers.get(key)
         if found is None:
             cfg = self.config.gateway.resilience.breaker

@@ -4,8 +4,11 @@
     ├── BadRequest          400       malformed HTTP (answered by gateway.server)
     ├── Unauthorized        401       credential missing/malformed/expired/revoked
     ├── Forbidden           403       wrong project, scope, or model not allowed
-    ├── NotFound            404       unknown project or model alias
+    ├── NotFound            404       unknown project, model alias or endpoint
+    ├── MethodNotAllowed    405       a known path, another method
     ├── Conflict            409       project disabled / no route
+    ├── RequestTimeout      408       body not received in time (names the limit)
+    ├── PayloadTooLarge     413       body over a decoding limit (names it)
     ├── ValidationFailed    422       request body invalid (names the field)
     ├── ByokKeyRejected     422       the provider rejected the provider key
     ├── BudgetExhausted     402       a cap would be crossed
@@ -13,12 +16,14 @@
     │   └── UpstreamRateLimited       the provider's 429 (retryable)
     ├── UpstreamFailed      502       upstream error before the first byte
     ├── UpstreamTimeout     504       upstream timed out before the first byte
-    └── ServiceUnavailable  503       budget store unreachable
+    ├── ServiceUnavailable  503       budget store unreachable
+    └── InternalError       500       anything unexpected
 
-aiohttp's own HTTP errors (404/405 routing, 413 over ``client_max_size``) are
-rendered as ``{"detail": ...}`` too. Only these bodies reach clients: an unexpected
-exception becomes a bare 500 and its type (never its message or traceback) is logged
-with the request id.
+Each is rendered per wire profile (GatewayError.render): the karta body, or OpenAI's
+error object. aiohttp's own HTTP errors (404/405 routing, 413 over
+``client_max_size``) become the gateway's errors too. Only these bodies reach clients:
+an unexpected exception becomes a 500 and its type (never its message or traceback) is
+logged with the request id.
 """
 
 from __future__ import annotations
@@ -169,6 +174,12 @@ class ByokKeyRejected(GatewayError):
                 "message": "the provider rejected the configured API key",
             }
         )
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class BudgetExhausted(GatewayError):

@@ -72,7 +72,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     retries = call.config.gateway.resilience.retries
     last_error: GatewayError | None = None
     for route in call.targets:
-        breaker = state.breaker(route)
+        breaker = state.breaker(route, call.project)
         for attempt in range(1, retries.attempts_per_target + 1):
             if breaker.state(time.monotonic()) == "open":
                 break
@@ -114,7 +114,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.metrics.upstream_fallbacks.labels(route.provider).inc()
     if last_error is not None:
         raise last_error
-    wait = min(state.breaker(r).retry_after(time.monotonic()) for r in call.targets)
+    wait = min(state.breaker(r, call.project).retry_after(time.monotonic()) for r in call.targets)
     raise ServiceUnavailable.detail(
         "every upstream of this model is unavailable (circuit open)",
         {"Retry-After": str(max(1, math.ceil(wait)))},

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from aiohttp import web
 
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
 from gateway.credentials import mint_session_token
 from gateway.errors import Conflict, Forbidden, ServiceUnavailable, ValidationFailed
+from gateway.middleware.parse import bounded_json, read_body
 
 
 async def mint_token(request: web.Request) -> web.Response:
@@ -26,11 +26,8 @@ async def mint_token(request: web.Request) -> web.Response:
     secret = config.secret(sessions.secret_env)
     if not secret:
         raise ServiceUnavailable.detail("session tokens are not configured", {"Retry-After": "60"})
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise ValidationFailed("request body is not valid JSON", None) from None
+    raw = await read_body(request, config.gateway.limits)
+    body = bounded_json(raw, config.gateway.limits) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object", None)
     sub = body.get("sub")

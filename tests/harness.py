@@ -36,6 +36,8 @@ UNAUTHORIZED = {
     "message": "Unauthorized: send an API key (kt_live_...) or a session token "
     "as 'Authorization: Bearer <credential>'",
 }
+# The operator's credential (POST /admin/reload), in every test gateway's environment.
+OPERATOR_TOKEN = "test-operator-token-" + "o" * 24
 
 
 def free_port() -> int:
@@ -154,6 +156,9 @@ def write_config(
             "timeout_ms": 1000,
         },
         "limits": {"reservation_ttl_seconds": 60},
+        # Any free port: tests run many gateways at once (tests/process.py passes its
+        # own --metrics-listen and scrapes it).
+        "metrics": {"listen": "127.0.0.1:0"},
         # One attempt per target unless a test asks for retries: a scripted failure
         # must reach the client, not be retried away.
         "resilience": {"retries": {"attempts_per_target": 1, "backoff_base_ms": 10}},
@@ -210,6 +215,7 @@ def write_config(
         "GATEWAY_SESSION_SECRET": SESSION_SECRET,
         "TEST_PROVIDER_KEY": PROVIDER_KEY,
         "TEST_BYOK_KEY": BYOK_KEY,
+        "KARTA_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
     return Credentials(
         config_dir=root,
@@ -264,12 +270,33 @@ async def month_counter(
     return await counter(redis, f"{key_prefix}:{{prj:{project_id}}}:p:{month}")
 
 
+async def scrape(client: Any, token: str = "") -> str:
+    """The in-process gateway's /metrics, as its metrics listener serves it (the metrics
+    app on a real socket of its own: the API port has no /metrics)."""
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from gateway.context import STATE
+    from gateway.metrics_server import metrics_app
+
+    server = TestServer(metrics_app(client.server.app[STATE], token))
+    await server.start_server()
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            ClientSession() as http,
+            http.get(server.make_url("/metrics"), headers=headers) as resp,
+        ):
+            assert resp.status == 200
+            return await resp.text()
+    finally:
+        await server.close()
+
+
 async def metric(client: Any, name: str, **labels: str) -> float:
     """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
-    resp = await client.get("/metrics")
-    assert resp.status == 200
     total = 0.0
-    for family in text_string_to_metric_families(await resp.text()):
+    for family in text_string_to_metric_families(await scrape(client)):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value

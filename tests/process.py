@@ -41,6 +41,7 @@ class GatewayProcess:
         self.log_path = log_path
         self.workers = workers
         self.port = free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +50,11 @@ class GatewayProcess:
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics listener's /metrics (not on the API port)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int:
@@ -70,6 +76,8 @@ class GatewayProcess:
             str(self.port),
             "--workers",
             str(self.workers),
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
         ]
         with (
             self.log_path.open("ab") as stderr,

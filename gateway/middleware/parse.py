@@ -6,22 +6,28 @@ reserves the ``input_bound`` and ``output_ceiling`` computed here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.config import Config, Route
+from gateway.config import Config, LimitsConfig, Route
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
-from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ValidationFailed,
+)
+from gateway.jsonlimits import NotJson, TooDeep, TooManyElements, load_bounded
 from gateway.routing import plan_targets
 from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
 
 CHAT_ROUTE = "chat_completions"
-# Bodies with at most this many brackets cannot nest deeper than orjson writes (254).
-_SHALLOW = 200
 
 
 def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | None]:
@@ -35,6 +41,44 @@ def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | N
     return image_bound, context
 
 
+async def read_body(request: web.Request, caps: LimitsConfig) -> bytes:
+    """The whole body, within ``limits.body_timeout_seconds`` (else 408: a client
+    trickling its body must not hold the request, nor its in-flight slot, indefinitely;
+    the connection is closed after the answer, the rest drained for at most a couple
+    of seconds: gateway.connections)."""
+    try:
+        async with asyncio.timeout(caps.body_timeout_seconds):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout.detail(
+            f"request body not received within {caps.body_timeout_seconds:g} s "
+            "(limits.body_timeout_seconds)"
+        ) from None
+
+
+def bounded_json(raw: bytes, caps: LimitsConfig) -> Any:
+    """A request body decoded within ``limits.max_json_elements`` (else 413) and
+    ``limits.max_json_depth`` (else 422): bounded before decoding, since a body of many
+    tiny elements costs ~50x its size in memory and a walk over it stalls the loop for
+    every tenant."""
+    try:
+        return load_bounded(raw, caps.max_json_elements, caps.max_json_depth)
+    except NotJson:
+        raise ValidationFailed("request body is not valid JSON", None) from None
+    except TooManyElements:
+        raise PayloadTooLarge.detail(
+            f"request body has more than {caps.max_json_elements} JSON elements "
+            "(limits.max_json_elements)"
+        ) from None
+    except TooDeep:
+        # Also within what orjson writes back (254 levels): the limit is at most 200.
+        raise ValidationFailed(
+            f"request body is nested deeper than {caps.max_json_depth} levels "
+            "(limits.max_json_depth)",
+            None,
+        ) from None
+
+
 @web.middleware
 async def parse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.route.name != CHAT_ROUTE:
@@ -46,18 +90,10 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
     config, providers = state.config, state.providers
     if not project.file.enabled:
         raise Conflict.detail("project is disabled")
-    raw = await request.read()  # over client_max_size: 413 from aiohttp, rendered as JSON
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ValidationFailed("request body is not valid JSON", None) from None
-    if raw.count(b"[") + raw.count(b"{") > _SHALLOW:
-        # orjson reads ~1,000 levels of nesting but writes 254 at most: a body it cannot
-        # write back (to measure it, to send it on) is refused now, not as a 500 later.
-        try:
-            orjson.dumps(body)
-        except orjson.JSONEncodeError:
-            raise ValidationFailed("request body is nested too deeply", None) from None
+    # Over client_max_size (counted decoded: a compressed body is inflated by aiohttp,
+    # chunk by chunk, and bounded the same): 413 from aiohttp, rendered as JSON.
+    raw = await read_body(request, config.gateway.limits)
+    body = bounded_json(raw, config.gateway.limits)
     chat = validate_chat_request(body)
     alias = chat.model or project.file.default_model
     spec = project.file.models.get(alias)

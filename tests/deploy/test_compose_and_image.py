@@ -79,7 +79,10 @@ def test_compose_prometheus_and_grafana_mounts() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == ["gateway-1:8080", "gateway-2:8080"]
+    # The metrics listener of each replica (compose network only), not the API port.
+    assert targets == ["gateway-1:9464", "gateway-2:9464"]
+    for name in ("gateway-1", "gateway-2"):
+        assert _env(services[name])["GATEWAY_METRICS_LISTEN"] == "0.0.0.0:9464"
 
     grafana = _mounts(services["grafana"])
     assert grafana["/etc/grafana/provisioning"] == "./grafana/provisioning"

@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config
 from tests.deploy.helpers import DEPLOY, HERE, load_yaml_docs
 
 K8S = DEPLOY / "k8s"
@@ -120,8 +120,15 @@ def test_configmap_is_a_valid_gateway_config_with_drain(tmp_path: Path) -> None:
         "REDIS_URL": "redis://redis:6379/0",
         "OPENAI_API_KEY": "placeholder",
         "GATEWAY_SESSION_SECRET": "placeholder",
+        "GATEWAY_METRICS_TOKEN": "placeholder",
     }
     config = load_config(tmp_path, env)
+    # Metrics on their own port, token required (the pod IP is reachable in-cluster).
+    assert config.gateway.metrics.listen == "0.0.0.0:9464"
+    assert config.gateway.metrics.bearer_token_env == "GATEWAY_METRICS_TOKEN"
+    del env["GATEWAY_METRICS_TOKEN"]
+    with pytest.raises(ConfigError, match="GATEWAY_METRICS_TOKEN"):
+        load_config(tmp_path, env)
     limits = config.gateway.limits
     assert (limits.drain_seconds, limits.shutdown_grace_seconds) == (5, 25)
     assert config.gateway.redis.url == env["REDIS_URL"]
@@ -143,11 +150,11 @@ def test_deployment_probes_config_mount_and_secrets() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080}
+    assert ports == {"http": 8080, "metrics": 9464}
 
     env = {e["name"]: e for e in container["env"]}
     assert env["GATEWAY_CONFIG"]["value"] == "/etc/gateway"
-    for name in ("REDIS_URL", "OPENAI_API_KEY", "GATEWAY_SESSION_SECRET"):
+    for name in ("REDIS_URL", "OPENAI_API_KEY", "GATEWAY_SESSION_SECRET", "GATEWAY_METRICS_TOKEN"):
         assert "value" not in env[name], f"{name} must not be a literal"
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "karta-gateway"
     for name, entry in env.items():
@@ -182,10 +189,17 @@ def test_selectors_and_references_line_up() -> None:
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     monitor = _one("ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    token_ref = env["GATEWAY_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
     for endpoint in monitor["endpoints"]:
-        assert endpoint["port"] in service_ports
+        # The metrics listener's port (the API port has no /metrics), with the token the
+        # pods read from the same Secret key.
+        assert service_ports[endpoint["port"]] == "metrics"
         assert endpoint["path"] == "/metrics"
+        credentials = endpoint["authorization"]["credentials"]
+        assert endpoint["authorization"]["type"] == "Bearer"
+        assert (credentials["name"], credentials["key"]) == (token_ref["name"], token_ref["key"])
 
 
 def test_no_literal_secrets_in_manifests() -> None:

@@ -2,7 +2,7 @@
 
 One module fixture starts a fake upstream, ``gateway serve --workers 2`` (a subprocess,
 on a free port, against the test Redis; two workers as in the image, so /metrics
-aggregates both), sends known traffic, then starts ``prometheus`` (its own
+the first one serves the metrics listener, aggregating both), sends known traffic, then starts ``prometheus`` (its own
 free port, its own TSDB in a temp dir, 1 s scrape and rule evaluation, the shipped
 alert rules loaded) and waits until it has scraped the gateway a few times. The tests
 then read what Prometheus stored through its HTTP API.
@@ -161,8 +161,9 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         logs = {"gateway": tmp / "gateway.log", "prometheus": tmp / "prometheus.log"}
 
         # ---- the gateway, a real process
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         gateway_url = f"http://127.0.0.1:{port}"
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         with logs["gateway"].open("wb") as log:
             procs.append(
                 subprocess.Popen(
@@ -173,6 +174,8 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
                         # As the image runs it: several workers on one port, /metrics
                         # aggregating all of them (prometheus-client multiprocess mode).
                         *("--workers", str(WORKERS)),
+                        # The metrics listener (metrics.listen), apart from the API.
+                        *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
                     ],
                     env={k: v for k, v in creds.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
                     cwd=tmp,
@@ -208,7 +211,9 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             chat.format("alpha"), chat_body(), {"Authorization": "Bearer kt_live_" + "x" * 32}
         )
         assert status == 401, body
-        status, metrics_body = _http(gateway_url + "/metrics")
+        status, _ = _http(gateway_url + "/metrics")
+        assert status == 404, "the API port serves no metrics"
+        status, metrics_body = _http(metrics_url)
         assert status == 200
 
         # ---- a real Prometheus scraping it, with the shipped alert rules
@@ -222,7 +227,7 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
                     "scrape_configs": [
                         {
                             "job_name": "gateway",
-                            "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
                         }
                     ],
                 }

@@ -32,6 +32,7 @@ from tests.harness import (
     Credentials,
     bearer,
     chat_body,
+    scrape,
 )
 
 
@@ -82,10 +83,8 @@ def revoke_on_disk(creds: Credentials) -> None:
 
 
 async def auth_failures(client: Any) -> dict[str, float]:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(await resp.text()):
+    for family in text_string_to_metric_families(await scrape(client)):
         for sample in family.samples:
             if sample.name == "gateway_auth_failures_total":
                 out[sample.labels["reason"]] = sample.value

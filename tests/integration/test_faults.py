@@ -41,6 +41,7 @@ from tests.harness import (
     chat_body,
     counter,
     parse_event,
+    scrape,
     window_ids,
     write_config,
 )
@@ -700,8 +701,7 @@ async def test_on_store_error_allow_admits_unmetered_requests(
         assert time.monotonic() - started < 1.0
     assert statuses == [200] * 4
     assert len(upstream.requests) == 5
-    resp = await client.get("/metrics")
-    text = await resp.text()
+    text = await scrape(client)
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

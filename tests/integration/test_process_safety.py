@@ -325,7 +325,7 @@ async def test_sigterm_while_starting_stops_the_embedded_redis(
 
 
 async def gateway_requests(gw: GatewayProcess) -> float:
-    async with aiohttp.ClientSession() as s, s.get(gw.url("/metrics")) as resp:
+    async with aiohttp.ClientSession() as s, s.get(gw.metrics_url) as resp:
         text = await resp.text()
     return sum(
         sample.value

@@ -21,9 +21,8 @@ from redis.asyncio import Redis
 
 from gateway.app import reload_config
 from gateway.context import STATE
-from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion
-from tests.harness import RedisServer, bearer, chat_body
+from tests.harness import OPERATOR_TOKEN, RedisServer, bearer, chat_body, scrape
 from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
     CEILING,
     CHAT,
@@ -33,7 +32,7 @@ from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
     make_creds,
     spawn,
 )
-from tests.process import add_api_key, edit_gateway_yaml, month_counter, open_reservations
+from tests.process import edit_gateway_yaml, month_counter, open_reservations
 
 
 async def test_admin_reload_reaches_every_worker(
@@ -45,8 +44,6 @@ async def test_admin_reload_reaches_every_worker(
     """With --workers 2 the reload answered by one worker reached only that worker: a
     revoked key went on working on the other. Now every worker reloads."""
     creds = make_creds()
-    admin = generate_key()
-    add_api_key(creds, "key_admin", admin.prefix, admin.sha256, ["admin"])
     gw = await spawn(creds, workers=2)
     url = gw.url(CHAT.format("alpha"))
 
@@ -56,7 +53,7 @@ async def test_admin_reload_reaches_every_worker(
                 entry["revoked"] = True
 
     edit_gateway_yaml(creds, revoke)
-    async with http.post(gw.url("/admin/reload"), headers=bearer(admin.secret)) as resp:
+    async with http.post(gw.url("/admin/reload"), headers=bearer(OPERATOR_TOKEN)) as resp:
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["workers"] == "all"
     statuses: list[int] = []
@@ -158,14 +155,14 @@ async def test_budget_gauges_follow_a_reload(make_gateway) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 5000}}}}}
     )
-    before = _series(await (await client.get("/metrics")).text(), "gateway_budget_limit_tokens")
+    before = _series(await scrape(client), "gateway_budget_limit_tokens")
     assert any(dict(s).get("project") == "alpha" for s in before), before
     path = creds.config_dir / "projects" / "alpha.yaml"
     project = yaml.safe_load(path.read_text())
     project["budgets"] = {}
     path.write_text(yaml.safe_dump(project, sort_keys=False))
     assert reload_config(client.server.app) is True
-    after = _series(await (await client.get("/metrics")).text(), "gateway_budget_limit_tokens")
+    after = _series(await scrape(client), "gateway_budget_limit_tokens")
     assert not any(dict(s).get("project") == "alpha" for s in after), after
 
 

@@ -326,7 +326,9 @@ async def test_422_for_a_body_nested_deeper_than_can_be_sent_on(gateway, upstrea
         body[where] = {"a": deep} if where == "metadata" else deep
     resp = await client.post(chat_url("alpha"), json=body, headers=bearer(creds.key))
     answer = await error_json(resp, 422, creds)
-    assert answer["message"] == "request body is nested too deeply"
+    assert answer["message"] == (
+        "request body is nested deeper than 64 levels (limits.max_json_depth)"
+    )
     assert upstream.requests == []
 
 

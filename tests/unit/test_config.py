@@ -598,3 +598,27 @@ def test_session_token_default_ttl_within_the_max(tmp_path: Path) -> None:
     assert len(problems) == 1
     assert problems[0][1] == "session_tokens"
     assert "default_ttl_seconds must not exceed max_ttl_seconds" in problems[0][2]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_listen_defaults_to_loopback_and_is_checked(tmp_path: Path) -> None:
+    root = _minimal(tmp_path / "c", GATEWAY_YAML, {"one": PROJECT_YAML})
+    assert load_config(root, {"UP_KEY": "k"}).gateway.metrics.listen == "127.0.0.1:9464"
+    for bad in ("9464", "localhost", ":9464", "host:99999", "host:port"):
+        (root / "gateway.yaml").write_text(GATEWAY_YAML + f"metrics: {{listen: '{bad}'}}\n")
+        problems = _problems(root, {"UP_KEY": "k"})
+        assert [p for _, p, _ in problems] == ["metrics.listen"], (bad, problems)
+    (root / "gateway.yaml").write_text(GATEWAY_YAML + "metrics: {listen: '[::1]:9464'}\n")
+    assert load_config(root, {"UP_KEY": "k"}).gateway.metrics.listen == "[::1]:9464"
+
+
+def test_a_metrics_token_named_but_unset_is_an_error(tmp_path: Path) -> None:
+    root = _minimal(tmp_path / "c", GATEWAY_YAML, {"one": PROJECT_YAML})
+    (root / "gateway.yaml").write_text(GATEWAY_YAML + "metrics: {bearer_token_env: MTOKEN}\n")
+    problems = _problems(root, {"UP_KEY": "k", "MTOKEN": ""})
+    assert [(p, r) for _, p, r in problems] == [
+        ("metrics.bearer_token_env", "environment variable MTOKEN is not set")
+    ]
+    assert load_config(root, {"UP_KEY": "k", "MTOKEN": "t"}).gateway.metrics.bearer_token_env
