@@ -280,7 +280,7 @@ async def test_402_at_the_cap(gateway_on, upstream, rc) -> None:
         assert (await client.post(url("beta"), json=chat_body(), headers=auth)).status == 200
     resp = await client.post(url("beta"), json=chat_body(), headers=auth)
     assert resp.status == 402
-    body = await resp.json()
+    body = (await resp.json())["error"]  # beta speaks the openai wire profile
     assert (body["scope"], body["window"], body["dimension"]) == (
         "project",
         "month",
@@ -340,7 +340,9 @@ async def test_rate_limit_429(gateway_on, upstream, rc) -> None:
     for resp in results:
         if resp.status == 429:
             assert int(resp.headers["Retry-After"]) >= 1
-            assert (await resp.json())["detail"] == "requests per minute limit (3) reached"
+            # beta speaks the openai wire profile
+            error = (await resp.json())["error"]
+            assert error["message"].startswith("requests per minute limit (3) reached")
     ids = await window_ids(rc)
     assert await counter(rc, f"{tag(prefix, 'prj_beta')}p:{ids['month']}") == used(
         33, 9, 3 * SMALL_COST

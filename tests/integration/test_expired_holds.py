@@ -492,7 +492,7 @@ async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_ca
                 W_IN, W_OUT, W_COST,
             )  # fmt: skip
 
-        async with http.get(survivor.url("/metrics")) as resp:
+        async with http.get(survivor.metrics_url) as resp:
             text = await resp.text()
         labels = {"project": "alpha", "window": "month"}
         assert gauge(text, "gateway_budget_reserved_tokens", **labels) == 0
