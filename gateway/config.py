@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.params import extra_param_problem
+
 WINDOWS = ("day", "month", "lifetime")
 DIMENSIONS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd")
 SCOPES = ("read", "write", "admin")
@@ -160,6 +162,12 @@ class ProviderConfig(_Strict):
     tools_overhead_tokens: Annotated[int, Field(ge=0)] | None = None
     # demo provider only: delay between streamed chunks
     chunk_delay_ms: Annotated[int, Field(ge=0)] = 20
+    # Body parameters beyond those the gateway understands that this provider may
+    # receive, forwarded as sent and counted in the input bound (gateway.params). Never
+    # one that sets the answer's length: only the gateway does.
+    extra_params: frozenset[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = (
+        frozenset()
+    )
 
     @property
     def tools_overhead(self) -> int:
@@ -171,6 +179,10 @@ class ProviderConfig(_Strict):
     def _needs_url(self) -> ProviderConfig:
         if self.kind != "demo" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL for kind {self.kind!r}")
+        for name in sorted(self.extra_params):
+            problem = extra_param_problem(name, self.kind)
+            if problem is not None:
+                raise ValueError(f"extra_params: {problem}")
         return self
 
 

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway.breaker import CircuitBreaker
-from gateway.config import Route
+from gateway.config import ProviderConfig, Route
 from gateway.context import CALL, REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
 from gateway.errors import (
     GatewayError,
@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.idle import IdleWatchdog
+from gateway.params import UNDERSTOOD, forwarded_extras
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
 from gateway.usage import Usage, at_least, estimate, from_openai, generated_bytes
@@ -38,22 +39,29 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-_GATEWAY_OWNED = ("max_tokens", "max_completion_tokens", "stream_options", "model")
+# Rewritten below, whatever the client sent.
+_GATEWAY_OWNED = frozenset({"max_tokens", "max_completion_tokens", "stream_options", "model"})
+_FORWARDED = UNDERSTOOD - _GATEWAY_OWNED
 
 
-def upstream_body(call: CallContext, max_tokens_param: str) -> dict[str, Any]:
-    """The client's body rewritten for the route: upstream model, clamped max tokens,
-    usage always requested on streams."""
-    body = {k: v for k, v in call.chat.body.items() if k not in _GATEWAY_OWNED}
+def upstream_body(call: CallContext, provider: ProviderConfig) -> dict[str, Any]:
+    """The client's body rewritten for the route: only what the gateway understands and
+    the provider's allowed extras (gateway.params), the upstream model, the clamped max
+    tokens, and usage always requested on streams."""
+    sent = call.chat.body
+    body = {k: v for k, v in sent.items() if k in _FORWARDED}
+    if provider.extra_params:
+        body.update(forwarded_extras(sent, provider.extra_params))
     body["model"] = call.route.model
     # Always the name the provider is configured to read, whichever the client used: a
     # server that ignores the other name (Ollama, llama.cpp ignore max_completion_tokens)
     # would otherwise generate past the reserved ceiling.
-    body[max_tokens_param] = call.output_ceiling // max(call.chat.n, 1)
+    body[provider.max_tokens_param] = call.output_ceiling // max(call.chat.n, 1)
     if call.chat.stream:
-        options = dict(call.chat.body.get("stream_options") or {})
-        options["include_usage"] = True
-        body["stream_options"] = options
+        body["stream_options"] = {
+            **(call.chat.body.get("stream_options") or {}),
+            "include_usage": True,
+        }
     return body
 
 
@@ -137,7 +145,7 @@ async def _attempt(
     provider = call.providers[route.provider]
     provider_config = call.provider_config(route.provider)
     upstream = UpstreamRequest(
-        body=upstream_body(call, provider_config.max_tokens_param),
+        body=upstream_body(call, provider_config),
         api_key=_provider_key(route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],
@@ -199,10 +207,9 @@ async def _unary(
         state.metrics.upstream_duration.labels(name).observe(elapsed)
     usage = from_openai(completion.get("usage"))
     if usage is None:
-        # Every generated field counts (content, tool calls, refusal, reasoning, ...), as
-        # in the stream relay: only the role does not.
-        produced = sum(generated_bytes(c.get("message")) for c in completion["choices"])
-        usage = estimate(call.input_bound, call.output_ceiling, produced, finished=True)
+        # No usage: the visible text says nothing of reasoning tokens, which the
+        # provider bills as output. The output is billed at the reserved ceiling.
+        usage = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     call.add_billed(usage)
     body = profile.unary(completion, gateway_id, call.alias, usage)
@@ -353,10 +360,15 @@ class _Relay:
         self.profile = profile
         self.reported: Usage | None = None
         self.produced_bytes = 0
-        # Finished: the final usage chunk came, or every choice has its finish_reason
-        # (with n > 1, one choice's finish says nothing of the others).
+        # A floor of the output tokens produced: every delta that carries generated
+        # text is at least one token (or the upstream's own running count, if higher).
+        self.produced_tokens = 0
+        # Finished: a usage came with, or after, the last choice's finish_reason (with
+        # n > 1, one choice's finish says nothing of the others). Before that, a usage
+        # is a running count: it does not end the estimate.
         self.finished = False
         self._unfinished = set(range(max(call.chat.n, 1)))
+        self.over_ceiling = False  # produced past the reserved output: cut there
         self.declined = False  # the provider refused before producing anything
         self._watchdog: IdleWatchdog | None = None  # bounds each client write (watch())
         self.stalled = False  # the client accepted nothing for the idle timeout
@@ -396,14 +408,23 @@ class _Relay:
             raise ConnectionResetError("the client accepted nothing for the idle timeout")
 
     async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
-        """Relay one upstream read's chunks in a single write."""
+        """Relay one upstream read's chunks in a single write; past the output ceiling,
+        what came before it, then the stream ends (UpstreamStreamError output_limit)."""
         data = self.encode(batch)
         if data:
             await self.send(response, data)
+        if self.over_ceiling:
+            raise UpstreamStreamError(
+                "output_limit",
+                f"the provider produced more than the {self.call.output_ceiling} output "
+                "tokens reserved for this request; the answer was cut there",
+            )
 
     def encode(self, batch: list[dict[str, Any]]) -> bytes:
         frames = []
         for chunk in batch:
+            if self.over_ceiling:
+                break  # nothing past the reserved output reaches the client
             frame = self._frame(chunk)
             if frame is not None:
                 frames.append(frame)
@@ -418,33 +439,38 @@ class _Relay:
             if usage is None:
                 usage = groq_usage
         choices = chunk.get("choices")
-        if usage is not None:
-            reported = from_openai(usage)
-            if reported is not None:
-                # Usage on a chunk that carries choices (vLLM's continuous_usage_stats) is
-                # a running count, not final: only the usage chunk (choices: []) ends it.
-                self.reported = reported
-                if not choices:
-                    self.finished = True
-        if not choices:
-            if usage is not None:
-                return None  # the usage chunk: re-emitted at the end if the client asked
-        else:
+        if choices:
             for choice in choices:
                 # Every generated field counts toward the estimate (content, refusal,
                 # reasoning, tool-call arguments, non-standard ones), the role does not.
                 produced = generated_bytes(choice.get("delta"))
                 if produced:
                     self.produced_bytes += produced
+                    self.produced_tokens += 1
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
                 if choice.get("finish_reason"):
                     index = choice.get("index", 0)
                     if type(index) is int:
-                        unfinished = self._unfinished
-                        unfinished.discard(index)
-                        if not unfinished:
-                            self.finished = True
+                        self._unfinished.discard(index)
+        if usage is not None:
+            reported = from_openai(usage)
+            if reported is not None:
+                # Final only once every choice finished (a usage on the last finish
+                # chunk, or the usage chunk after it); earlier ones (vLLM's
+                # continuous_usage_stats, an early usage chunk) are running counts.
+                self.reported = reported
+                if not self._unfinished:
+                    self.finished = True
+                if reported.output_tokens > self.produced_tokens:
+                    self.produced_tokens = reported.output_tokens
+        if self.produced_tokens > self.call.output_ceiling and not self.finished:
+            # An upstream that ignores the clamped max tokens: this chunk is past what
+            # was reserved, and is not relayed.
+            self.over_ceiling = True
+            return None
+        if not choices and usage is not None:
+            return None  # the usage chunk: re-emitted at the end if the client asked
         chunk["id"] = self.gateway_id
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias
@@ -459,13 +485,15 @@ class _Relay:
         return out + self.profile.done()
 
     def _usage(self) -> Usage:
-        """The reported usage once the stream finished; else the estimate (what was
-        produced, and the unknown remainder at the reservation), never below a usage
-        reported along the way."""
+        """The reported usage once the stream finished; else the estimate: the input at
+        its bound, the output at the reserved ceiling (the upstream was asked for usage
+        and sent none: reasoning tokens, unseen, may have used all of it), never below
+        a usage reported along the way nor the tokens seen produced."""
         call, reported = self.call, self.reported
         if self.finished and reported is not None:
             return reported
-        guess = estimate(call.input_bound, call.output_ceiling, self.produced_bytes, self.finished)
+        guess = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
+        guess.output_tokens = max(guess.output_tokens, self.produced_tokens)
         return guess if reported is None else at_least(guess, reported)
 
     def billed(self, state: GatewayState, call: CallContext) -> Usage | None:
@@ -473,6 +501,11 @@ class _Relay:
             return self.reported
         if self.declined:
             return None
-        reason = "no_usage" if self.finished else "stream_cut"
+        if self.over_ceiling:
+            reason = "output_limit"
+        elif self._unfinished:
+            reason = "stream_cut"
+        else:
+            reason = "no_usage"
         state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
         return self._usage()

@@ -9,6 +9,7 @@ upper bound. Images get a configured per-image bound instead of their bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +81,17 @@ def _content_bound(content: Any, image_bound: int, file_bound: int | None, where
 
 
 def input_token_bound(
-    body: dict[str, Any], image_bound: int, context_tokens: int | None = None
+    body: dict[str, Any],
+    image_bound: int,
+    context_tokens: int | None = None,
+    extras: Iterable[str] = (),
 ) -> int:
     """An upper bound of the prompt tokens a validated chat request can consume.
 
     ``image_bound``: tokens one image may cost; ``context_tokens``: the model's context
     window, which caps the bound, and is a file part's bound (without it a file part
-    raises UnboundedInput)."""
+    raises UnboundedInput); ``extras``: the operator-allowed parameters that may be
+    forwarded, each counted by its JSON bytes (what a server could put in the prompt)."""
     total = PER_REQUEST_TOKENS
     for i, message in enumerate(body["messages"]):
         total += PER_MESSAGE_TOKENS + _text_bytes(message["role"])
@@ -107,6 +112,9 @@ def input_token_bound(
         value = body.get(extra)
         if value is not None and not isinstance(value, str):
             total += _json_bytes(value)
+    for name in extras:
+        if name in body:
+            total += _text_bytes(name) + _json_bytes(body[name])
     return total if context_tokens is None else min(total, context_tokens)
 
 

@@ -1,8 +1,8 @@
 """Chat-completion request validation, pure: a parsed JSON body in, a ChatRequest out.
 
-Checks types of the parameters the gateway knows (and passes them on); unknown
-parameters pass through untouched so new OpenAI parameters keep working.
-Every failure raises ValidationFailed naming the offending field.
+Checks the types of the parameters the gateway understands (gateway.params.UNDERSTOOD);
+which parameters may go upstream at all is gateway.params's decision. Every failure
+raises ValidationFailed naming the offending field.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ValidationFailed
+from gateway.params import STREAM_OPTIONS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
@@ -137,10 +138,16 @@ def validate_chat_request(body: Any) -> ChatRequest:
     if options is not None:
         if not isinstance(options, dict):
             raise ValidationFailed("stream_options must be an object", "stream_options")
-        if "include_usage" in options and not isinstance(options["include_usage"], bool):
-            raise ValidationFailed(
-                "stream_options.include_usage must be a boolean", "stream_options.include_usage"
-            )
+        for name, value in options.items():
+            where = f"stream_options.{name}"
+            if name not in STREAM_OPTIONS:
+                raise ValidationFailed(
+                    f"unknown parameter {where!r}: stream_options may hold "
+                    f"{', '.join(sorted(STREAM_OPTIONS))}",
+                    where,
+                )
+            if not isinstance(value, bool):
+                raise ValidationFailed(f"{where} must be a boolean", where)
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _number(body, "presence_penalty", -2, 2)
@@ -170,6 +177,14 @@ def validate_chat_request(body: Any) -> ChatRequest:
     _typed(body, "logit_bias", dict, "an object")
     _typed(body, "metadata", dict, "an object")
     _typed(body, "service_tier", str, "a string")
+    _typed(body, "reasoning_effort", str, "a string")
+    _typed(body, "verbosity", str, "a string")
+    _typed(body, "store", bool, "a boolean")
+    _typed(body, "safety_identifier", str, "a string")
+    _typed(body, "prompt_cache_key", str, "a string")
+    _typed(body, "functions", list, "an array")
+    _typed(body, "function_call", (str, dict), "a string or an object")
+    _typed(body, "modalities", list, "an array")
     if body.get("service_tier") == "priority":
         # Billed at a higher price than the price table's: caps and bills would be wrong.
         raise ValidationFailed(

@@ -23,6 +23,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.jsonlimits import NotJson, TooDeep, TooManyElements, load_bounded
+from gateway.params import refuse_unknown
 from gateway.routing import plan_targets
 from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
@@ -102,10 +103,14 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not spec.routes:
         raise Conflict.detail(f"model {alias!r} has no active route")
     targets = plan_targets(spec.routes, state.rng)
+    specs = config.gateway.providers
+    # What any target may receive beyond the understood parameters: refused unless some
+    # target's operator allowed it, and counted in the bound wherever it may go.
+    extras = frozenset().union(*(specs[t.provider].extra_params for t in targets))
+    refuse_unknown(body, extras)
     # Anthropic routes carry a JSON response_format as a forced tool: the provider's
     # tool-use prompt then counts as well.
     uses_tools = bool(body.get("tools")) or asks_for_json(body)
-    specs = config.gateway.providers
     tools_overhead = max(specs[t.provider].tools_overhead for t in targets) if uses_tools else 0
     route = targets[0]
     limits = project.input_limits.get(alias)
@@ -113,7 +118,7 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         limits = project.input_limits[alias] = _input_limits(config, spec.routes)
     image_bound, context_tokens = limits
     try:
-        input_bound = input_token_bound(body, image_bound, context_tokens) + tools_overhead
+        input_bound = input_token_bound(body, image_bound, context_tokens, extras) + tools_overhead
     except UnboundedInput as exc:
         raise ValidationFailed(
             "a file part's tokens cannot be bounded without the model's context window "

@@ -32,6 +32,7 @@ import orjson
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError, UpstreamFailed, ValidationFailed
+from gateway.params import forwarded_extras
 from gateway.providers.base import ChunkStream, UpstreamRequest, UpstreamStreamError
 from gateway.providers.errortext import provider_code, with_code
 from gateway.providers.http import HttpChunkStream, HttpProvider
@@ -790,6 +791,9 @@ class AnthropicProvider(HttpProvider):
         self, request: UpstreamRequest, stream: bool, deadline: float | None
     ) -> aiohttp.ClientResponse:
         payload = translate_request(request.body)
+        # The operator's allowed extras (top_k, thinking, ...) go as sent: none can name a
+        # field the translation writes (config validation, gateway.params).
+        payload.update(forwarded_extras(request.body, self.config.extra_params))
         if stream:
             payload["stream"] = True
         else:

@@ -295,11 +295,13 @@ async def test_session_token_is_not_forwarded(gateway, upstream) -> None:
     assert all(token not in value for value in rec.headers.values())
 
 
-async def test_unknown_and_known_extra_parameters_pass_through(gateway, upstream) -> None:
+async def test_understood_parameters_pass_through(gateway, upstream) -> None:
+    """Parameters the gateway understands reach the provider as sent (unknown ones are
+    refused: tests/integration/test_forwarded_fields.py)."""
     client, _, creds = gateway
     extra = {
         "seed": 42,
-        "foo_param": {"nested": [1, 2, 3]},
+        "reasoning_effort": "low",
         "temperature": 0.3,
         "stop": ["\n\n"],
         "user": "end-user-7",
