@@ -179,7 +179,7 @@ async def _unary(
             # answer lost or unreadable after its 200) the whole job: bill the worst case,
             # and do not pay for it twice by retrying. A failure before the request was
             # sent (a connect timeout, a refused connection) is not billable: retried.
-            call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+            call.add_billed(estimate(call.input_bound, call.output_ceiling))
             reason = "timeout" if isinstance(exc, UpstreamTimeout) else "answer_lost"
             state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
             exc.retryable = False
@@ -187,7 +187,7 @@ async def _unary(
     except asyncio.CancelledError:
         # The client left, or the shutdown grace period ended, while the provider was
         # working: it may still bill us in full.
-        call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+        call.add_billed(estimate(call.input_bound, call.output_ceiling))
         if state.grace_over and task is not None:
             # Ours, not the client's: tell it why (the settle runs after this answer).
             task.uncancel()
@@ -209,7 +209,7 @@ async def _unary(
     if usage is None:
         # No usage: the visible text says nothing of reasoning tokens, which the
         # provider bills as output. The output is billed at the reserved ceiling.
-        usage = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
+        usage = estimate(call.input_bound, call.output_ceiling)
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     call.add_billed(usage)
     body = profile.unary(completion, gateway_id, call.alias, usage)
@@ -231,7 +231,7 @@ async def _stream(
         stream: ChunkStream = await provider.open_stream(upstream)
     except asyncio.CancelledError:
         # The client left after the request went out: the provider may be generating.
-        call.add_billed(estimate(call.input_bound, call.output_ceiling, 0, finished=False))
+        call.add_billed(estimate(call.input_bound, call.output_ceiling))
         state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
         raise
     except GatewayError as exc:
@@ -359,7 +359,6 @@ class _Relay:
         self.gateway_id = gateway_id
         self.profile = profile
         self.reported: Usage | None = None
-        self.produced_bytes = 0
         # A floor of the output tokens produced: every delta that carries generated
         # text is at least one token (or the upstream's own running count, if higher).
         self.produced_tokens = 0
@@ -443,9 +442,7 @@ class _Relay:
             for choice in choices:
                 # Every generated field counts toward the estimate (content, refusal,
                 # reasoning, tool-call arguments, non-standard ones), the role does not.
-                produced = generated_bytes(choice.get("delta"))
-                if produced:
-                    self.produced_bytes += produced
+                if generated_bytes(choice.get("delta")):
                     self.produced_tokens += 1
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
@@ -492,8 +489,7 @@ class _Relay:
         call, reported = self.call, self.reported
         if self.finished and reported is not None:
             return reported
-        guess = estimate(call.input_bound, call.output_ceiling, 0, finished=False)
-        guess.output_tokens = max(guess.output_tokens, self.produced_tokens)
+        guess = estimate(call.input_bound, call.output_ceiling, self.produced_tokens)
         return guess if reported is None else at_least(guess, reported)
 
     def billed(self, state: GatewayState, call: CallContext) -> Usage | None:

@@ -198,15 +198,16 @@ def from_openai(usage: Any) -> Usage | None:
     )
 
 
-def estimate(input_bound: int, output_ceiling: int, produced_bytes: int, finished: bool) -> Usage:
-    """Usage to bill when the upstream reported none: never below the truth.
+def estimate(input_bound: int, output_ceiling: int, output_floor: int = 0) -> Usage:
+    """Usage to bill when no final usage was reported: never below the truth.
 
-    Input is billed at its upper bound. Output is bounded by the bytes produced
-    (byte-level BPE) when the stream finished; when it was cut, the tokens the
-    upstream may have generated unseen are unknown, so the whole ceiling is billed.
+    Input at its upper bound; output at the reserved ceiling (what was seen says
+    nothing of what was generated unseen, reasoning tokens above all), or at
+    ``output_floor`` when the upstream provably produced more (it ignored the clamp).
     """
-    output = min(produced_bytes, output_ceiling) if finished else output_ceiling
-    return Usage(input_tokens=input_bound, output_tokens=output, estimated=True)
+    return Usage(
+        input_tokens=input_bound, output_tokens=max(output_ceiling, output_floor), estimated=True
+    )
 
 
 def at_least(estimated: Usage, reported: Usage) -> Usage:

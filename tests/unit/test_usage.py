@@ -344,23 +344,18 @@ def test_cost_without_price_is_zero() -> None:
 # --------------------------------------------------------------------------- estimate
 
 
-def test_estimate_when_finished_bills_produced_bytes() -> None:
-    assert estimate(120, 50, 30, finished=True) == Usage(120, 30, estimated=True)
+def test_estimate_bills_the_input_bound_and_the_output_ceiling() -> None:
+    assert estimate(120, 50) == Usage(120, 50, estimated=True)
+    assert estimate(120, 50, 30) == Usage(120, 50, estimated=True)
 
 
-def test_estimate_when_finished_caps_at_ceiling() -> None:
-    assert estimate(120, 50, 80, finished=True) == Usage(120, 50, estimated=True)
-    assert estimate(120, 50, 50, finished=True) == Usage(120, 50, estimated=True)
-
-
-def test_estimate_when_cut_bills_the_ceiling() -> None:
-    assert estimate(120, 50, 30, finished=False) == Usage(120, 50, estimated=True)
-    assert estimate(120, 50, 0, finished=False) == Usage(120, 50, estimated=True)
+def test_estimate_never_below_an_output_floor_past_the_ceiling() -> None:
+    assert estimate(120, 50, 51) == Usage(120, 51, estimated=True)
 
 
 def test_estimate_total_and_flags() -> None:
-    usage = estimate(7, 9, 3, finished=True)
-    assert usage.total_tokens == 10
+    usage = estimate(7, 9)
+    assert usage.total_tokens == 16
     assert usage.estimated is True
     assert usage.cached_input_tokens == 0
     assert usage.reasoning_tokens == 0
