@@ -28,10 +28,11 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.idle import IdleWatchdog
+from gateway.meter import StreamMeter, unary_billed, worst_case
 from gateway.params import UNDERSTOOD, forwarded_extras
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
-from gateway.usage import Usage, at_least, estimate, from_openai, generated_bytes
+from gateway.usage import Usage, from_openai, generated_bytes
 from gateway.wire import PROFILES, WireProfile
 
 SSE_HEADERS = {
@@ -179,7 +180,7 @@ async def _unary(
             # answer lost or unreadable after its 200) the whole job: bill the worst case,
             # and do not pay for it twice by retrying. A failure before the request was
             # sent (a connect timeout, a refused connection) is not billable: retried.
-            call.add_billed(estimate(call.input_bound, call.output_ceiling))
+            call.add_billed(worst_case(call.input_bound, call.output_ceiling))
             reason = "timeout" if isinstance(exc, UpstreamTimeout) else "answer_lost"
             state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
             exc.retryable = False
@@ -187,7 +188,7 @@ async def _unary(
     except asyncio.CancelledError:
         # The client left, or the shutdown grace period ended, while the provider was
         # working: it may still bill us in full.
-        call.add_billed(estimate(call.input_bound, call.output_ceiling))
+        call.add_billed(worst_case(call.input_bound, call.output_ceiling))
         if state.grace_over and task is not None:
             # Ours, not the client's: tell it why (the settle runs after this answer).
             task.uncancel()
@@ -207,10 +208,8 @@ async def _unary(
         state.metrics.upstream_duration.labels(name).observe(elapsed)
     usage = from_openai(completion.get("usage"))
     if usage is None:
-        # No usage: the visible text says nothing of reasoning tokens, which the
-        # provider bills as output. The output is billed at the reserved ceiling.
-        usage = estimate(call.input_bound, call.output_ceiling)
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
+    usage = unary_billed(usage, call.input_bound, call.output_ceiling)
     call.add_billed(usage)
     body = profile.unary(completion, gateway_id, call.alias, usage)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -231,7 +230,7 @@ async def _stream(
         stream: ChunkStream = await provider.open_stream(upstream)
     except asyncio.CancelledError:
         # The client left after the request went out: the provider may be generating.
-        call.add_billed(estimate(call.input_bound, call.output_ceiling))
+        call.add_billed(worst_case(call.input_bound, call.output_ceiling))
         state.metrics.estimated_usage.labels(call.project.slug, "client_disconnected").inc()
         raise
     except GatewayError as exc:
@@ -272,7 +271,7 @@ async def _stream(
                 call.upstream_seconds += time.perf_counter() - started
                 code = exc.code if isinstance(exc, UpstreamStreamError) else "stream_error"
                 metrics.upstream_errors.labels(name, code).inc()
-                relay.declined = isinstance(exc, UpstreamStreamError) and exc.declared
+                relay.meter.declined = isinstance(exc, UpstreamStreamError) and exc.declared
                 failed: GatewayError
                 if code == "upstream_timeout":
                     failed = UpstreamTimeout.detail(f"provider {name} timed out")
@@ -280,7 +279,7 @@ async def _stream(
                     failed = UpstreamFailed.detail(f"provider {name} failed before the first byte")
                 # A provider that refused (error frame) billed nothing: retry. One cut after
                 # its 200 may have generated: that attempt is billed (relay), not retried.
-                failed.retryable = relay.declined
+                failed.retryable = relay.meter.declined
                 raise failed from exc
         call.upstream_seconds += time.perf_counter() - started
         response = web.StreamResponse(headers=SSE_HEADERS)
@@ -352,23 +351,14 @@ async def _write_quietly(relay: _Relay, response: web.StreamResponse, data: byte
 
 
 class _Relay:
-    """Re-stamps chunks for the client, keeps the usage chunk, counts what was produced."""
+    """Re-stamps chunks for the client, keeps the usage chunk, feeds the meter what was
+    produced (gateway.meter decides what is billed)."""
 
     def __init__(self, call: CallContext, gateway_id: str, profile: WireProfile) -> None:
         self.call = call
         self.gateway_id = gateway_id
         self.profile = profile
-        self.reported: Usage | None = None
-        # A floor of the output tokens produced: every delta that carries generated
-        # text is at least one token (or the upstream's own running count, if higher).
-        self.produced_tokens = 0
-        # Finished: a usage came with, or after, the last choice's finish_reason (with
-        # n > 1, one choice's finish says nothing of the others). Before that, a usage
-        # is a running count: it does not end the estimate.
-        self.finished = False
-        self._unfinished = set(range(max(call.chat.n, 1)))
-        self.over_ceiling = False  # produced past the reserved output: cut there
-        self.declined = False  # the provider refused before producing anything
+        self.meter = StreamMeter(call.input_bound, call.output_ceiling, call.chat.n)
         self._watchdog: IdleWatchdog | None = None  # bounds each client write (watch())
         self.stalled = False  # the client accepted nothing for the idle timeout
         self.created = int(time.time())
@@ -412,7 +402,7 @@ class _Relay:
         data = self.encode(batch)
         if data:
             await self.send(response, data)
-        if self.over_ceiling:
+        if self.meter.over_ceiling:
             raise UpstreamStreamError(
                 "output_limit",
                 f"the provider produced more than the {self.call.output_ceiling} output "
@@ -421,8 +411,9 @@ class _Relay:
 
     def encode(self, batch: list[dict[str, Any]]) -> bytes:
         frames = []
+        meter = self.meter
         for chunk in batch:
-            if self.over_ceiling:
+            if meter.over_ceiling:
                 break  # nothing past the reserved output reaches the client
             frame = self._frame(chunk)
             if frame is not None:
@@ -437,35 +428,24 @@ class _Relay:
             groq_usage = extension.pop("usage")
             if usage is None:
                 usage = groq_usage
+        meter = self.meter
         choices = chunk.get("choices")
         if choices:
             for choice in choices:
-                # Every generated field counts toward the estimate (content, refusal,
-                # reasoning, tool-call arguments, non-standard ones), the role does not.
+                # Every generated field is produced output (content, refusal, reasoning,
+                # tool-call arguments, non-standard ones), the role is not.
                 if generated_bytes(choice.get("delta")):
-                    self.produced_tokens += 1
+                    meter.produced()
                     if self.call.first_token_at is None:
                         self.call.first_token_at = time.perf_counter()
                 if choice.get("finish_reason"):
-                    index = choice.get("index", 0)
-                    if type(index) is int:
-                        self._unfinished.discard(index)
+                    meter.finish(choice.get("index", 0))
         if usage is not None:
             reported = from_openai(usage)
             if reported is not None:
-                # Final only once every choice finished (a usage on the last finish
-                # chunk, or the usage chunk after it); earlier ones (vLLM's
-                # continuous_usage_stats, an early usage chunk) are running counts.
-                self.reported = reported
-                if not self._unfinished:
-                    self.finished = True
-                if reported.output_tokens > self.produced_tokens:
-                    self.produced_tokens = reported.output_tokens
-        if self.produced_tokens > self.call.output_ceiling and not self.finished:
-            # An upstream that ignores the clamped max tokens: this chunk is past what
-            # was reserved, and is not relayed.
-            self.over_ceiling = True
-            return None
+                meter.report(reported)
+        if meter.over_ceiling:
+            return None  # past what was reserved (the upstream ignored the clamp): not relayed
         if not choices and usage is not None:
             return None  # the usage chunk: re-emitted at the end if the client asked
         chunk["id"] = self.gateway_id
@@ -477,31 +457,12 @@ class _Relay:
     def trailer(self) -> bytes:
         out = b""
         if self.call.chat.include_usage:
-            usage = self._usage()
+            usage = self.meter.usage()
             out = self.profile.usage_chunk(self.gateway_id, self.created, self.call.alias, usage)
         return out + self.profile.done()
 
-    def _usage(self) -> Usage:
-        """The reported usage once the stream finished; else the estimate: the input at
-        its bound, the output at the reserved ceiling (the upstream was asked for usage
-        and sent none: reasoning tokens, unseen, may have used all of it), never below
-        a usage reported along the way nor the tokens seen produced."""
-        call, reported = self.call, self.reported
-        if self.finished and reported is not None:
-            return reported
-        guess = estimate(call.input_bound, call.output_ceiling, self.produced_tokens)
-        return guess if reported is None else at_least(guess, reported)
-
     def billed(self, state: GatewayState, call: CallContext) -> Usage | None:
-        if self.finished and self.reported is not None:
-            return self.reported
-        if self.declined:
-            return None
-        if self.over_ceiling:
-            reason = "output_limit"
-        elif self._unfinished:
-            reason = "stream_cut"
-        else:
-            reason = "no_usage"
-        state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
-        return self._usage()
+        usage, reason = self.meter.billed()
+        if reason is not None:
+            state.metrics.estimated_usage.labels(call.project.slug, reason).inc()
+        return usage
