@@ -40,10 +40,8 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.metrics_server import metrics_listener
 from gateway.middleware.auth import auth_middleware, authenticate
-from gateway.middleware.budget import budget_middleware
 from gateway.middleware.inflight import inflight_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
-from gateway.middleware.parse import CHAT_ROUTE, parse_middleware
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.demo import DemoProvider
@@ -306,11 +304,9 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/admin/reload", admin_reload)
 
-    v1 = web.Application(
-        middlewares=[auth_middleware, inflight_middleware, parse_middleware, budget_middleware]
-    )
+    v1 = web.Application(middlewares=[auth_middleware, inflight_middleware])
     v1.router.add_post(
-        "/projects/{project_ref}/chat/completions", chat_completions, name=CHAT_ROUTE
+        "/projects/{project_ref}/chat/completions", chat_completions, name="chat_completions"
     )
     v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
     v1.router.add_get("/projects/{project_ref}/usage", get_usage)

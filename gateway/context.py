@@ -2,8 +2,8 @@
 
 The application holds one :class:`GatewayState` (swapped config on reload, the
 budget store, providers, metrics). Each request carries a :class:`Principal`
-(set by auth) and a :class:`CallContext` (set by parse, filled by the relay),
-read by the budget middleware to settle after the handler returns.
+(set by auth) and, on spending routes, a :class:`CallContext` (made by the pipeline's
+request step, billed by the meter, settled by the hold).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,11 +108,6 @@ class CallContext:
     first_token_at: float | None = None
     stream_outcome: str | None = None
     started: float = field(default_factory=time.perf_counter)
-    # Set by the budget middleware: moves the reservation to another target's price.
-    rebudget: Callable[[Route], Awaitable[None]] | None = None
-    # Set by the budget middleware: holds every reservation another full ttl (before a
-    # retry or a fallback); False if one is gone or the store did not answer.
-    renew: Callable[[], Awaitable[bool]] | None = None
 
     def add_billed(self, usage: Usage) -> None:
         """Add one attempt's usage to what the request is billed."""
@@ -132,16 +126,6 @@ class CallContext:
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.config.gateway.providers[name]
-
-    async def renew_holds(self) -> bool:
-        """Before another attempt: whether the request still holds its budget."""
-        return True if self.renew is None else await self.renew()
-
-    async def switch_route(self, route: Route) -> None:
-        """Fall back to another target; the budget follows (a pricier one re-checks caps)."""
-        if self.rebudget is not None:
-            await self.rebudget(route)
-        self.route = route
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

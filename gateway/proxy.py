@@ -1,9 +1,9 @@
-"""The chat-completions handler: route, forward, relay.
+"""The chat-completions route: parse, hold, forward, relay, settle.
 
-Everything before it (auth, validation, reservation) is middleware; everything
-here reads top to bottom: build the upstream request, call the provider, then
-either answer once (unary) or relay the stream chunk by chunk, recording on the
-call context what to bill.
+Auth, request ids, access logs and errors are middlewares (they cross every route);
+the rest reads top to bottom in :func:`chat_completions`: the pipeline's request step,
+the budget hold, then the upstream call, answered once (unary) or relayed chunk by
+chunk while the meter counts, and the settle as the hold is left.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.breaker import CircuitBreaker
 from gateway.config import ProviderConfig, Route
-from gateway.context import CALL, REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
+from gateway.context import REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
 from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -28,8 +28,10 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.idle import IdleWatchdog
-from gateway.meter import StreamMeter, unary_billed, worst_case
 from gateway.params import UNDERSTOOD, forwarded_extras
+from gateway.pipeline.hold import Hold
+from gateway.pipeline.meter import StreamMeter, unary_billed, worst_case
+from gateway.pipeline.request import chat_call
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
 from gateway.usage import Usage, from_openai, generated_bytes
@@ -74,10 +76,19 @@ def _provider_key(route: Route, call: CallContext) -> str:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/projects/{ref}/chat/completions: parse, hold, forward and relay (the
+    meter counts), settle (leaving the hold)."""
+    call = await chat_call(request)
+    async with Hold(request, call) as hold:
+        response = await _forward(request, call, hold)
+        hold.answered(response.status)
+        return response
+
+
+async def _forward(request: web.Request, call: CallContext, hold: Hold) -> web.StreamResponse:
     """Try the alias's targets in order: retry each with backoff, fall back to the next,
     skip those whose circuit is open, all only while nothing reached the client."""
     state = request[REQUEST_STATE]
-    call = request[CALL]
     retries = call.config.gateway.resilience.retries
     last_error: GatewayError | None = None
     for route in call.targets:
@@ -85,12 +96,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         for attempt in range(1, retries.attempts_per_target + 1):
             if breaker.state(time.monotonic()) == "open":
                 break
-            if last_error is not None and not await call.renew_holds():
+            if last_error is not None and not await hold.renew():
                 # The budget hold could not be renewed for another attempt: none runs
                 # without one (its room could go to another request meanwhile).
                 raise last_error
             if route is not call.route:
-                await call.switch_route(route)  # re-checks the cost caps (402)
+                await hold.retarget(route)  # re-checks the cost caps (402)
             if not breaker.allow(time.monotonic()):  # takes a half-open probe
                 break
             try:

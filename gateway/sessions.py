@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
 from gateway.credentials import mint_session_token
 from gateway.errors import Conflict, Forbidden, ServiceUnavailable, ValidationFailed
-from gateway.middleware.parse import bounded_json, read_body
+from gateway.pipeline.request import bounded_json, read_body
 
 
 async def mint_token(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.meter import StreamMeter, unary_billed, worst_case
+from gateway.pipeline.meter import StreamMeter, unary_billed, worst_case
 from gateway.usage import Usage
 
 BOUND, CEILING = 33, 100

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.middleware.budget import SETTLE_RETRY_DELAYS, SETTLE_RETRY_EVERY, retry_until_done
+from gateway.pipeline.hold import SETTLE_RETRY_DELAYS, SETTLE_RETRY_EVERY, retry_until_done
 
 
 def _recorder(succeed_at: int | None) -> tuple[list[float], Callable[[], Awaitable[bool]]]:

@@ -1,7 +1,6 @@
-"""Parse and validate: the JSON body, the model alias and its route, the worst case.
-
-Runs after auth (the project is known) and before the budget middleware, which
-reserves the ``input_bound`` and ``output_ceiling`` computed here.
+"""The request step of the pipeline: the JSON body (bounded), its validation, the
+model alias and its targets, and the worst case the hold reserves (``input_bound``,
+``output_ceiling``). Runs in the handler, after auth (the project is known).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from gateway.config import Config, LimitsConfig, Route
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
@@ -27,8 +25,6 @@ from gateway.params import refuse_unknown
 from gateway.routing import plan_targets
 from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
-
-CHAT_ROUTE = "chat_completions"
 
 
 def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | None]:
@@ -80,10 +76,9 @@ def bounded_json(raw: bytes, caps: LimitsConfig) -> Any:
         ) from None
 
 
-@web.middleware
-async def parse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.match_info.route.name != CHAT_ROUTE:
-        return await handler(request)
+async def chat_call(request: web.Request) -> CallContext:
+    """Read and validate a chat request, resolve its alias to its targets and bound its
+    worst case: the call the hold reserves (also put on the request, for observe)."""
     state = request[REQUEST_STATE]
     project = request[PROJECT]
     # The config the project was resolved from (auth does not wait), kept for the whole
@@ -126,7 +121,7 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
             "be reserved for it",
             exc.param,
         ) from None
-    request[CALL] = CallContext(
+    call = request[CALL] = CallContext(
         project=project,
         chat=chat,
         alias=alias,
@@ -138,4 +133,4 @@ async def parse_middleware(request: web.Request, handler: Handler) -> web.Stream
         config=config,
         providers=providers,
     )
-    return await handler(request)
+    return call

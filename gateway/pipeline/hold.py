@@ -1,12 +1,13 @@
-"""Budget: reserve the worst case before the handler, settle what was used after it.
+"""The hold step of the pipeline: reserve the worst case before forwarding, settle
+what the meter billed on the way out.
 
 Steps: the org's caps (own hash tag, only when the org has caps), then the
 project's counters, its key and end-user sub-caps and its rate limits in one
 script. A refused later step releases the earlier one, so nothing leaks.
 
-aiohttp returns from a streaming handler only when the stream is finished, so
-the settlement here sees the usage the relay recorded, also when the client left
-or the upstream failed. Settling is shielded from cancellation, idempotent, and
+The handler leaves the hold only when its answer is finished (a stream included),
+so the settlement sees the usage the meter recorded, also when the client left or
+the upstream failed. Settling is shielded from cancellation, idempotent, and
 retried in the background if the store does not answer.
 """
 
@@ -18,10 +19,10 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from gateway.budget import (
     Amounts,
@@ -39,7 +40,6 @@ from gateway.budget import (
 )
 from gateway.config import Route, org_caps
 from gateway.context import (
-    CALL,
     CLIENT_REQUEST_ID,
     PRINCIPAL,
     REQUEST_ID,
@@ -92,53 +92,75 @@ def worst_amounts(call: CallContext) -> Amounts:
     return Amounts(call.input_bound, call.output_ceiling, cost)
 
 
-@web.middleware
-async def budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    call = request.get(CALL)
-    if call is None:
-        return await handler(request)
-    state = request[REQUEST_STATE]
-    principal = request[PRINCIPAL]
-    request_id = request[REQUEST_ID]
+class Hold:
+    """A request's budget hold, owned by its handler::
 
-    async def rebudget(route: Route) -> None:
-        await _rebudget(state, call, principal, route, request_id)
+        async with Hold(request, call) as hold:
+            ...  # hold.renew() before another attempt, hold.retarget(route) to fall back
+            hold.answered(response.status)
 
-    async def renew() -> bool:
-        return await _renew(state, call)
+    Entering reserves the call's worst case on every counter (402 / 429 / 503 when
+    refused). Leaving settles what the call was billed (``call.billed``, decided by the
+    meter), exactly once, on every way out (return, exception, cancellation, shutdown):
+    shielded and tracked, so shutdown waits for it before closing the store."""
 
-    call.rebudget = rebudget
-    call.renew = renew
-    try:
-        await _reserve(state, call, principal, request_id)
-    except StoreUnavailable as exc:
-        state.metrics.store_errors.labels("reserve").inc()
-        _release_later(state, exc.maybe_held, request[REQUEST_ID])
-        if state.config.gateway.redis.on_store_error == "deny":
-            raise ServiceUnavailable.detail(
-                "budget store unavailable", {"Retry-After": "1"}
-            ) from None
-        state.metrics.unmetered.labels(call.project.slug).inc()
-        log.warning(
-            "admitted unmetered: budget store unavailable",
-            extra={"request_id": request[REQUEST_ID], "project": call.project.slug},
-        )
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except GatewayError as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        # A stream the client read to the end and then closed was answered (observe
-        # records the same status).
-        status = 200 if call.stream_outcome == "completed" else 499
-        raise
-    finally:
-        client_id = request.get(CLIENT_REQUEST_ID) or None
-        outcome = _Outcome(request[REQUEST_ID], principal, status, client_id)
+    def __init__(self, request: web.Request, call: CallContext) -> None:
+        self.state = request[REQUEST_STATE]
+        self.principal = request[PRINCIPAL]
+        self.request_id = request[REQUEST_ID]
+        self.client_request_id = request.get(CLIENT_REQUEST_ID) or None
+        self.call = call
+        self.status = 500  # the answer's status, for the ledger (answered())
+
+    async def __aenter__(self) -> Hold:
+        state, call = self.state, self.call
+        try:
+            await _reserve(state, call, self.principal, self.request_id)
+        except StoreUnavailable as exc:
+            state.metrics.store_errors.labels("reserve").inc()
+            _release_later(state, exc.maybe_held, self.request_id)
+            if state.config.gateway.redis.on_store_error == "deny":
+                raise ServiceUnavailable.detail(
+                    "budget store unavailable", {"Retry-After": "1"}
+                ) from None
+            state.metrics.unmetered.labels(call.project.slug).inc()
+            log.warning(
+                "admitted unmetered: budget store unavailable",
+                extra={"request_id": self.request_id, "project": call.project.slug},
+            )
+        return self
+
+    def answered(self, status: int) -> None:
+        """The status the client got (the ledger records it)."""
+        self.status = status
+
+    async def renew(self) -> bool:
+        """Before another attempt: push every hold to a full ttl from now; False if one
+        is gone or the store did not answer (no attempt runs without its hold)."""
+        return await _renew(self.state, self.call)
+
+    async def retarget(self, route: Route) -> None:
+        """Fall back to another target: the hold follows its price (a pricier model
+        holds the difference too, or 402)."""
+        await _rebudget(self.state, self.call, self.principal, route, self.request_id)
+        self.call.route = route
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call, state = self.call, self.state
+        if isinstance(exc, GatewayError):
+            self.status = exc.status
+        elif isinstance(exc, asyncio.CancelledError):
+            # A stream the client read to the end and then closed was answered (observe
+            # records the same status).
+            self.status = 200 if call.stream_outcome == "completed" else 499
+        elif exc is not None:
+            self.status = 500
+        outcome = _Outcome(self.request_id, self.principal, self.status, self.client_request_id)
         # Shielded and tracked: a cancelled handler (client gone, shutdown) still settles,
         # and shutdown waits for it before closing the store.
         settle = asyncio.create_task(_settle(state, call, outcome))
