@@ -63,12 +63,13 @@ def deltas(choice: Choice) -> list[dict[str, Any]]:
 
 
 class DemoStream(ChunkStream):
-    def __init__(self, body: dict[str, Any], delay: float) -> None:
+    def __init__(self, body: dict[str, Any], choices: list[Choice], delay: float) -> None:
         self.body = body
+        self.choices = choices
         self.delay = delay
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        choices = answer(self.body)
+        choices = self.choices
         base = {
             "id": "demo",
             "object": "chat.completion.chunk",
@@ -115,4 +116,5 @@ class DemoProvider(Provider):
         }
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
-        return DemoStream(request.body, self.delay)
+        # Answered here: a request it refuses (ValidationFailed) fails before any byte.
+        return DemoStream(request.body, answer(request.body), self.delay)

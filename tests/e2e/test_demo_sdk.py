@@ -157,6 +157,19 @@ async def test_after_the_tool_result_the_answer_is_text(api: Api) -> None:
     )
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_tool_choice_naming_no_tool_is_a_422(api: Api, stream: bool) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await api("beta").chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            tools=[_tool()],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+            stream=stream,
+        )
+    assert "tool_choice" in str(caught.value)
+
+
 # --------------------------------------------------------------------------- structured output
 
 
