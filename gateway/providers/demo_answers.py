@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ValidationFailed
-from gateway.providers.demo_schema import schema_instance
+from gateway.providers.demo_schema import TooLarge, schema_instance
 
 _REPLY = (
     "Hello from the karta demo provider{tag}. This answer is generated offline, word by "
@@ -62,7 +62,8 @@ def answer(body: dict[str, Any]) -> list[Choice]:
         tag = f" (choice {index + 1} of {n})" if n > 1 else ""
         if tool is not None:
             call = ToolCall(f"call_demo_{index}", str(tool.get("name", "")))
-            arguments = json.dumps(schema_instance(_parameters(tool), index))
+            parameters = _parameters(tool)
+            arguments = json.dumps(_instance(parameters, index, "tools.function.parameters"))
             # The call's first delta (its name) is a token too.
             budget = None if ceiling is None else ceiling - 1
             pieces, cut = _limit(tokens(arguments), budget)
@@ -145,10 +146,17 @@ def _content(body: dict[str, Any], index: int, tag: str) -> str:
                     "response_format.json_schema.schema must be a JSON schema object",
                     "response_format.json_schema.schema",
                 )
-            return json.dumps(schema_instance(schema, index))
+            return json.dumps(_instance(schema, index, "response_format.json_schema.schema"))
     if kind in ("json_object", "json_schema"):
         return json.dumps({"answer": prose})
     return prose
+
+
+def _instance(schema: Any, index: int, param: str) -> Any:
+    try:
+        return schema_instance(schema, index)
+    except TooLarge as exc:
+        raise ValidationFailed(f"{param}: {exc}", param) from None
 
 
 def _echo(text: str) -> str:

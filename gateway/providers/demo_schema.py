@@ -10,6 +10,10 @@ exclusive bounds, ``multipleOf``), booleans, null, ``enum``, ``const``, ``anyOf`
 
 ``variant`` makes sibling values differ (array items, the choices of ``n``), so that
 ``uniqueItems`` holds for strings, numbers and enums of enough values.
+
+The schema comes from a client: a value past a few thousand nodes, a string past
+``_MAX_STRING`` characters, a required structure without end, or ``allOf`` nested
+past reason raise TooLarge instead of exhausting the process.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from typing import Any
 # Past this depth optional structure stops (empty arrays, null options): a recursive
 # schema (a tree of nodes) still ends.
 _DEEP = 4
-# Past this, a schema whose *required* structure is infinite gets None (no valid value).
+# Past this depth, a schema's required structure has no end: no finite value.
 _GIVE_UP = 40
+_MAX_VALUES = 2_000  # JSON values (nodes) in one generated value
+_MAX_STRING = 10_000  # characters of one generated string (minLength)
+_MAX_NESTING = 32  # allOf within allOf (through references)
 _FORMATS = {
     "date-time": "2024-01-01T00:00:00Z",
     "date": "2024-01-01",
@@ -34,18 +41,27 @@ _FORMATS = {
 _NUMBER_TYPES = ("number", "integer")
 
 
+class TooLarge(ValueError):
+    """The schema has no value within the generator's limits."""
+
+
 def schema_instance(schema: Any, variant: int = 0) -> Any:
-    """A value valid against ``schema`` (a JSON schema dict, or True/False)."""
+    """A value valid against ``schema`` (a JSON schema dict, or True/False); TooLarge
+    when none is within the limits."""
     return _Generator(schema).value(schema, variant, 0)
 
 
 class _Generator:
     def __init__(self, root: Any) -> None:
         self.root = root
+        self.left = _MAX_VALUES
 
     def value(self, schema: Any, variant: int, depth: int) -> Any:
-        if depth > _GIVE_UP or schema is False:
-            return None
+        self.left -= 1
+        if self.left < 0 or depth > _GIVE_UP:
+            raise TooLarge("the schema has no value of a size the demo makes")
+        if schema is False:
+            return None  # nothing validates: there is no right answer
         schema = self.flatten(schema)
         if "const" in schema:
             return schema["const"]
@@ -64,15 +80,20 @@ class _Generator:
         if kind == "array":
             return self.array(schema, variant, depth)
         if kind in _NUMBER_TYPES:
-            return _number(schema, variant, integer=kind == "integer")
+            try:
+                return _number(schema, variant, integer=kind == "integer")
+            except (OverflowError, ValueError):  # bounds or steps past float range
+                raise TooLarge("numbers out of range") from None
         if kind == "boolean":
             return variant % 2 == 0
         if kind == "null":
             return None
         return _string(schema, variant)
 
-    def flatten(self, schema: Any) -> dict[str, Any]:
+    def flatten(self, schema: Any, nesting: int = 0) -> dict[str, Any]:
         """The schema with local ``$ref`` resolved and ``allOf`` merged into it."""
+        if nesting > _MAX_NESTING:
+            raise TooLarge("allOf nested too deep")
         if not isinstance(schema, dict):
             return {}
         for _ in range(32):  # a chain of references, not a loop of them
@@ -85,7 +106,7 @@ class _Generator:
         if isinstance(parts, list):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in parts:
-                merged = _merge(merged, self.flatten(part))
+                merged = _merge(merged, self.flatten(part, nesting + 1))
             schema = merged
         return dict(schema)
 
@@ -183,6 +204,8 @@ def _string(schema: dict[str, Any], variant: int) -> str:
         return f"00000000-0000-4000-8000-{variant:012d}"
     text = "demo" if variant == 0 else f"demo-{variant + 1}"
     low, high = schema.get("minLength"), schema.get("maxLength")
+    if isinstance(low, int) and low > _MAX_STRING:
+        raise TooLarge(f"minLength over {_MAX_STRING}")
     if isinstance(low, int) and len(text) < low:
         text += "x" * (low - len(text))
     if isinstance(high, int):

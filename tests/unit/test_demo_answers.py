@@ -318,3 +318,20 @@ async def test_stream_of_n_choices_with_stop_counts_every_piece() -> None:
         == generated
         == len(tokens(texts[0]) + tokens(texts[1]))
     )
+
+
+def test_a_schema_without_a_finite_value_is_refused_naming_it() -> None:
+    endless = {
+        "$defs": {
+            "A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"]}
+        },
+        "$ref": "#/$defs/A",
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": endless}}
+    with pytest.raises(ValidationFailed) as caught:
+        answer(body(response_format=fmt))
+    assert caught.value.body["param"] == "response_format.json_schema.schema"
+    tool = {"type": "function", "function": {"name": "f", "parameters": endless}}
+    with pytest.raises(ValidationFailed) as caught:
+        answer(body(tools=[tool]))
+    assert caught.value.body["param"] == "tools.function.parameters"

@@ -12,7 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from gateway.providers.demo_schema import schema_instance
+from gateway.providers.demo_schema import TooLarge, schema_instance
 
 # The formats jsonschema checks without optional packages ("time" left out: its fallback
 # checker is draft 3's, which refuses RFC 3339's required offset, "00:00:00Z").
@@ -242,3 +242,48 @@ def test_openai_strict_schemas_validate_and_parse() -> None:
     while node["friends"]:
         node, depth = node["friends"][0], depth + 1
     assert depth < 4
+
+
+# --------------------------------------------------------------------- hostile schemas
+
+SELF = {"$ref": "#/$defs/A"}
+HOSTILE: dict[str, Any] = {
+    "required-recursion": {
+        "$defs": {"A": {"type": "object", "properties": {"a": SELF}, "required": ["a"]}},
+        **SELF,
+    },
+    "branching-recursion": {
+        "$defs": {
+            "A": {
+                "type": "object",
+                "properties": {"a": SELF, "b": SELF, "c": SELF},
+                "required": ["a", "b", "c"],
+            }
+        },
+        **SELF,
+    },
+    "huge-min-items": {"type": "array", "minItems": 10**9},
+    "huge-min-properties": {"type": "object", "minProperties": 10**9},
+    "nested-min-items": {
+        "type": "array",
+        "minItems": 100,
+        "items": {"type": "array", "minItems": 100, "items": {"type": "integer"}},
+    },
+    "huge-min-length": {"type": "string", "minLength": 10**9},
+    "all-of-loop": {"$defs": {"A": {"allOf": [SELF]}}, **SELF},
+    "any-of-loop": {"$defs": {"A": {"anyOf": [SELF]}}, **SELF},
+    "number-overflow": {"type": "number", "minimum": 1e308, "multipleOf": 1e-308},
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_schemas_raise_too_large_quickly(name: str) -> None:
+    with pytest.raises(TooLarge):
+        schema_instance(HOSTILE[name])
+
+
+def test_a_value_just_within_the_limits_is_made() -> None:
+    schema = {"type": "array", "minItems": 1000, "items": {"type": "string", "minLength": 9000}}
+    value = schema_instance(schema)
+    assert len(value) == 1000
+    _valid(schema, value)
