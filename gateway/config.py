@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from gateway.params import extra_param_problem
+from gateway.placeholders import placeholder_problems
 
 WINDOWS = ("day", "month", "lifetime")
 DIMENSIONS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd")
@@ -574,6 +575,8 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         projects[slug] = project
         by_id[pf.id] = project
 
+    if gateway is not None:
+        problems += placeholder_problems(root, gateway, projects, env)
     if problems:
         raise ConfigError(problems)
     assert gateway is not None

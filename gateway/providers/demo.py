@@ -1,8 +1,10 @@
-"""A built-in offline provider: deterministic text, streamed with small delays.
+"""A built-in offline provider: deterministic answers, streamed with small delays.
 
-It lets the quickstart run with no provider key and no network. Its usage counts
-are honest for its own toy tokenizer (one token per ~4 bytes of prompt, one per
-streamed word), and it honours the output ceiling like a real provider.
+It lets the quickstart run with no provider key and no network. What it answers is
+decided in gateway.providers.demo_answers (text, JSON for ``response_format``, a tool
+call for ``tools``, ``n`` choices, ``stop``, the output ceiling); this module gives it
+OpenAI's shapes: a ``chat.completion``, or ``chat.completion.chunk`` deltas the way
+OpenAI streams them. Its usage is honest for its own toy tokenizer.
 """
 
 from __future__ import annotations
@@ -10,48 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from itertools import zip_longest
 from typing import Any
 
 from gateway.config import ProviderConfig
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest
+from gateway.providers.demo_answers import Choice, answer, prompt_tokens
 
-_REPLY = (
-    "Hello from the karta demo provider. This answer is generated offline, word by word, "
-    "so you can watch streaming, usage accounting and budgets work without a provider key. "
-    "You said: "
-)
+MODEL = "demo-1"
 
 
-def _prompt_tokens(body: dict[str, Any]) -> int:
-    total = 3
-    for message in body["messages"]:
-        content = message.get("content")
-        text = content if isinstance(content, str) else ""
-        if isinstance(content, list):
-            text = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        total += 4 + (len(text.encode()) + 3) // 4
-    return total
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body["messages"]):
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
-            return str(message["content"])
-    return ""
-
-
-def _words(body: dict[str, Any]) -> tuple[list[str], str]:
-    """The reply's words (one token each), cut at the ceiling, and the finish reason."""
-    said = " ".join(_last_user_text(body).split()[:24]) or "nothing"
-    words = [w + " " for w in (_REPLY + said).split()]
-    words[-1] = words[-1].rstrip()
-    ceiling = body.get("max_completion_tokens") or body.get("max_tokens") or len(words)
-    if len(words) > ceiling:
-        return words[:ceiling], "length"
-    return words, "stop"
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(body: dict[str, Any], choices: list[Choice]) -> dict[str, int]:
+    prompt = prompt_tokens(body)
+    completion = sum(c.completion_tokens for c in choices)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -59,34 +32,65 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
+def message(choice: Choice) -> dict[str, Any]:
+    """The unary answer's ``message`` of one choice."""
+    if choice.tool is None:
+        return {"role": "assistant", "content": choice.text}
+    call = {
+        "id": choice.tool.id,
+        "type": "function",
+        "function": {"name": choice.tool.name, "arguments": choice.text},
+    }
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def deltas(choice: Choice) -> list[dict[str, Any]]:
+    """The stream deltas of one choice, before its finish: the role, then one per piece.
+    A tool call's first delta carries its id, type and name; the later ones carry
+    argument fragments (what the OpenAI SDKs assemble)."""
+    if choice.tool is None:
+        return [{"role": "assistant", "content": ""}, *({"content": p} for p in choice.pieces)]
+    head = {
+        "index": 0,
+        "id": choice.tool.id,
+        "type": "function",
+        "function": {"name": choice.tool.name, "arguments": ""},
+    }
+    fragments = (
+        {"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in choice.pieces
+    )
+    return [{"role": "assistant", "content": None, "tool_calls": [head]}, *fragments]
+
+
 class DemoStream(ChunkStream):
-    def __init__(self, body: dict[str, Any], delay: float) -> None:
+    def __init__(self, body: dict[str, Any], choices: list[Choice], delay: float) -> None:
         self.body = body
+        self.choices = choices
         self.delay = delay
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        words, finish = _words(self.body)
-        created = int(time.time())
+        choices = self.choices
         base = {
             "id": "demo",
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": "demo-1",
+            "created": int(time.time()),
+            "model": MODEL,
         }
 
-        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            return {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            }
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
 
-        yield [choice({"role": "assistant", "content": ""})]
-        for word in words:
-            if self.delay:
+        # Each choice: its deltas, then its finish; with n > 1 they interleave, one
+        # batch per step (as n choices come from a real provider).
+        steps = [
+            [chunk(c.index, d) for d in deltas(c)] + [chunk(c.index, {}, c.finish_reason)]
+            for c in choices
+        ]
+        for i, batch in enumerate(zip_longest(*steps)):
+            if i and self.delay:
                 await asyncio.sleep(self.delay)
-            yield [choice({"content": word})]
-        usage = {**base, "choices": [], "usage": _usage(_prompt_tokens(self.body), len(words))}
-        yield [choice({}, finish), usage]
+            yield [c for c in batch if c is not None]
+        yield [{**base, "choices": [], "usage": _usage(self.body, choices)}]
 
     async def aclose(self) -> None:
         return None
@@ -98,21 +102,19 @@ class DemoProvider(Provider):
         self.delay = config.chunk_delay_ms / 1000
 
     async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
-        words, finish = _words(request.body)
+        choices = answer(request.body)
         return {
             "id": "demo",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": "demo-1",
+            "model": MODEL,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(words)},
-                    "finish_reason": finish,
-                }
+                {"index": c.index, "message": message(c), "finish_reason": c.finish_reason}
+                for c in choices
             ],
-            "usage": _usage(_prompt_tokens(request.body), len(words)),
+            "usage": _usage(request.body, choices),
         }
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
-        return DemoStream(request.body, self.delay)
+        # Answered here: a request it refuses (ValidationFailed) fails before any byte.
+        return DemoStream(request.body, answer(request.body), self.delay)

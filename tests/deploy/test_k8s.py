@@ -121,6 +121,9 @@ def test_configmap_is_a_valid_gateway_config_with_drain(tmp_path: Path) -> None:
         "OPENAI_API_KEY": "placeholder",
         "GATEWAY_SESSION_SECRET": "placeholder",
         "GATEWAY_METRICS_TOKEN": "placeholder",
+        # The bootstrap API key (test_deploy_env.py fills the whole Secret).
+        "GATEWAY_API_KEY_PREFIX": "kt_live_AbCd1234",
+        "GATEWAY_API_KEY_SHA256": "0" * 64,
     }
     config = load_config(tmp_path, env)
     # Metrics on their own port, token required (the pod IP is reachable in-cluster).
