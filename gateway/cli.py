@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.multiprocess import mark_process_dead
 
+from gateway import ports
 from gateway.config import Config, ConfigError, load_config, parse_listen
 from gateway.credentials import generate_key, mint_session_token
 
@@ -125,16 +125,22 @@ def _run_worker(
         limits.max_connections_per_address,
         limits.header_timeout_seconds,
     )
-    serve(
-        app,
-        guard,
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        # Longer than the grace period: streams are cut by begin_shutdown (with an error
-        # event) before aiohttp would close their connections.
-        shutdown_timeout=limits.shutdown_grace_seconds + 10,
-    )
+    try:
+        serve(
+            app,
+            guard,
+            host=host,
+            port=port,
+            reuse_port=reuse_port,
+            # Longer than the grace period: streams are cut by begin_shutdown (with an
+            # error event) before aiohttp would close their connections.
+            shutdown_timeout=limits.shutdown_grace_seconds + 10,
+        )
+    except OSError as exc:
+        # A port taken since cmd_serve checked it (or a listener that failed at start):
+        # one line, as there, not a traceback.
+        log.error(f"cannot serve: {exc}")
+        raise SystemExit(1) from None
 
 
 def _tune_gc() -> None:
@@ -148,12 +154,42 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-def _port_free(host: str, port: int) -> int:
-    if port:
-        return port
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _listen_addresses(
+    args: argparse.Namespace, config: Config, host: str, port: int
+) -> list[tuple[str, int, str, str]]:
+    """What ``serve`` will bind, for ``ports.holding``: the API port and, if served,
+    the metrics listener's (a port 0 is any free one: nothing to check)."""
+    out = [(host, port, "port", "serve on another one (--port, listen.port)")] if port else []
+    value = args.metrics_listen or config.gateway.metrics.listen
+    if value and value != "off":
+        metrics_host, metrics_port = parse_listen(value)
+        if metrics_port:
+            hint = "move the metrics listener (--metrics-listen HOST:PORT or off, metrics.listen)"
+            out.append((metrics_host, metrics_port, "metrics port", hint))
+    return out
+
+
+def _warn_missing_keys(config: Config) -> None:
+    """Once at start (not once per worker): every provider key variable that is unset
+    or empty. Requests routed there answer 503 provider_key_not_configured; the
+    environment is read at start, so setting it takes a restart."""
+    after = "answer 503 until the gateway restarts with it set"
+    for name, spec in config.gateway.providers.items():
+        variable = spec.api_key_env
+        if variable and not config.secret(variable):
+            log.warning(
+                f"provider {name} has no key configured ({variable} is not set): "
+                f"requests routed to it {after}",
+                extra={"provider": name, "variable": variable},
+            )
+    for project in config.projects.values():
+        for name, variable in project.file.provider_keys.items():
+            if not config.secret(variable):
+                log.warning(
+                    f"project {project.slug} has no key configured for provider {name} "
+                    f"({variable} is not set): its requests routed to {name} {after}",
+                    extra={"provider": name, "variable": variable, "project": project.slug},
+                )
 
 
 def _stop_while_starting(signum: int, _frame: object) -> None:
@@ -199,13 +235,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config, as_log=True)
     gw = config.gateway
     host = args.host or gw.listen.host
-    port = _port_free(host, args.port if args.port is not None else gw.listen.port)
+    port = args.port if args.port is not None else gw.listen.port
     if args.metrics_listen and args.metrics_listen != "off":
         try:
             parse_listen(args.metrics_listen)
         except ValueError as exc:
             log.error("invalid --metrics-listen", extra={"reason": str(exc)})
             return 2
+    # Before anything is started or said to listen: a port in use is one line, exit 1.
+    try:
+        with ports.holding(_listen_addresses(args, config, host, port)):
+            pass
+    except ports.PortUnavailable as exc:
+        log.error(str(exc))
+        return 1
+    port = port or ports.free_port(host)
+    _warn_missing_keys(config)
     embedded = None
     redis_url = gw.redis.url
     status = 0

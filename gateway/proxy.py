@@ -58,10 +58,21 @@ def upstream_body(call: CallContext, max_tokens_param: str) -> dict[str, Any]:
 
 
 def _provider_key(route: Route, call: CallContext) -> str:
-    byok = call.project.file.provider_keys.get(route.provider)
-    if byok:
-        return call.config.secret(byok)
-    return call.config.secret(call.provider_config(route.provider).api_key_env)
+    """The key sent to the route's provider: the project's own (BYOK) if it names one,
+    else the provider's; "" for a provider that takes none (no ``api_key_env``). A named
+    variable that is unset or empty is a ProviderKeyMissing (503), before anything is
+    sent: an empty key would reach the provider and come back as a rejected key."""
+    from gateway.errors import ProviderKeyMissing
+
+    variable = call.project.file.provider_keys.get(route.provider)
+    if not variable:
+        variable = call.provider_config(route.provider).api_key_env
+        if not variable:
+            return ""
+    key = call.config.secret(variable)
+    if not key:
+        raise ProviderKeyMissing(route.provider, variable)
+    return key
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
