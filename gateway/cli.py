@@ -1,20 +1,23 @@
-"""The ``gateway`` command: serve, check-config, keys new, token mint."""
+"""The ``gateway`` command: serve, check-config, keys new, token mint, usage."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -447,6 +450,29 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+# The shortest HMAC secret each algorithm is safe with: its hash's output size.
+SECRET_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+# Where ./scripts/serve keeps the secret it makes (beside the config directory).
+SERVE_SECRET_FILE = Path(".gateway") / "session-secret"
+
+
+def _no_session_secret(variable: str, config_dir: Path) -> str:
+    """What ``token mint`` says in a shell without the secret: which variable, and
+    where the secret of a gateway started with ./scripts/serve is."""
+    kept = config_dir.resolve().parent / SERVE_SECRET_FILE
+    if kept.is_file():
+        where, path = str(kept), shlex.quote(str(kept))
+    else:
+        where = f"{SERVE_SECRET_FILE} of the checkout it runs in (beside config/)"
+        path = str(SERVE_SECRET_FILE)
+    return (
+        f"{variable} is not set (session_tokens.secret_env): it must hold the secret the "
+        "gateway verifies session tokens with.\n"
+        f"./scripts/serve keeps the one it made in {where}: "
+        f'export {variable}="$(cat {path})"'
+    )
+
+
 def cmd_token_mint(args: argparse.Namespace) -> int:
     config = _load(args.config)
     project = config.project(args.project)
@@ -459,8 +485,16 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)
     if not secret:
-        print(f"{sessions.secret_env} is not set", file=sys.stderr)
+        print(_no_session_secret(sessions.secret_env, Path(args.config)), file=sys.stderr)
         return 2
+    algorithm = sessions.algorithms[0]
+    if len(secret.encode()) < SECRET_MIN_BYTES[algorithm]:
+        print(
+            f"warning: {sessions.secret_env} is {len(secret.encode())} bytes long; {algorithm} "
+            f"wants at least {SECRET_MIN_BYTES[algorithm]} (RFC 7518, 3.2): a shorter secret "
+            "can be guessed from any token it signed",
+            file=sys.stderr,
+        )
     # The same rules as the HTTP endpoint: a token that could never be accepted is an error.
     ttl = sessions.default_ttl_seconds if args.ttl is None else args.ttl
     if not 30 <= ttl <= sessions.max_ttl_seconds:
@@ -473,16 +507,19 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if args.sub is not None and not 0 < len(args.sub) <= 256:
         print("--sub must be 1 to 256 characters", file=sys.stderr)
         return 2
-    token = mint_session_token(
-        secret,
-        org_id=project.org,
-        project_id=project.id,
-        project_slug=project.slug,
-        scope=args.scope,
-        ttl_seconds=ttl,
-        sub=args.sub,
-        algorithm=sessions.algorithms[0],
-    )
+    with warnings.catch_warnings():
+        # PyJWT's own warning of a short key, as two lines of its source: said above.
+        warnings.simplefilter("ignore")
+        token = mint_session_token(
+            secret,
+            org_id=project.org,
+            project_id=project.id,
+            project_slug=project.slug,
+            scope=args.scope,
+            ttl_seconds=ttl,
+            sub=args.sub,
+            algorithm=algorithm,
+        )
     print(token)
     return 0
 
@@ -539,56 +576,129 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("karta-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout not installed
+        return "unknown (package not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="config directory (default: config/)"
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="DIR",
+        help="config directory (default: $GATEWAY_CONFIG, else config/)",
     )
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="karta: an LLM API gateway (authenticated, budgeted, streaming).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"gateway (karta-gateway) {_version()}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the gateway (embedded redis-server unless redis.url is set)",
+    )
+    serve.add_argument("--host", help="listen address (default: listen.host in the config)")
+    serve.add_argument(
+        "--port", type=int, help="listen port, 0 for any free one (default: listen.port)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serving processes sharing the port (default: 1)",
+    )
     serve.add_argument(
         "--metrics-listen",
+        metavar="HOST:PORT",
         help="metrics listener host:port, or 'off' (default: metrics.listen in the config)",
     )
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate the config and list every problem in it"
+    )
     check.set_defaults(func=cmd_check_config)
 
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(
-        dest="keys_command", required=True
+    keys = sub.add_parser("keys", help="API keys (keys new)").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
     )
-    new = keys.add_parser("new", parents=[common], help="generate a kt_live_ key")
-    new.add_argument("--org", required=True)
-    new.add_argument("--scopes", default="read,write")
+    new = keys.add_parser(
+        "new", parents=[common], help="make a kt_live_ API key for an org (shown once)"
+    )
+    new.add_argument("--org", required=True, help="the org the key belongs to")
+    new.add_argument(
+        "--scopes",
+        default="read,write",
+        help="comma-separated, of read, write, admin (default: read,write)",
+    )
     new.add_argument("--id", help="key id (default: derived from the prefix)")
     new.add_argument(
         "--save", action="store_true", help="write the entry to <config>/keys/<id>.yaml"
     )
     new.set_defaults(func=cmd_keys_new)
 
-    usage = sub.add_parser("usage", parents=[common], help="show a project's budget usage")
-    usage.add_argument("--project", required=True)
-    usage.add_argument("--key", help="also show this API key id's counters")
+    usage = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="a project's budget usage, also while the gateway is stopped",
+    )
+    usage.add_argument("--project", required=True, help="project slug or id")
+    usage.add_argument("--key", metavar="KEY_ID", help="also show this API key id's counters")
     usage.add_argument("--user", help="also show this end user's counters")
-    usage.add_argument("--json", action="store_true")
+    usage.add_argument(
+        "--json", action="store_true", help="print the report as JSON (costs in nano-USD)"
+    )
     usage.set_defaults(func=cmd_usage)
 
-    token = sub.add_parser("token", help="session tokens").add_subparsers(
-        dest="token_command", required=True
+    token = sub.add_parser("token", help="session tokens (token mint)").add_subparsers(
+        dest="token_command", required=True, metavar="COMMAND"
     )
-    mint = token.add_parser("mint", parents=[common], help="mint a session JWT for one project")
-    mint.add_argument("--project", required=True)
-    mint.add_argument("--sub", help="end user id")
-    mint.add_argument("--ttl", type=int, help="seconds (default from config)")
-    mint.add_argument("--scope", default="write")
+    mint = token.add_parser(
+        "mint",
+        parents=[common],
+        help="mint a session JWT for one project (needs the session secret)",
+    )
+    mint.add_argument("--project", required=True, help="project slug or id")
+    mint.add_argument("--sub", help="end user id (its per-user budget applies)")
+    mint.add_argument(
+        "--ttl", type=int, metavar="SECONDS", help="lifetime (default from the config)"
+    )
+    mint.add_argument(
+        "--scope", default="write", help="space-separated, of read, write, admin (default: write)"
+    )
     mint.set_defaults(func=cmd_token_mint)
+    # Every command, nested ones too, listed once, below (not the top level only).
+    parser.epilog = "commands:\n" + "\n".join(
+        f"  {name:<14}{text}" for name, text in _commands(parser)
+    )
+    sub._choices_actions.clear()
+    sub.help = "one of the commands below; gateway COMMAND --help for its options"
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str]]:
+    """Every runnable command, nested ones by their full name ("keys new"), with its
+    one-line help: the top-level --help lists them all."""
+    out: list[tuple[str, str]] = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            full = f"{prefix}{name}"
+            nested = _commands(child, full + " ")
+            out.extend(nested or [(full, helps.get(name, ""))])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
