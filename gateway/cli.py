@@ -525,54 +525,22 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from gateway.app import redis_client
-    from gateway.budget import BudgetStore, StoreUnavailable
-    from gateway.embedded_redis import EmbeddedRedis
-    from gateway.usage_report import usage_report
+    from gateway.usage_cli import StoreUnreachable, read_usage, table
 
     config = _load(args.config)
     project = config.project(args.project)
     if project is None:
         print(f"unknown project {args.project!r}", file=sys.stderr)
         return 2
-    gw = config.gateway
-    url = gw.redis.url or EmbeddedRedis(gw.redis.data_dir).url
-    timeout = max(gw.redis.timeout_ms / 1000, 1.0)
-
-    async def report() -> dict[str, object]:
-        redis = redis_client(url, timeout)
-        try:
-            store = BudgetStore(
-                redis, gw.redis.key_prefix, timeout, gw.limits.reservation_ttl_seconds
-            )
-            return await usage_report(store, config, project, args.key, args.user)
-        finally:
-            await redis.aclose()
-
     try:
-        data = asyncio.run(report())
-    except StoreUnavailable:
-        print(
-            f"budget store unreachable ({'REDIS_URL' if gw.redis.url else 'embedded'})",
-            file=sys.stderr,
-        )
+        data, where = read_usage(config, project, args.key, args.user)
+    except StoreUnreachable as exc:
+        print(exc, file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    print(f"project {data['project']} ({data['project_id']}, org {data['org']})")
-    print(
-        f"{'scope':<8} {'window':<9} {'dimension':<15} {'used':>14} {'reserved':>12} {'cap':>14}  resets_at"
-    )
-    for row in data["counters"]:  # type: ignore[attr-defined]
-        scope = row["scope"] + (
-            f":{row.get('id') or row.get('user')}" if row["scope"] != "project" else ""
-        )
-        for dim, v in row["dimensions"].items():
-            cap = "-" if v["cap"] is None else str(v["cap"])
-            print(
-                f"{scope:<8} {row['window']:<9} {dim:<15} {v['used']:>14} {v['reserved']:>12} {cap:>14}  {row['resets_at'] or '-'}"
-            )
+    else:
+        print(table(data, where))
     return 0
 
 
