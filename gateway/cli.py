@@ -487,14 +487,6 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if not secret:
         print(_no_session_secret(sessions.secret_env, Path(args.config)), file=sys.stderr)
         return 2
-    algorithm = sessions.algorithms[0]
-    if len(secret.encode()) < SECRET_MIN_BYTES[algorithm]:
-        print(
-            f"warning: {sessions.secret_env} is {len(secret.encode())} bytes long; {algorithm} "
-            f"wants at least {SECRET_MIN_BYTES[algorithm]} (RFC 7518, 3.2): a shorter secret "
-            "can be guessed from any token it signed",
-            file=sys.stderr,
-        )
     # The same rules as the HTTP endpoint: a token that could never be accepted is an error.
     ttl = sessions.default_ttl_seconds if args.ttl is None else args.ttl
     if not 30 <= ttl <= sessions.max_ttl_seconds:
@@ -507,6 +499,14 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if args.sub is not None and not 0 < len(args.sub) <= 256:
         print("--sub must be 1 to 256 characters", file=sys.stderr)
         return 2
+    algorithm = sessions.algorithms[0]
+    if len(secret.encode()) < SECRET_MIN_BYTES[algorithm]:
+        print(
+            f"warning: {sessions.secret_env} is {len(secret.encode())} bytes long; {algorithm} "
+            f"wants at least {SECRET_MIN_BYTES[algorithm]} (RFC 7518, 3.2): a shorter secret "
+            "can be guessed from any token it signed",
+            file=sys.stderr,
+        )
     with warnings.catch_warnings():
         # PyJWT's own warning of a short key, as two lines of its source: said above.
         warnings.simplefilter("ignore")
