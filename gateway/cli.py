@@ -1,26 +1,29 @@
-"""The ``gateway`` command: serve, check-config, keys new, token mint."""
+"""The ``gateway`` command: serve, check-config, keys new, token mint, usage."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
 import re
+import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
 from prometheus_client.multiprocess import mark_process_dead
 
+from gateway import ports
 from gateway.config import Config, ConfigError, load_config, parse_listen
 from gateway.credentials import generate_key, mint_session_token
 
@@ -125,16 +128,22 @@ def _run_worker(
         limits.max_connections_per_address,
         limits.header_timeout_seconds,
     )
-    serve(
-        app,
-        guard,
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        # Longer than the grace period: streams are cut by begin_shutdown (with an error
-        # event) before aiohttp would close their connections.
-        shutdown_timeout=limits.shutdown_grace_seconds + 10,
-    )
+    try:
+        serve(
+            app,
+            guard,
+            host=host,
+            port=port,
+            reuse_port=reuse_port,
+            # Longer than the grace period: streams are cut by begin_shutdown (with an
+            # error event) before aiohttp would close their connections.
+            shutdown_timeout=limits.shutdown_grace_seconds + 10,
+        )
+    except OSError as exc:
+        # A port taken since cmd_serve checked it (or a listener that failed at start):
+        # one line, as there, not a traceback.
+        log.error(f"cannot serve: {exc}")
+        raise SystemExit(1) from None
 
 
 def _tune_gc() -> None:
@@ -148,12 +157,42 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 100)
 
 
-def _port_free(host: str, port: int) -> int:
-    if port:
-        return port
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _listen_addresses(
+    args: argparse.Namespace, config: Config, host: str, port: int
+) -> list[tuple[str, int, str, str]]:
+    """What ``serve`` will bind, for ``ports.holding``: the API port and, if served,
+    the metrics listener's (a port 0 is any free one: nothing to check)."""
+    out = [(host, port, "port", "serve on another one (--port, listen.port)")] if port else []
+    value = args.metrics_listen or config.gateway.metrics.listen
+    if value and value != "off":
+        metrics_host, metrics_port = parse_listen(value)
+        if metrics_port:
+            hint = "move the metrics listener (--metrics-listen HOST:PORT or off, metrics.listen)"
+            out.append((metrics_host, metrics_port, "metrics port", hint))
+    return out
+
+
+def _warn_missing_keys(config: Config) -> None:
+    """Once at start (not once per worker): every provider key variable that is unset
+    or empty. Requests routed there answer 503 provider_key_not_configured; the
+    environment is read at start, so setting it takes a restart."""
+    after = "answer 503 until the gateway restarts with it set"
+    for name, spec in config.gateway.providers.items():
+        variable = spec.api_key_env
+        if variable and not config.secret(variable):
+            log.warning(
+                f"provider {name} has no key configured ({variable} is not set): "
+                f"requests routed to it {after}",
+                extra={"provider": name, "variable": variable},
+            )
+    for project in config.projects.values():
+        for name, variable in project.file.provider_keys.items():
+            if not config.secret(variable):
+                log.warning(
+                    f"project {project.slug} has no key configured for provider {name} "
+                    f"({variable} is not set): its requests routed to {name} {after}",
+                    extra={"provider": name, "variable": variable, "project": project.slug},
+                )
 
 
 def _stop_while_starting(signum: int, _frame: object) -> None:
@@ -199,13 +238,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config, as_log=True)
     gw = config.gateway
     host = args.host or gw.listen.host
-    port = _port_free(host, args.port if args.port is not None else gw.listen.port)
+    port = args.port if args.port is not None else gw.listen.port
     if args.metrics_listen and args.metrics_listen != "off":
         try:
             parse_listen(args.metrics_listen)
         except ValueError as exc:
             log.error("invalid --metrics-listen", extra={"reason": str(exc)})
             return 2
+    # Before anything is started or said to listen: a port in use is one line, exit 1.
+    try:
+        with ports.holding(_listen_addresses(args, config, host, port)):
+            pass
+    except ports.PortUnavailable as exc:
+        log.error(str(exc))
+        return 1
+    port = port or ports.free_port(host)
+    _warn_missing_keys(config)
     embedded = None
     redis_url = gw.redis.url
     status = 0
@@ -402,6 +450,29 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+# The shortest HMAC secret each algorithm is safe with: its hash's output size.
+SECRET_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+# Where ./scripts/serve keeps the secret it makes (beside the config directory).
+SERVE_SECRET_FILE = Path(".gateway") / "session-secret"
+
+
+def _no_session_secret(variable: str, config_dir: Path) -> str:
+    """What ``token mint`` says in a shell without the secret: which variable, and
+    where the secret of a gateway started with ./scripts/serve is."""
+    kept = config_dir.resolve().parent / SERVE_SECRET_FILE
+    if kept.is_file():
+        where, path = str(kept), shlex.quote(str(kept))
+    else:
+        where = f"{SERVE_SECRET_FILE} of the checkout it runs in (beside config/)"
+        path = str(SERVE_SECRET_FILE)
+    return (
+        f"{variable} is not set (session_tokens.secret_env): it must hold the secret the "
+        "gateway verifies session tokens with.\n"
+        f"./scripts/serve keeps the one it made in {where}: "
+        f'export {variable}="$(cat {path})"'
+    )
+
+
 def cmd_token_mint(args: argparse.Namespace) -> int:
     config = _load(args.config)
     project = config.project(args.project)
@@ -414,7 +485,7 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     sessions = config.gateway.session_tokens
     secret = config.secret(sessions.secret_env)
     if not secret:
-        print(f"{sessions.secret_env} is not set", file=sys.stderr)
+        print(_no_session_secret(sessions.secret_env, Path(args.config)), file=sys.stderr)
         return 2
     # The same rules as the HTTP endpoint: a token that could never be accepted is an error.
     ttl = sessions.default_ttl_seconds if args.ttl is None else args.ttl
@@ -428,122 +499,174 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     if args.sub is not None and not 0 < len(args.sub) <= 256:
         print("--sub must be 1 to 256 characters", file=sys.stderr)
         return 2
-    token = mint_session_token(
-        secret,
-        org_id=project.org,
-        project_id=project.id,
-        project_slug=project.slug,
-        scope=args.scope,
-        ttl_seconds=ttl,
-        sub=args.sub,
-        algorithm=sessions.algorithms[0],
-    )
+    algorithm = sessions.algorithms[0]
+    if len(secret.encode()) < SECRET_MIN_BYTES[algorithm]:
+        print(
+            f"warning: {sessions.secret_env} is {len(secret.encode())} bytes long; {algorithm} "
+            f"wants at least {SECRET_MIN_BYTES[algorithm]} (RFC 7518, 3.2): a shorter secret "
+            "can be guessed from any token it signed",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():
+        # PyJWT's own warning of a short key, as two lines of its source: said above.
+        warnings.simplefilter("ignore")
+        token = mint_session_token(
+            secret,
+            org_id=project.org,
+            project_id=project.id,
+            project_slug=project.slug,
+            scope=args.scope,
+            ttl_seconds=ttl,
+            sub=args.sub,
+            algorithm=algorithm,
+        )
     print(token)
     return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from gateway.app import redis_client
-    from gateway.budget import BudgetStore, StoreUnavailable
-    from gateway.embedded_redis import EmbeddedRedis
-    from gateway.usage_report import usage_report
+    from gateway.usage_cli import StoreUnreachable, read_usage, table
 
     config = _load(args.config)
     project = config.project(args.project)
     if project is None:
         print(f"unknown project {args.project!r}", file=sys.stderr)
         return 2
-    gw = config.gateway
-    url = gw.redis.url or EmbeddedRedis(gw.redis.data_dir).url
-    timeout = max(gw.redis.timeout_ms / 1000, 1.0)
-
-    async def report() -> dict[str, object]:
-        redis = redis_client(url, timeout)
-        try:
-            store = BudgetStore(
-                redis, gw.redis.key_prefix, timeout, gw.limits.reservation_ttl_seconds
-            )
-            return await usage_report(store, config, project, args.key, args.user)
-        finally:
-            await redis.aclose()
-
     try:
-        data = asyncio.run(report())
-    except StoreUnavailable:
-        print(
-            f"budget store unreachable ({'REDIS_URL' if gw.redis.url else 'embedded'})",
-            file=sys.stderr,
-        )
+        data, where = read_usage(config, project, args.key, args.user)
+    except StoreUnreachable as exc:
+        print(exc, file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    print(f"project {data['project']} ({data['project_id']}, org {data['org']})")
-    print(
-        f"{'scope':<8} {'window':<9} {'dimension':<15} {'used':>14} {'reserved':>12} {'cap':>14}  resets_at"
-    )
-    for row in data["counters"]:  # type: ignore[attr-defined]
-        scope = row["scope"] + (
-            f":{row.get('id') or row.get('user')}" if row["scope"] != "project" else ""
-        )
-        for dim, v in row["dimensions"].items():
-            cap = "-" if v["cap"] is None else str(v["cap"])
-            print(
-                f"{scope:<8} {row['window']:<9} {dim:<15} {v['used']:>14} {v['reserved']:>12} {cap:>14}  {row['resets_at'] or '-'}"
-            )
+    else:
+        print(table(data, where))
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("karta-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout not installed
+        return "unknown (package not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="config directory (default: config/)"
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="DIR",
+        help="config directory (default: $GATEWAY_CONFIG, else config/)",
     )
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="karta: an LLM API gateway (authenticated, budgeted, streaming).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"gateway (karta-gateway) {_version()}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the gateway (embedded redis-server unless redis.url is set)",
+    )
+    serve.add_argument("--host", help="listen address (default: listen.host in the config)")
+    serve.add_argument(
+        "--port", type=int, help="listen port, 0 for any free one (default: listen.port)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serving processes sharing the port (default: 1)",
+    )
     serve.add_argument(
         "--metrics-listen",
+        metavar="HOST:PORT",
         help="metrics listener host:port, or 'off' (default: metrics.listen in the config)",
     )
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", parents=[common], help="validate the config and exit")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate the config and list every problem in it"
+    )
     check.set_defaults(func=cmd_check_config)
 
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(
-        dest="keys_command", required=True
+    keys = sub.add_parser("keys", help="API keys (keys new)").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
     )
-    new = keys.add_parser("new", parents=[common], help="generate a kt_live_ key")
-    new.add_argument("--org", required=True)
-    new.add_argument("--scopes", default="read,write")
+    new = keys.add_parser(
+        "new", parents=[common], help="make a kt_live_ API key for an org (shown once)"
+    )
+    new.add_argument("--org", required=True, help="the org the key belongs to")
+    new.add_argument(
+        "--scopes",
+        default="read,write",
+        help="comma-separated, of read, write, admin (default: read,write)",
+    )
     new.add_argument("--id", help="key id (default: derived from the prefix)")
     new.add_argument(
         "--save", action="store_true", help="write the entry to <config>/keys/<id>.yaml"
     )
     new.set_defaults(func=cmd_keys_new)
 
-    usage = sub.add_parser("usage", parents=[common], help="show a project's budget usage")
-    usage.add_argument("--project", required=True)
-    usage.add_argument("--key", help="also show this API key id's counters")
+    usage = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="a project's budget usage, also while the gateway is stopped",
+    )
+    usage.add_argument("--project", required=True, help="project slug or id")
+    usage.add_argument("--key", metavar="KEY_ID", help="also show this API key id's counters")
     usage.add_argument("--user", help="also show this end user's counters")
-    usage.add_argument("--json", action="store_true")
+    usage.add_argument(
+        "--json", action="store_true", help="print the report as JSON (costs in nano-USD)"
+    )
     usage.set_defaults(func=cmd_usage)
 
-    token = sub.add_parser("token", help="session tokens").add_subparsers(
-        dest="token_command", required=True
+    token = sub.add_parser("token", help="session tokens (token mint)").add_subparsers(
+        dest="token_command", required=True, metavar="COMMAND"
     )
-    mint = token.add_parser("mint", parents=[common], help="mint a session JWT for one project")
-    mint.add_argument("--project", required=True)
-    mint.add_argument("--sub", help="end user id")
-    mint.add_argument("--ttl", type=int, help="seconds (default from config)")
-    mint.add_argument("--scope", default="write")
+    mint = token.add_parser(
+        "mint",
+        parents=[common],
+        help="mint a session JWT for one project (needs the session secret)",
+    )
+    mint.add_argument("--project", required=True, help="project slug or id")
+    mint.add_argument("--sub", help="end user id (its per-user budget applies)")
+    mint.add_argument(
+        "--ttl", type=int, metavar="SECONDS", help="lifetime (default from the config)"
+    )
+    mint.add_argument(
+        "--scope", default="write", help="space-separated, of read, write, admin (default: write)"
+    )
     mint.set_defaults(func=cmd_token_mint)
+    # Every command, nested ones too, listed once, below (not the top level only).
+    parser.epilog = "commands:\n" + "\n".join(
+        f"  {name:<14}{text}" for name, text in _commands(parser)
+    )
+    sub._choices_actions.clear()
+    sub.help = "one of the commands below; gateway COMMAND --help for its options"
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str]]:
+    """Every runnable command, nested ones by their full name ("keys new"), with its
+    one-line help: the top-level --help lists them all."""
+    out: list[tuple[str, str]] = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            full = f"{prefix}{name}"
+            nested = _commands(child, full + " ")
+            out.extend(nested or [(full, helps.get(name, ""))])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

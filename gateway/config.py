@@ -453,6 +453,15 @@ def _expand(value: Any, env: dict[str, str], path: str, missing: list[tuple[str,
     return value
 
 
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, and what it expected (its own text quotes
+    the offending lines on several)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return " ".join(str(exc).split())
+
+
 def _read_yaml(path: Path, env: dict[str, str], problems: list[tuple[str, str, str]]) -> Any:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -460,7 +469,7 @@ def _read_yaml(path: Path, env: dict[str, str], problems: list[tuple[str, str, s
         problems.append((str(path), "", f"cannot read: {exc.strerror}"))
         return None
     except yaml.YAMLError as exc:
-        problems.append((str(path), "", f"invalid YAML: {exc}"))
+        problems.append((str(path), "", f"invalid YAML: {_yaml_reason(exc)}"))
         return None
     if raw is None:
         raw = {}
@@ -508,15 +517,24 @@ def _scope_caps(scopes: tuple[tuple[str, BudgetScope], ...]) -> tuple[Cap, ...]:
 
 
 def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Config:
-    """Load and validate a config directory; raise ConfigError listing every problem."""
+    """Load and validate a config directory; raise ConfigError listing every problem.
+
+    Every file is read and validated whatever another one holds, and the references
+    between files (a project's org, providers and models; a key file's orgs; key ids
+    and digests across files) are checked on what each file says even where it is
+    invalid otherwise: one run lists every problem, not the first stage's."""
     env = dict(os.environ) if env is None else env
     root = Path(directory)
     problems: list[tuple[str, str, str]] = []
     gw_path = root / "gateway.yaml"
     gw_raw = _read_yaml(gw_path, env, problems)
     gateway = None if gw_raw is None else _validate(GatewayFile, gw_raw, gw_path, problems)
+    known = _Known.of(gateway, gw_raw)
 
     keys: dict[str, list[KeyRecord]] = {}
+    # (file, entry as written) of every key entry, valid or not: ids and digests must
+    # be unique across files.
+    entries: list[tuple[str, Any]] = []
     if gateway is not None:
         _check_hold_outlasts_attempts(gateway, gw_path, problems)
         token_env = gateway.metrics.bearer_token_env
@@ -531,33 +549,25 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         for org_name, org in gateway.orgs.items():
             for entry in org.api_keys:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
+    for _org_name, org_raw in _items(_get(gw_raw, "orgs")):
+        entries.extend((str(gw_path), e) for e in _list(_get(org_raw, "api_keys")))
     for key_path in sorted((root / "keys").glob("*.yaml")):
         key_raw = _read_yaml(key_path, env, problems)
         key_file = None if key_raw is None else _validate(KeysFile, key_raw, key_path, problems)
+        for org_name, org_entries in _items(_get(key_raw, "orgs")):
+            if known.orgs is not None and org_name not in known.orgs:
+                problems.append((str(key_path), f"orgs.{org_name}", "unknown org"))
+            entries.extend((str(key_path), e) for e in _list(org_entries))
         if key_file is None:
             continue
-        for org_name, entries in key_file.orgs.items():
-            if gateway is not None and org_name not in gateway.orgs:
-                problems.append((str(key_path), f"orgs.{org_name}", "unknown org"))
-            for entry in entries:
+        for org_name, valid in key_file.orgs.items():
+            for entry in valid:
                 keys.setdefault(entry.prefix, []).append(KeyRecord(org_name, entry))
-    seen_ids: set[str] = set()
-    seen_digests: dict[str, str] = {}
-    for records in keys.values():
-        for rec in records:
-            if rec.entry.id in seen_ids:
-                problems.append((str(gw_path), f"api key {rec.entry.id}", "duplicate key id"))
-            seen_ids.add(rec.entry.id)
-            # One key listed twice (say, revoked in one place and not in another): which
-            # entry wins would decide whether a revocation holds.
-            first = seen_digests.setdefault(rec.entry.sha256, rec.entry.id)
-            if first != rec.entry.id:
-                problems.append(
-                    (str(gw_path), f"api key {rec.entry.id}", f"the same key as {first}")
-                )
+    _check_key_entries(entries, problems)
 
     projects: dict[str, Project] = {}
     by_id: dict[str, Project] = {}
+    project_ids: set[str] = set()
     project_dir = root / "projects"
     for path in sorted(project_dir.glob("*.yaml")):
         slug = path.stem
@@ -566,11 +576,14 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
             continue
         raw = _read_yaml(path, env, problems)
         pf = None if raw is None else _validate(ProjectFile, raw, path, problems)
+        _check_project(raw, known, path, problems)
+        project_id = _get(raw, "id")
+        if isinstance(project_id, str):
+            if project_id in project_ids:
+                problems.append((str(path), "id", f"duplicate project id {project_id!r}"))
+            project_ids.add(project_id)
         if pf is None:
             continue
-        _check_project(pf, gateway, path, problems)
-        if pf.id in by_id:
-            problems.append((str(path), "id", f"duplicate project id {pf.id!r}"))
         project = Project(slug=slug, file=pf, caps=_caps(pf.budgets))
         projects[slug] = project
         by_id[pf.id] = project
@@ -589,6 +602,117 @@ def load_config(directory: str | Path, env: dict[str, str] | None = None) -> Con
         env=env,
         keys_by_id={r.entry.id: r for records in keys.values() for r in records},
     )
+
+
+# ------------------------------------------------------------- references between files
+#
+# Checked on the data as written (after ${VAR} expansion), so that a file with a
+# structural problem still has its references checked; each check reads only values
+# of the expected type and leaves the rest to the file's validation.
+
+
+def _get(data: Any, key: str, default: Any = None) -> Any:
+    return data.get(key, default) if isinstance(data, dict) else None
+
+
+def _items(data: Any) -> list[tuple[str, Any]]:
+    return [(str(k), v) for k, v in data.items()] if isinstance(data, dict) else []
+
+
+def _list(data: Any) -> list[Any]:
+    return data if isinstance(data, list) else []
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What gateway.yaml defines that other files name: from the validated file, or
+    from its data when it is invalid. None: not known (that check is skipped)."""
+
+    orgs: frozenset[str] | None
+    providers: dict[str, str | None] | None  # name -> kind (None: not a valid one)
+    prices: frozenset[str] | None
+
+    @classmethod
+    def of(cls, gateway: GatewayFile | None, raw: Any) -> _Known:
+        if gateway is not None:
+            return cls(
+                frozenset(gateway.orgs),
+                {name: spec.kind for name, spec in gateway.providers.items()},
+                frozenset(gateway.prices),
+            )
+        if not isinstance(raw, dict):
+            return cls(None, None, None)
+
+        def names(key: str) -> frozenset[str] | None:
+            section = raw.get(key, {})
+            return frozenset(str(k) for k in section) if isinstance(section, dict) else None
+
+        providers: dict[str, str | None] | None = None
+        section = raw.get("providers", {})
+        if isinstance(section, dict):
+            providers = {}
+            for name, spec in section.items():
+                kind = _get(spec, "kind")
+                providers[str(name)] = kind if isinstance(kind, str) else None
+        return cls(names("orgs"), providers, names("prices"))
+
+
+def _check_key_entries(
+    entries: list[tuple[str, Any]], problems: list[tuple[str, str, str]]
+) -> None:
+    """Key ids and keys (digests) are unique across gateway.yaml and keys/*.yaml."""
+    seen_ids: dict[str, str] = {}
+    seen_digests: dict[str, str] = {}
+    for file, entry in entries:
+        key_id, digest = _get(entry, "id"), _get(entry, "sha256")
+        if not isinstance(key_id, str):
+            continue
+        if key_id in seen_ids:
+            where = "" if seen_ids[key_id] == file else f" (also in {seen_ids[key_id]})"
+            problems.append((file, f"api key {key_id}", "duplicate key id" + where))
+        seen_ids.setdefault(key_id, file)
+        if isinstance(digest, str):
+            # One key listed twice (say, revoked in one place and not in another): which
+            # entry wins would decide whether a revocation holds.
+            first = seen_digests.setdefault(digest, key_id)
+            if first != key_id:
+                problems.append((file, f"api key {key_id}", f"the same key as {first}"))
+
+
+def _check_project(
+    raw: Any, known: _Known, path: Path, problems: list[tuple[str, str, str]]
+) -> None:
+    """A project file's references: its default model, org, routes' providers and
+    models (priced), and BYOK providers."""
+    file = str(path)
+    models = _get(raw, "models")
+    default = _get(raw, "default_model", "default")
+    if isinstance(models, dict) and isinstance(default, str) and default not in models:
+        problems.append((file, "default_model", f"{default!r} is not a model alias"))
+    org = _get(raw, "org")
+    if known.orgs is not None and isinstance(org, str) and org not in known.orgs:
+        problems.append((file, "org", f"unknown org {org!r}"))
+    providers, prices = known.providers, known.prices
+    if providers is None:
+        return
+    for alias, spec in _items(models):
+        for i, route in enumerate(_list(_get(spec, "routes"))):
+            where = f"models.{alias}.routes.{i}"
+            provider, model = _get(route, "provider"), _get(route, "model")
+            if not isinstance(provider, str):
+                continue
+            if provider not in providers:
+                problems.append((file, f"{where}.provider", f"unknown provider {provider!r}"))
+            elif (
+                providers[provider] != "demo"
+                and prices is not None
+                and isinstance(model, str)
+                and model not in prices
+            ):
+                problems.append((file, f"{where}.model", f"no price for model {model!r}"))
+    for provider, _variable in _items(_get(raw, "provider_keys")):
+        if provider not in providers:
+            problems.append((file, f"provider_keys.{provider}", "unknown provider"))
 
 
 # Time a request needs after an attempt ends (settling), on top of the attempt itself.
@@ -617,25 +741,3 @@ def _check_hold_outlasts_attempts(
                     "raise it or lower that provider's timeouts",
                 )
             )
-
-
-def _check_project(
-    pf: ProjectFile, gw: GatewayFile | None, path: Path, problems: list[tuple[str, str, str]]
-) -> None:
-    file = str(path)
-    if pf.default_model not in pf.models:
-        problems.append((file, "default_model", f"{pf.default_model!r} is not a model alias"))
-    if gw is None:
-        return
-    if pf.org not in gw.orgs:
-        problems.append((file, "org", f"unknown org {pf.org!r}"))
-    for alias, spec in pf.models.items():
-        for i, route in enumerate(spec.routes):
-            where = f"models.{alias}.routes.{i}"
-            if route.provider not in gw.providers:
-                problems.append((file, f"{where}.provider", f"unknown provider {route.provider!r}"))
-            elif gw.providers[route.provider].kind != "demo" and route.model not in gw.prices:
-                problems.append((file, f"{where}.model", f"no price for model {route.model!r}"))
-    for provider in pf.provider_keys:
-        if provider not in gw.providers:
-            problems.append((file, f"provider_keys.{provider}", "unknown provider"))

@@ -113,6 +113,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    def running(self) -> bool:
+        """True when a server (a running gateway's) answers on this directory's socket."""
+        return self.socket.exists() and _answers(self.socket)
+
     def _take_lock(self, wait: float) -> None:
         fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + wait

@@ -17,6 +17,7 @@
     ├── UpstreamFailed      502       upstream error before the first byte
     ├── UpstreamTimeout     504       upstream timed out before the first byte
     ├── ServiceUnavailable  503       budget store unreachable
+    ├── ProviderKeyMissing  503       the route's provider key variable is unset
     └── InternalError       500       anything unexpected
 
 Each is rendered per wire profile (GatewayError.render): the karta body, or OpenAI's
@@ -222,6 +223,29 @@ class ServiceUnavailable(GatewayError):
     status = 503
     error_type = "service_unavailable"
     code = "service_unavailable"
+
+
+class ProviderKeyMissing(GatewayError):
+    """The route's provider key is not configured: the variable its ``api_key_env`` (or
+    the project's BYOK ``provider_keys`` entry) names is unset or empty. Raised before
+    anything is sent: not the provider's fault (no breaker failure), and another attempt
+    on the same target cannot fix it (not retryable)."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "provider_key_not_configured"
+
+    def __init__(self, provider: str, variable: str) -> None:
+        # The variable's name only, never a value. x-should-retry: the official SDKs
+        # retry a 503 unless told not to, and only a restart with the key set fixes it.
+        super().__init__(
+            {
+                "error": "provider_key_not_configured",
+                "provider": provider,
+                "message": f"provider {provider} has no key configured ({variable} is not set)",
+            },
+            {"x-should-retry": "false"},
+        )
 
 
 class InternalError(GatewayError):

@@ -22,6 +22,7 @@ from gateway.config import ProviderConfig, Route
 from gateway.context import REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
 from gateway.errors import (
     GatewayError,
+    ProviderKeyMissing,
     ServiceUnavailable,
     UpstreamFailed,
     UpstreamRateLimited,
@@ -69,10 +70,19 @@ def upstream_body(call: CallContext, provider: ProviderConfig) -> dict[str, Any]
 
 
 def _provider_key(route: Route, call: CallContext) -> str:
-    byok = call.project.file.provider_keys.get(route.provider)
-    if byok:
-        return call.config.secret(byok)
-    return call.config.secret(call.provider_config(route.provider).api_key_env)
+    """The key sent to the route's provider: the project's own (BYOK) if it names one,
+    else the provider's; "" for a provider that takes none (no ``api_key_env``). A named
+    variable that is unset or empty is a ProviderKeyMissing (503), before anything is
+    sent: an empty key would reach the provider and come back as a rejected key."""
+    variable = call.project.file.provider_keys.get(route.provider)
+    if not variable:
+        variable = call.provider_config(route.provider).api_key_env
+        if not variable:
+            return ""
+    key = call.config.secret(variable)
+    if not key:
+        raise ProviderKeyMissing(route.provider, variable)
+    return key
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -106,6 +116,12 @@ async def _forward(request: web.Request, call: CallContext, hold: Hold) -> web.S
                 break
             try:
                 response = await _attempt(request, state, call, route)
+            except ProviderKeyMissing as exc:
+                # Nothing was sent: not this target's health, and no reason not to try
+                # the next target (its own provider's key).
+                breaker.release_probe()
+                last_error = exc
+                break
             except GatewayError as exc:
                 _judge(breaker, exc)
                 if not exc.retryable:

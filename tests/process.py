@@ -221,6 +221,22 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
 
 
+def gateway_cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``gateway`` command as an operator would (a process of its own), with
+    every Python warning shown (``PYTHONWARNINGS=always``: none may reach its output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=cwd or ROOT,
+        env={**env, "PYTHONWARNINGS": "always"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # ---------------------------------------------------------------------------- config edits
 
 

@@ -4,14 +4,13 @@ gateway accepts); and ``serve --workers N`` giving up on workers that cannot sta
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import SUPERVISOR_PID_ENV, main
 from gateway.config import load_config
 from gateway.credentials import verify_session_token
 from tests.harness import SESSION_SECRET, Credentials, free_port, write_config
@@ -99,19 +98,21 @@ def test_token_mint_prints_a_token_the_gateway_accepts(
 
 
 def test_serve_with_workers_stops_when_they_cannot_start(creds: Credentials) -> None:
-    """Every worker dies at start (the port is taken): the supervisor used to restart
-    them for ever; it now stops and exits 1."""
-    port = free_port()
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", port))
-        holder.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(creds.config_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=creds.env | {"PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+    """Every worker dies at start: the supervisor used to restart them for ever; it now
+    stops and exits 1. (A busy port no longer gets that far: tests/integration/
+    test_cli_ports.py.) Here the config is valid for the supervisor and not for its
+    workers: its wire_profile reads the variable only workers have (as a config that
+    broke on disk after the supervisor read it would be)."""
+    path = creds.config_dir / "gateway.yaml"
+    path.write_text(path.read_text() + f"wire_profile: ${{{SUPERVISOR_PID_ENV}:-karta}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(creds.config_dir),
+         "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
+         "--metrics-listen", "off"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=creds.env | {"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     assert "workers keep exiting at start" in done.stderr
