@@ -114,6 +114,8 @@ class LimitsConfig(_Strict):
     max_connections: Annotated[int, Field(ge=16)] = 4096
     max_connections_per_address: Annotated[int, Field(ge=1)] = 256
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
+    # How long a completed request's Idempotency-Key answers (replays) its retries.
+    idempotency_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
     # Input tokens reserved per image on models without prices.<model>.image_tokens: the
     # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.
     image_token_bound: Annotated[int, Field(ge=1)] = 48_169

@@ -31,6 +31,7 @@ from gateway.errors import (
 from gateway.idle import IdleWatchdog
 from gateway.params import UNDERSTOOD, forwarded_extras
 from gateway.pipeline.hold import Hold
+from gateway.pipeline.idempotency import Idempotency, idempotency_key
 from gateway.pipeline.meter import StreamMeter, unary_billed, worst_case
 from gateway.pipeline.request import chat_call
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
@@ -86,9 +87,22 @@ def _provider_key(route: Route, call: CallContext) -> str:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """POST /v1/projects/{ref}/chat/completions: parse, hold, forward and relay (the
-    meter counts), settle (leaving the hold)."""
+    """POST /v1/projects/{ref}/chat/completions: parse, claim its idempotency key (if
+    any), hold, forward and relay (the meter counts), settle (leaving the hold)."""
     call = await chat_call(request)
+    key = idempotency_key(request)
+    if key is None:
+        return await _held(request, call)
+    async with Idempotency(request, call, key) as claim:
+        if claim.replay is not None:
+            return claim.replay  # answered before: not forwarded, not billed
+        response = await _held(request, call)
+        await claim.completed(response)
+        return response
+
+
+async def _held(request: web.Request, call: CallContext) -> web.StreamResponse:
+    """Hold the worst case, forward and relay, settle what the meter billed."""
     async with Hold(request, call) as hold:
         response = await _forward(request, call, hold)
         hold.answered(response.status)
