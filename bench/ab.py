@@ -39,6 +39,7 @@ from run import (  # noqa: E402
     Processes,
     cleanup_redis_keys,
     free_port,
+    paced_model,
     proc_cpu_s,
     start_redis,
     wait_http,
@@ -88,7 +89,10 @@ def main() -> int:
         targets = {}
         for name, tree in (("base", base_tree), ("new", ROOT)):
             config = tmp / f"config-{name}"
-            key = write_gateway_config(config, mock + "/v1", redis_url, f"{key_prefix}{name}")
+            paces = (args.pace_ms,) if args.pace_ms else ()
+            key = write_gateway_config(
+                config, mock + "/v1", redis_url, f"{key_prefix}{name}", paces
+            )
             port = free_port()
             env = {**os.environ, "BENCH_PROVIDER_KEY": "sk-bench-not-a-real-key"}
             env.pop("REDIS_URL", None)
@@ -109,7 +113,7 @@ def main() -> int:
             stream = mode == "stream"
             body = body_for(stream)
             if stream and args.pace_ms:
-                body["mock_chunk_delay_ms"] = args.pace_ms
+                body["model"] = paced_model(args.pace_ms)
             per: dict[str, list[float]] = {"base": [], "new": []}
             ratios = []
             for name in ("base", "new"):  # warm-up

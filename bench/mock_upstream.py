@@ -123,8 +123,11 @@ def make_handler(chunks: int, chunk_delay_ms: float):  # type: ignore[no-untyped
         try:
             body = orjson.loads(raw)
             stream = body.get("stream") is True
-            # A request may ask for its own pace (bench/run.py's paced scenario).
-            pause = float(body.get("mock_chunk_delay_ms", chunk_delay_ms)) / 1000
+            # A request may ask for its own pace by its model (bench/run.py paced_model).
+            model = body.get("model")
+            pause = chunk_delay_ms / 1000
+            if isinstance(model, str) and model.startswith("paced-"):
+                pause = float(model.removeprefix("paced-")) / 1000
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             return web.Response(status=400, body=b'{"error":{"message":"bad json"}}')
         if not stream:

@@ -186,11 +186,21 @@ PROJECT = "bench"
 HUGE = 10**15
 
 
-def write_gateway_config(root: Path, upstream: str, redis_url: str, key_prefix: str) -> str:
+def paced_model(pace_ms: float) -> str:
+    """The model name that asks the mock for ``pace_ms`` between a stream's chunks: the
+    same body reaches the mock through every target (the gateway forwards no field it
+    does not understand, and maps an alias of this name to the same upstream model)."""
+    return f"paced-{pace_ms:g}"
+
+
+def write_gateway_config(
+    root: Path, upstream: str, redis_url: str, key_prefix: str, paces: tuple[float, ...] = (1.0,)
+) -> str:
     """A config dir: one org, one API key, one project -> openai provider at the mock.
 
     Budgets on (project and per-key caps, far above what a run can spend), a price
-    for the model, so every request reserves and settles in Redis. Returns the key.
+    for the model, so every request reserves and settles in Redis; one alias per pace
+    (paced_model). Returns the key.
     """
     key = generate_key()
     gw = {
@@ -205,7 +215,10 @@ def write_gateway_config(root: Path, upstream: str, redis_url: str, key_prefix: 
                 "timeouts": {"connect": 5, "first_byte": 30, "idle": 30, "total": 60},
             }
         },
-        "prices": {"gpt-4o-mini": {"input": "0.15", "output": "0.60", "cached_input": "0.075"}},
+        "prices": {
+            model: {"input": "0.15", "output": "0.60", "cached_input": "0.075"}
+            for model in ["gpt-4o-mini", *(paced_model(p) for p in paces)]
+        },
         "orgs": {
             "bench": {
                 "name": "Benchmark org",
@@ -226,7 +239,13 @@ def write_gateway_config(root: Path, upstream: str, redis_url: str, key_prefix: 
         # Same SSE framing as the upstream, so the three targets send comparable bytes.
         "wire_profile": "openai",
         "default_model": "default",
-        "models": {"default": {"routes": [{"provider": "mock", "model": "gpt-4o-mini"}]}},
+        "models": {
+            "default": {"routes": [{"provider": "mock", "model": "gpt-4o-mini"}]},
+            **{
+                paced_model(p): {"routes": [{"provider": "mock", "model": paced_model(p)}]}
+                for p in paces
+            },
+        },
         "max_output_tokens": 256,
         "budgets": {
             "project": {
@@ -274,14 +293,14 @@ class Scenario:
     title: str
     concurrency: int
     stream: bool
-    # Milliseconds the mock waits between a stream's chunks (asked in the request body,
-    # which both proxies pass on): each chunk its own write, as providers send tokens.
+    # Milliseconds the mock waits between a stream's chunks (asked by the model name,
+    # paced_model): each chunk its own write, as providers send tokens.
     pace_ms: float = 0.0
 
     def body(self) -> dict[str, Any]:
         body = body_for(self.stream)
         if self.pace_ms:
-            body["mock_chunk_delay_ms"] = self.pace_ms
+            body["model"] = paced_model(self.pace_ms)
         return body
 
 
