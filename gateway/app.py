@@ -48,6 +48,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
 from gateway.sessions import mint_token
+from gateway.surfaces.models import get_model, list_models, list_models_anthropic
 from gateway.usage_report import get_usage
 
 log = logging.getLogger("gateway.app")
@@ -310,6 +311,9 @@ def create_app(
     )
     v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
     v1.router.add_get("/projects/{project_ref}/usage", get_usage)
+    v1.router.add_get("/projects/{project_ref}/models", list_models)
+    v1.router.add_get("/projects/{project_ref}/models/{model}", get_model)
+    v1.router.add_get("/projects/{project_ref}/v1/models", list_models_anthropic)
     app.add_subapp("/v1/", v1)
     app[ENDPOINTS] = endpoint_list(app)
     app[MAX_BODY_BYTES] = gw.limits.max_body_bytes

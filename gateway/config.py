@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -406,6 +407,7 @@ class Config:
     keys_by_prefix: dict[str, tuple[KeyRecord, ...]]
     env: dict[str, str] = field(repr=False, default_factory=dict)
     keys_by_id: dict[str, KeyRecord] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)  # unix time
 
     def key(self, key_id: str) -> KeyRecord | None:
         """The API key with this id (the one that minted a session token), if any."""
