@@ -207,6 +207,8 @@ def write_gateway_config(
         "listen": {"host": "127.0.0.1", "port": 0},
         "redis": {"url": redis_url, "key_prefix": key_prefix, "timeout_ms": 1000},
         "limits": {"reservation_ttl_seconds": 120},
+        # Any free port: ab.py runs two gateways at once.
+        "metrics": {"listen": "127.0.0.1:0"},
         "providers": {
             "mock": {
                 "kind": "openai",
