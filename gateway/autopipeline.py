@@ -29,6 +29,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 
+def pack_command(name: bytes, sha: bytes, keys: list[str], args: list[str]) -> bytes:
+    """RESP encoding of ``name sha numkeys *keys *args`` (what ``submit`` takes)."""
+    parts = [name, sha, str(len(keys)).encode()]
+    parts += [k.encode() for k in keys]
+    parts += [a.encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(
+        [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
+    )
+
+
 class AutoPipeline:
     def __init__(
         self,

@@ -30,11 +30,14 @@ logged with the request id.
 from __future__ import annotations
 
 import logging
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+if TYPE_CHECKING:
+    from gateway.budget.refusal import Refusal
 
 log = logging.getLogger("gateway.errors")
 
@@ -187,6 +190,59 @@ class BudgetExhausted(GatewayError):
     status = 402
     error_type = "budget_error"
     code = "budget_exhausted"
+
+    @classmethod
+    def refused(cls, refusal: Refusal, max_tokens_fit: int | None = None) -> Self:
+        """The 402 of a refused reservation (see ``budget_exhausted_body``)."""
+        return cls(budget_exhausted_body(refusal, max_tokens_fit))
+
+
+def budget_exhausted_body(refusal: Refusal, max_tokens_fit: int | None = None) -> dict[str, Any]:
+    """The documented 402 body, with a ``message`` that says what the caller can do
+    (``max_tokens_fit``: the largest max_tokens that fits now, see
+    gateway.budget.fitting_output)."""
+    resets = refusal.resets_at
+    body: dict[str, Any] = {
+        "error": "budget_exhausted",
+        "reason": refusal.reason,
+        "message": _budget_message(refusal, max_tokens_fit, resets),
+        "scope": refusal.scope,
+        "window": refusal.window,
+        "dimension": refusal.dimension,
+        "limit": refusal.limit,
+        "used": refusal.used,
+        "reserved": refusal.reserved,
+        "requested": refusal.requested,
+        "resets_at": resets,
+    }
+    if max_tokens_fit is not None:
+        body["max_tokens_fit"] = max_tokens_fit
+    return body
+
+
+def _budget_message(refusal: Refusal, max_tokens_fit: int | None, resets: str | None) -> str:
+    if refusal.dimension == "cost_usd":
+        left = f"${_usd(refusal.room)} of ${_usd(refusal.limit)} left"
+        need = f"this request may cost up to ${_usd(refusal.requested)}"
+    else:
+        dimension = refusal.dimension.replace("_", " ")
+        left = f"{refusal.room} of {refusal.limit} {dimension} left"
+        need = f"this request may use {refusal.requested}"
+    text = f"{refusal.reason}: {left}, {need}"
+    if max_tokens_fit is not None:
+        text += f"; a request with max_tokens <= {max_tokens_fit} fits now"
+    if resets is not None:
+        text += f"; the {refusal.window} window resets at {resets}"
+    elif max_tokens_fit is None:
+        text += "; a lifetime cap does not reset: ask the operator to raise it"
+    return text
+
+
+def _usd(nano: int) -> str:
+    """Nano-USD as dollars, with as many decimals as it needs (at least two)."""
+    text = f"{nano / 1e9:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 class RateLimited(GatewayError):

@@ -10,26 +10,28 @@ clock, one pipeline for the counters.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.budget import BudgetStore, StoreUnavailable, resets_at
+from gateway.budget import BudgetStore, StoreUnavailable, keys
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Config, Project, org_caps
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE, GatewayState
 from gateway.errors import ServiceUnavailable
 
 
-def window_ids(now_s: float) -> dict[str, str]:
-    day = datetime.fromtimestamp(now_s, UTC)
-    return {"day": day.strftime("d%Y%m%d"), "month": day.strftime("m%Y%m"), "lifetime": "all"}
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One counter of the report: whose it is, where it lives, its caps."""
 
-
-def _user_part(user: str) -> str:
-    return hashlib.sha256(user.encode()).hexdigest()[:24]
+    scope: str
+    who: str | None  # the key id, user or org; None for the project
+    tag: str
+    part: str  # counter part (gateway.budget.keys)
+    window: str
+    caps: list[Cap]
 
 
 async def usage_report(
@@ -40,44 +42,44 @@ async def usage_report(
     user: str | None = None,
 ) -> dict[str, Any]:
     """Counters of the project (every window), the key and user (capped windows), the org."""
-    rows: list[tuple[str, str | None, str, str, list[Cap]]] = []  # scope, who, tag, suffix, caps
+    rows: list[_Row] = []
     ptag = store.tag(project.id)
     for window in WINDOWS:
         caps = [c for c in project.caps if c.scope == "project" and c.window == window]
-        rows.append(("project", None, ptag, f"p:{window}", caps))
-    scoped = (("key", key_id, "k:" + (key_id or "")), ("user", user, "u:" + _user_part(user or "")))
-    for scope, who, suffix in scoped:
-        if who is None:
-            continue
+        rows.append(_Row("project", None, ptag, keys.PROJECT_COUNTER, window, caps))
+    scoped: list[tuple[str, str, str]] = []  # scope, who, counter part
+    if key_id is not None:
+        scoped.append(("key", key_id, keys.key_part(key_id)))
+    if user is not None:
+        scoped.append(("user", user, keys.user_part(user)))
+    for scope, who, part in scoped:
         for window in WINDOWS:
             caps = [c for c in project.caps if c.scope == scope and c.window == window]
             if caps:
-                rows.append((scope, who, ptag, f"{suffix}:{window}", caps))
+                rows.append(_Row(scope, who, ptag, part, window, caps))
     org = config.gateway.orgs.get(project.org)
     if org is not None:
         caps_all = org_caps(org)
-        otag = store.tag(project.org, "org")
+        otag = store.tag(project.org, keys.ORG)
         for window in WINDOWS:
             caps = [c for c in caps_all if c.window == window]
             if caps:
-                rows.append(("org", project.org, otag, f"o:{window}", caps))
+                rows.append(_Row("org", project.org, otag, keys.ORG_COUNTER, window, caps))
     try:
-        await _drain(store, {row[2] for row in rows}, config.gateway.ledger.max_events)
+        await _drain(store, {row.tag for row in rows}, config.gateway.ledger.max_events)
         async with asyncio.timeout(store.timeout_s * 3):
             seconds, _micros = await store.redis.time()
-            ids = window_ids(float(seconds))
+            ids = keys.window_ids(float(seconds))
             pipe = store.redis.pipeline(transaction=False)
-            for _scope, _who, tag, suffix, _caps in rows:
-                head, _, window = suffix.rpartition(":")
-                pipe.hgetall(f"{tag}{head}:{ids[window]}")
+            for row in rows:
+                pipe.hgetall(keys.counter_key(row.tag, row.part, ids[row.window]))
             results = await pipe.execute()
     except (TimeoutError, RedisError, OSError) as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
     counters = []
-    for (scope, who, _tag, suffix, caps), state in zip(rows, results, strict=True):
-        window = suffix.rpartition(":")[2]
+    for row, state in zip(rows, results, strict=True):
         values = {k.decode(): int(v) for k, v in state.items()}
-        limits = {c.dimension: c.limit for c in caps}
+        limits = {c.dimension: c.limit for c in row.caps}
         dims = {}
         for i, dim in enumerate(DIMENSIONS):
             name = "cost_nano_usd" if dim == "cost_usd" else dim
@@ -87,14 +89,14 @@ async def usage_report(
                 "cap": limits.get(dim),
             }
         entry: dict[str, Any] = {
-            "scope": scope,
-            "window": window,
-            "window_id": ids[window],
-            "resets_at": resets_at(ids[window]),
+            "scope": row.scope,
+            "window": row.window,
+            "window_id": ids[row.window],
+            "resets_at": keys.resets_at(ids[row.window]),
             "dimensions": dims,
         }
-        if who is not None:
-            entry["id" if scope != "user" else "user"] = who
+        if row.who is not None:
+            entry["id" if row.scope != "user" else "user"] = row.who
         counters.append(entry)
     return {
         "project": project.slug,
@@ -133,11 +135,12 @@ async def refresh_budget_gauges(state: GatewayState) -> None:
         await _drain(store, tags, state.config.gateway.ledger.max_events)
         async with asyncio.timeout(store.timeout_s * 3):
             seconds, _micros = await store.redis.time()
-            ids = window_ids(float(seconds))
+            ids = keys.window_ids(float(seconds))
             pipe = store.redis.pipeline(transaction=False)
             for project in projects:
                 for window in WINDOWS:
-                    pipe.hgetall(f"{store.tag(project.id)}p:{ids[window]}")
+                    key = keys.counter_key(store.tag(project.id), keys.PROJECT_COUNTER, ids[window])
+                    pipe.hgetall(key)
             results = iter(await pipe.execute())
     except (TimeoutError, RedisError, OSError, StoreUnavailable):
         metrics.store_errors.labels("metrics").inc()

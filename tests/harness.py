@@ -17,13 +17,13 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.budget import keys
 from gateway.credentials import generate_key, mint_session_token
 
 SESSION_SECRET = "test-session-secret-" + "x" * 24
@@ -275,9 +275,8 @@ async def month_counter(
     redis: Any, key_prefix: str, project_id: str = "prj_alpha"
 ) -> dict[str, int]:
     """The project's counter of the current UTC month (by Redis time)."""
-    seconds, _ = await redis.time()
-    month = f"m{datetime.fromtimestamp(seconds, UTC):%Y%m}"
-    return await counter(redis, f"{key_prefix}:{{prj:{project_id}}}:p:{month}")
+    month = (await window_ids(redis))["month"]
+    return await counter(redis, project_key(key_prefix, month, project_id))
 
 
 async def scrape(client: Any, token: str = "") -> str:
@@ -323,16 +322,25 @@ def data_frames(text: str) -> list[Any]:
     return out
 
 
-def tag(prefix: str, owner: str = "prj_alpha", kind: str = "prj") -> str:
+def tag(prefix: str, owner: str = "prj_alpha", kind: str = keys.PROJECT) -> str:
     """The key prefix, hash tag included, of a project's (or, kind "org", an org's) keys."""
-    return f"{prefix}:{{{kind}:{owner}}}:"
+    return keys.tag(prefix, owner, kind)
+
+
+def project_key(prefix: str, window_id: str, project_id: str = "prj_alpha") -> str:
+    """A project's counter in one window (``window_id``: see ``window_ids``)."""
+    return keys.counter_key(tag(prefix, project_id), keys.PROJECT_COUNTER, window_id)
+
+
+def held_records(prefix: str, owner: str = "prj_alpha", kind: str = keys.PROJECT) -> str:
+    """The hash of an owner's reservation records (one field per hold in flight)."""
+    return tag(prefix, owner, kind) + keys.RESERVATIONS
 
 
 async def window_ids(redis: Any) -> dict[str, str]:
     """Today's window ids on the Redis server's clock (a client or a cluster client)."""
     seconds, _ = await redis.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    return {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
+    return keys.window_ids(float(seconds))
 
 
 def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:

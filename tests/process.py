@@ -290,7 +290,7 @@ async def month_counter(
 
 
 async def open_reservations(redis: Redis, creds: Credentials, project_id: str = "prj_alpha") -> int:
-    return int(await redis.hlen(f"{key_prefix(creds)}:{{prj:{project_id}}}:rsv"))
+    return int(await redis.hlen(harness.held_records(key_prefix(creds), project_id)))
 
 
 async def refused(port: int) -> bool:

@@ -12,8 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from gateway.app import redis_client
-from gateway.autopipeline import AutoPipeline
-from gateway.budget import _pack_command
+from gateway.autopipeline import AutoPipeline, pack_command
 from tests.harness import free_port
 
 ECHO = "return ARGV[1]"
@@ -38,7 +37,7 @@ async def _sha(redis: Redis, script: str) -> bytes:
 async def test_concurrent_calls_get_their_own_replies(client: Redis) -> None:
     pipeline = AutoPipeline(client, max_batch=16)  # several batches in flight at once
     sha = await _sha(client, ECHO)
-    calls = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(300)]
+    calls = [pipeline.submit(pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(300)]
     replies = await asyncio.gather(*calls)
     assert replies == [str(i).encode() for i in range(300)]
 
@@ -46,9 +45,9 @@ async def test_concurrent_calls_get_their_own_replies(client: Redis) -> None:
 async def test_an_error_reply_fails_only_its_own_call(client: Redis) -> None:
     pipeline = AutoPipeline(client)
     sha = await _sha(client, ECHO)
-    good = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3)]
-    bad = pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], ["x"]))
-    more = [pipeline.submit(_pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3, 6)]
+    good = [pipeline.submit(pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3)]
+    bad = pipeline.submit(pack_command(b"EVALSHA", b"0" * 40, [], ["x"]))
+    more = [pipeline.submit(pack_command(b"EVALSHA", sha, [], [str(i)])) for i in range(3, 6)]
     assert await asyncio.gather(*good) == [b"0", b"1", b"2"]
     with pytest.raises(NoScriptError):
         await bad
@@ -60,10 +59,10 @@ async def test_a_caller_giving_up_does_not_shift_later_replies(client: Redis) ->
     slow, echo = await _sha(client, SLOW), await _sha(client, ECHO)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
-            await pipeline.submit(_pack_command(b"EVALSHA", slow, [], ["200", "late"]))
+            await pipeline.submit(pack_command(b"EVALSHA", slow, [], ["200", "late"]))
     # The slow reply is still read (and dropped) by the pipeline, never handed to these.
     replies = await asyncio.gather(
-        *(pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
+        *(pipeline.submit(pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
     )
     assert replies == [f"r{i}".encode() for i in range(20)]
 
@@ -72,7 +71,7 @@ async def test_an_unreachable_server_fails_every_pending_call() -> None:
     redis = redis_client(f"redis://127.0.0.1:{free_port()}/0", 0.5)
     try:
         pipeline = AutoPipeline(redis)
-        calls = [pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(5)]
+        calls = [pipeline.submit(pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(5)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(r, RedisConnectionError) for r in results), results
     finally:
@@ -95,7 +94,7 @@ async def test_a_server_that_stops_answering_frees_the_connection() -> None:
     redis = redis_client(f"redis://127.0.0.1:{port}/0", 5.0)
     try:
         pipeline = AutoPipeline(redis, reply_timeout=0.3)
-        calls = [pipeline.submit(_pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(3)]
+        calls = [pipeline.submit(pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(3)]
         async with asyncio.timeout(5):
             results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(r, TimeoutError) for r in results), results
@@ -121,12 +120,12 @@ async def test_a_call_past_its_deadline_fails_and_the_next_replies_stay_in_order
     slow, echo = await _sha(client, SLOW), await _sha(client, ECHO)
     started = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError):
-        await pipeline.submit(_pack_command(b"EVALSHA", slow, [], ["600", "late"]))
+        await pipeline.submit(pack_command(b"EVALSHA", slow, [], ["600", "late"]))
     waited = asyncio.get_running_loop().time() - started
     assert 0.2 <= waited < 0.45, waited  # at most a quarter of the timeout late (+ slack)
     await asyncio.sleep(0.5)  # the late reply arrives meanwhile, and must go nowhere
     replies = await asyncio.gather(
-        *(pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
+        *(pipeline.submit(pack_command(b"EVALSHA", echo, [], [f"r{i}"])) for i in range(20))
     )
     assert replies == [f"r{i}".encode() for i in range(20)]
 
@@ -136,10 +135,7 @@ async def test_calls_answered_in_time_are_not_failed_by_the_deadline(client: Red
     echo = await _sha(client, ECHO)
     for round_ in range(5):  # across several sweeps
         replies = await asyncio.gather(
-            *(
-                pipeline.submit(_pack_command(b"EVALSHA", echo, [], [f"{round_}"]))
-                for _ in range(10)
-            )
+            *(pipeline.submit(pack_command(b"EVALSHA", echo, [], [f"{round_}"])) for _ in range(10))
         )
         assert replies == [f"{round_}".encode()] * 10
         await asyncio.sleep(0.04)

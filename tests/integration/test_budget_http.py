@@ -10,10 +10,9 @@ tokens, costing 33 * 150 + 100 * 600 = 64_950 nano-USD at gpt-4o-mini prices
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import yaml
 from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.budget import keys
 from gateway.config import Config, load_config
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
@@ -34,6 +34,7 @@ from tests.harness import (
     data_frames,
     metric,
     wait_released,
+    window_ids,
     write_config,
 )
 
@@ -61,13 +62,14 @@ WORST_USED = used(INPUT_BOUND, CEILING, WORST_COST)
 
 async def windows(redis: Redis) -> tuple[str, str]:
     """The day and month window ids on Redis server time (the scripts' clock)."""
-    seconds, _ = await redis.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    return f"d{now:%Y%m%d}", f"m{now:%Y%m}"
+    ids = await window_ids(redis)
+    return ids["day"], ids["month"]
 
 
 def ckey(config: Config, suffix: str, window_id: str, project_id: str = "prj_alpha") -> str:
-    return f"{config.gateway.redis.key_prefix}:{{prj:{project_id}}}:{suffix}:{window_id}"
+    return keys.counter_key(
+        keys.tag(config.gateway.redis.key_prefix, project_id), suffix, window_id
+    )
 
 
 async def project_keys(redis: Redis, config: Config, project_id: str = "prj_alpha") -> list[str]:
@@ -267,7 +269,7 @@ async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None
     assert len(upstream.requests) == 3
 
     def user_key(sub: str) -> str:
-        return ckey(config, "u:" + hashlib.sha256(sub.encode()).hexdigest()[:24], day)
+        return ckey(config, keys.user_part(sub), day)
 
     assert await counter(redis, user_key("user-1")) == used(11, 3, cost(11, 3))
     assert await counter(redis, user_key("user-2")) == used(11, 3, cost(11, 3))

@@ -27,10 +27,12 @@ from gateway.budget import (
     Refusal,
     Reservation,
     StoreUnavailable,
+    keys,
     project_counters,
     resets_at,
 )
 from gateway.config import PriceConfig, Project, load_config
+from gateway.errors import budget_exhausted_body
 from gateway.usage import Usage, cost_nano
 from tests.harness import counter, free_port, write_config
 
@@ -253,7 +255,7 @@ async def test_refusal_details_and_body(
         await store.reserve(project.id, "r2", counters, amounts(33, 60), now_ms=now + 1)
     refusal = info.value.refusal
     assert refusal == Refusal("project", "day", "output_tokens", 150, 0, 100, 60, "d20261231")
-    assert refusal.body() == {
+    assert budget_exhausted_body(refusal) == {
         "error": "budget_exhausted",
         "reason": "daily output_tokens cap would be exceeded by this request",
         "scope": "project",
@@ -269,14 +271,16 @@ async def test_refusal_details_and_body(
         " 2027-01-01T00:00:00Z",
     }
     # With the request's output ceiling known, it says which max_tokens fits.
-    assert refusal.body(max_tokens_fit=50)["max_tokens_fit"] == 50
-    assert "a request with max_tokens <= 50 fits now" in refusal.body(50)["message"]
+    assert budget_exhausted_body(refusal, max_tokens_fit=50)["max_tokens_fit"] == 50
+    assert (
+        "a request with max_tokens <= 50 fits now" in budget_exhausted_body(refusal, 50)["message"]
+    )
     # Fill the day exactly (50 more fit: <= is allowed), then it is "reached".
     await store.reserve(project.id, "r3", counters, amounts(0, 50), now_ms=now + 2)
     with pytest.raises(BudgetExceeded) as info:
         await store.reserve(project.id, "r4", counters, amounts(0, 1), now_ms=now + 3)
     assert info.value.refusal.reserved == 150
-    assert info.value.refusal.body()["reason"] == "daily output_tokens cap reached"
+    assert budget_exhausted_body(info.value.refusal)["reason"] == "daily output_tokens cap reached"
     assert str(info.value) == "daily output_tokens cap reached"
 
 
@@ -293,7 +297,7 @@ async def test_refusal_month_window_and_per_user_wording(
         await store.reserve(project.id, "r2", counters, amounts(33, 100), now_ms=now + 2)
     refusal = info.value.refusal
     assert refusal == Refusal("user", "month", "input_tokens", 40, 30, 0, 33, "m202612")
-    body = refusal.body()
+    body = budget_exhausted_body(refusal)
     assert body["reason"] == "per-user monthly input_tokens cap would be exceeded by this request"
     assert body["resets_at"] == "2027-01-01T00:00:00Z"
     # Another end user has their own counter.
@@ -311,9 +315,9 @@ async def test_lifetime_refusal_has_no_reset(
         await store.reserve(project.id, "r1", counters, amounts(33, 100), now_ms=T_JUNE)
     refusal = info.value.refusal
     assert refusal == Refusal("key", "lifetime", "total_tokens", 100, 0, 0, 133, "all")
-    assert refusal.body()["resets_at"] is None
+    assert budget_exhausted_body(refusal)["resets_at"] is None
     assert (
-        refusal.body()["reason"]
+        budget_exhausted_body(refusal)["reason"]
         == "per-key lifetime total_tokens cap would be exceeded by this request"
     )
 
@@ -360,6 +364,62 @@ async def test_window_ids_follow_the_utc_calendar(
         project.id, "r1", project_counters(project, None, None), amounts(1, 1), now_ms=ms(iso)
     )
     assert rsv.counter_keys == keys_of(store, f"p:{day}", f"p:{month}", "p:all")
+    # The Python mirror of the same calendar (usage reads, the harness) agrees.
+    assert keys.window_ids(ms(iso) / 1000) == {"day": day, "month": month, "lifetime": "all"}
+
+
+async def test_key_layout_mirrors_the_lua_scripts(
+    make_store: StoreFactory, make_project: Callable[..., Project], redis: Redis
+) -> None:
+    """Every key the scripts write is one gateway.budget.keys names (usage reads, the
+    metrics and the tests find counters, holds and markers by those names), and no other."""
+    store = make_store(ttl_s=1)
+    project = make_project(
+        {"per_key": {"day": {"total_tokens": 10_000}}, "per_user": {"month": {"input_tokens": 99}}}
+    )
+    counters = project_counters(project, "key_main", "alice")
+    assert [c.suffix for c in counters] == ["p"] * 3 + ["k:key_main", keys.user_part("alice")]
+    # 200 tokens a minute: the 133 held keep the limit's key for 40 s of real time.
+    tpm = RateLimit(keys.rate_limit_part(True, "key_main"), 200, True, "key")
+    assert tpm.suffix == "rl:tpm:k:key_main"
+    tag = keys.tag(store.key_prefix, project.id)
+    assert tag == store.tag(project.id) == f"{store.key_prefix}:{{prj:prj_alpha}}:"
+    ids = keys.window_ids(T_JUNE / 1000)
+
+    crashed = await store.reserve(
+        project.id, "crashed", counters, amounts(33, 100), T_JUNE, rate_limits=[tpm]
+    )
+    assert crashed.project_tag == tag
+    assert crashed.counter_keys == tuple(
+        keys.counter_key(tag, c.suffix, ids[c.window]) for c in counters
+    )
+    assert await redis.hkeys(tag + keys.RESERVATIONS) == [b"crashed"]
+    assert await redis.zscore(tag + keys.RESERVATION_EXPIRIES, "crashed") == T_JUNE + 1000
+    assert await redis.exists(tag + tpm.suffix) == 1
+    # Past its expiry the next reserve charges it: a tombstone and a ledger event.
+    nxt = await store.reserve(
+        project.id, "next", counters, amounts(1, 1), T_JUNE + 1001, ledger_max_events=10
+    )
+    assert await redis.exists(keys.tombstone(tag, "crashed")) == 1
+    assert await redis.xlen(tag + keys.LEDGER) == 1
+    assert await store.settle(nxt, amounts(1, 1), now_ms=T_JUNE + 1002) is True
+    assert await redis.exists(keys.settled_marker(tag, "next")) == 1
+    assert await store.ping() is True
+
+    written = {k.decode() async for k in redis.scan_iter(match=store.key_prefix + ":*")}
+    assert written == {
+        *crashed.counter_keys,
+        tag + tpm.suffix,
+        keys.tombstone(tag, "crashed"),
+        tag + keys.LEDGER,
+        keys.settled_marker(tag, "next"),
+        keys.readiness_key(store.key_prefix),
+    }
+    # A refusal names the window by the same id, and resets when that window ends.
+    with pytest.raises(BudgetExceeded) as info:
+        await store.reserve(project.id, "big", counters, amounts(99, 1), T_JUNE + 1003)
+    assert info.value.refusal.window_id == ids["month"]
+    assert info.value.refusal.resets_at == keys.resets_at(ids["month"]) == "2026-07-01T00:00:00Z"
 
 
 # ----------------------------------------------------------------------------- windows
@@ -705,7 +765,7 @@ async def test_cost_cap_in_nano_usd(
     assert info.value.refusal == Refusal(
         "project", "month", "cost_usd", 50_000, 0, 0, 64_950, "m202606"
     )
-    assert info.value.refusal.body()["reason"] == (
+    assert budget_exhausted_body(info.value.refusal)["reason"] == (
         "monthly cost_usd cap would be exceeded by this request"
     )
 
@@ -721,7 +781,7 @@ async def test_cost_cap_in_nano_usd(
     assert (await counter(redis, month))["r3"] == 50_000
     with pytest.raises(BudgetExceeded) as info:
         await store.reserve(project.id, "d", counters, Amounts(0, 0, 1), now_ms=T_JUNE)
-    assert info.value.refusal.body()["reason"] == "monthly cost_usd cap reached"
+    assert budget_exhausted_body(info.value.refusal)["reason"] == "monthly cost_usd cap reached"
 
     # Settling with the true (smaller) cost frees the difference.
     assert await store.settle(first, amounts(11, 3), now_ms=T_JUNE + 1) is True
@@ -743,7 +803,7 @@ async def _assert_unavailable_fast(store: BudgetStore, project: Project, budget_
         await store.reserve(project.id, "r1", counters, amounts(1, 1))
     assert time.monotonic() - started < budget_s
     fake = Reservation(
-        "r1", store._tag(project.id), (store._tag(project.id) + "p:all",), amounts(1, 1)
+        "r1", store.tag(project.id), (store.tag(project.id) + "p:all",), amounts(1, 1)
     )
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):

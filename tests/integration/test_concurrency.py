@@ -19,7 +19,6 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from tests.fakeupstream import (
     UsagePerRequest,
     default_reply,
 )
-from tests.harness import bearer, chat_body, counter, write_config
+from tests.harness import bearer, chat_body, counter, project_key, window_ids, write_config
 
 URL = "/v1/projects/alpha/chat/completions"
 IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
@@ -54,9 +53,7 @@ def budgets() -> dict[str, Any]:
 
 
 async def month_key(redis: Redis, prefix: str) -> str:
-    seconds, _ = await redis.time()
-    month = f"m{datetime.fromtimestamp(seconds, UTC):%Y%m}"
-    return f"{prefix}:{{prj:prj_alpha}}:p:{month}"
+    return project_key(prefix, (await window_ids(redis))["month"])
 
 
 class Ledger(UsagePerRequest):

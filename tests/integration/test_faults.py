@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from gateway.budget import keys
 from tests.fakeupstream import (
     FakeUpstream,
     Recorded,
@@ -83,11 +83,12 @@ def held_amount(state: dict[str, int]) -> int:
 
 
 def ptag(creds: Credentials, project_id: str = "prj_alpha") -> str:
-    return f"{key_prefix(creds)}:{{prj:{project_id}}}:"
+    return keys.tag(key_prefix(creds), project_id)
 
 
-def user_part(sub: str) -> str:
-    return hashlib.sha256(sub.encode()).hexdigest()[:24]
+def user_key(tag_: str, sub: str, window_id: str) -> str:
+    """An end user's counter under ``tag_``."""
+    return keys.counter_key(tag_, keys.user_part(sub), window_id)
 
 
 async def wait_for(
@@ -193,7 +194,7 @@ async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_
 
     full = 60  # pieces in the upstream's whole stream: the most it could have produced
     for k, seen in results:
-        key = f"{tag}u:{user_part(f'cut-{k}')}:{ids['day']}"
+        key = user_key(tag, f"cut-{k}", ids["day"])
 
         async def released(key: str = key) -> bool:
             state = await counter(redis, key)
@@ -289,7 +290,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
 
     total = 0
     for name, (_, _, billed) in SCENARIOS.items():
-        key = f"{tag}u:{user_part(name)}:{ids['day']}"
+        key = user_key(tag, name, ids["day"])
 
         async def settled(key: str = key) -> bool:
             return held_amount(await counter(redis, key)) == 0

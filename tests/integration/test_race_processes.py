@@ -22,22 +22,21 @@ headroom left when a request was refused) are printed and written to FIGURES.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
 
+from gateway.budget import keys
 from gateway.credentials import generate_key
 from tests.fakeupstream import FakeUpstream, Recorded, Reply, openai_completion, openai_stream
-from tests.harness import Credentials, bearer, write_config
+from tests.harness import Credentials, bearer, tag, window_ids, write_config
 from tests.process import GatewayProcess, add_api_key, edit_gateway_yaml, key_prefix
 
 FIGURES = Path("/tmp/gateway-race-figures.json")
@@ -222,27 +221,23 @@ async def send(
     return outcome
 
 
-def user_part(sub: str) -> str:
-    return hashlib.sha256(sub.encode()).hexdigest()[:24]
-
-
 def counter_keys(prefix: str, ids: dict[str, str]) -> dict[tuple[str, str, str], str]:
     """(scope, who, window) -> Redis key, for every counter that has caps."""
-    keys: dict[tuple[str, str, str], str] = {}
-    org, prj = f"{prefix}:{{org:acme}}:", f"{prefix}:{{prj:prj_alpha}}:"
+    out: dict[tuple[str, str, str], str] = {}
+    org, prj = tag(prefix, "acme", keys.ORG), tag(prefix, "prj_alpha")
     for window in WINDOW_NAMES:
         wid = ids[window]
         if any(w == window for w, _ in CAPS["org"]):
-            keys[("org", "acme", window)] = f"{org}o:{wid}"
-        keys[("project", "alpha", window)] = f"{prj}p:{wid}"
+            out[("org", "acme", window)] = keys.counter_key(org, keys.ORG_COUNTER, wid)
+        out[("project", "alpha", window)] = keys.counter_key(prj, keys.PROJECT_COUNTER, wid)
         for key_id in ("key_main", "key_two"):
             if any(w == window for w, _ in CAPS["key"]):
-                keys[("key", key_id, window)] = f"{prj}k:{key_id}:{wid}"
+                out[("key", key_id, window)] = keys.counter_key(prj, keys.key_part(key_id), wid)
         for u in range(USERS):
             sub = f"racer-{u}"
             if any(w == window for w, _ in CAPS["user"]):
-                keys[("user", sub, window)] = f"{prj}u:{user_part(sub)}:{wid}"
-    return keys
+                out[("user", sub, window)] = keys.counter_key(prj, keys.user_part(sub), wid)
+    return out
 
 
 async def read_counter(redis: Redis, key: str) -> dict[str, int]:
@@ -335,17 +330,15 @@ async def _race(
     redis: Redis,
 ) -> None:
     prefix = key_prefix(creds)
-    seconds, _ = await redis.time()
-    now = datetime.fromtimestamp(seconds, UTC)
-    ids = {"day": f"d{now:%Y%m%d}", "month": f"m{now:%Y%m}", "lifetime": "all"}
-    keys = counter_keys(prefix, ids)
+    ids = await window_ids(redis)
+    counters = counter_keys(prefix, ids)
     auth = {
         "key:key_main": bearer(creds.key),
         "key:key_two": bearer(key_two),
         **{f"user:racer-{u}": bearer(creds.session(sub=f"racer-{u}")) for u in range(USERS)},
     }
     todo = plans()
-    sampler = Sampler(redis, keys)
+    sampler = Sampler(redis, counters)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=45)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
@@ -361,7 +354,7 @@ async def _race(
     # (streams): wait until nothing is held, then read the final counters.
     deadline = time.monotonic() + 10
     while True:
-        finals = {name: await read_counter(redis, key) for name, key in keys.items()}
+        finals = {name: await read_counter(redis, key) for name, key in counters.items()}
         if all(not any(c[f"r{d}"] for d in range(4)) for c in finals.values()):
             break
         if time.monotonic() > deadline:

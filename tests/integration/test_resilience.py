@@ -37,6 +37,7 @@ from tests.harness import (
     free_port,
     metric,
     month_counter,
+    project_key,
 )
 
 URL = "/v1/projects/alpha/chat/completions"
@@ -110,7 +111,7 @@ def routes(*targets: tuple[str, str] | tuple[str, str, int]) -> dict[str, Any]:
 
 
 def month_key(config: Config, month: str, project_id: str = "prj_alpha") -> str:
-    return f"{config.gateway.redis.key_prefix}:{{prj:{project_id}}}:p:{month}"
+    return project_key(config.gateway.redis.key_prefix, month, project_id)
 
 
 def content_of(frames: list[Any]) -> str:

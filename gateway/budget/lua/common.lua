@@ -1,5 +1,9 @@
 -- Shared helpers, prepended to each budget script (Redis scripts cannot import).
 --
+-- Key names follow the layout gateway/budget/keys.py documents (the Python side's one
+-- place for it): the caller passes the tag and counter parts; the scripts add window ids
+-- (reserve.lua), the "xh:" tombstones and a tag from its "rsv" key (below).
+--
 -- A counter is a hash per (scope, window) holding, for each dimension
 -- d in 0..3 (input tokens, output tokens, total tokens, cost in nano-USD),
 -- "u<d>" = settled usage and "r<d>" = in-flight reservations.
