@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.budget import keys
 from gateway.budget.caps import RateLimit
@@ -47,13 +46,6 @@ class Refusal:
     def resets_at(self) -> str | None:
         """When the refused window ends (ISO 8601, UTC); None: a lifetime cap."""
         return keys.resets_at(self.window_id)
-
-    def body(self, max_tokens_fit: int | None = None) -> dict[str, Any]:
-        """The 402 body: kept for callers not yet on ``BudgetExhausted.refused``
-        (gateway.errors renders it)."""
-        from gateway.errors import budget_exhausted_body  # here: errors is the renderer
-
-        return budget_exhausted_body(self, max_tokens_fit)
 
 
 def fitting_output(refusal: Refusal, output_ceiling: int, output_price: int | None) -> int | None:

@@ -218,7 +218,7 @@ async def _reserve(
         await _undo_org_step(state, call)
         r = exc.refusal
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
-        raise BudgetExhausted(r.body(_fit(r, call))) from None
+        raise BudgetExhausted.refused(r, _fit(r, call)) from None
     except RateLimitExceeded as exc:
         await _undo_org_step(state, call)
         limit = exc.limit
@@ -314,7 +314,7 @@ async def _rebudget(
             exc.refusal, reserved=max(exc.refusal.reserved - held, 0), requested=held + extra
         )
         state.metrics.budget_rejections.labels(project.slug, r.scope, r.window, r.dimension).inc()
-        raise BudgetExhausted(r.body(_fit(r, call))) from None
+        raise BudgetExhausted.refused(r, _fit(r, call)) from None
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("reserve").inc()
         _release_later(state, exc.maybe_held, "")
