@@ -15,6 +15,8 @@ cluster slot, so each script runs on one node. Under a tag:
     done:<reservation id>      settled marker (a retried settle changes nothing)
     xh:<reservation id>        an expired hold's tombstone (see lua/common.lua)
     ledger                     usage events (stream)
+    idem:<digest>              a claimed Idempotency-Key (JSON; gateway.pipeline.idempotency)
+    resp:<response id>         a stored Responses answer and its turns (previous_response_id)
 
 Window ids: ``d20261207`` (a UTC day), ``m202612`` (a UTC month), ``all`` (lifetime).
 
@@ -74,6 +76,17 @@ def settled_marker(tag_: str, reservation_id: str) -> str:
 
 def tombstone(tag_: str, reservation_id: str) -> str:
     return f"{tag_}xh:{reservation_id}"
+
+
+def idempotency_record(tag_: str, digest: str) -> str:
+    """A claimed Idempotency-Key (digest of the credential and the key), in the project's
+    slot (gateway.pipeline.idempotency)."""
+    return f"{tag_}idem:{digest}"
+
+
+def stored_response(tag_: str, response_id: str) -> str:
+    """A stored Responses answer and its conversation, for ``previous_response_id``."""
+    return f"{tag_}resp:{response_id}"
 
 
 def readiness_key(prefix: str) -> str:

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.budget import keys
 from gateway.context import PRINCIPAL, REQUEST_ID, REQUEST_STATE, CallContext
 from gateway.errors import Conflict, ServiceUnavailable, ValidationFailed
 
@@ -69,7 +70,7 @@ class Idempotency:
         # key is another request.
         credential = f"{principal.key_id or ''}\x00{principal.user or ''}"
         digest = hashlib.sha256(f"{credential}\x00{key}".encode()).hexdigest()
-        self.redis_key = f"{state.store.tag(call.project.id)}idem:{digest}"
+        self.redis_key = keys.idempotency_record(state.store.tag(call.project.id), digest)
         self.request_id = request[REQUEST_ID]
         self.fingerprint = ""
         self.claim = b""
