@@ -264,20 +264,20 @@ def _window_caps(caps: tuple[Cap, ...], scope: str) -> tuple[tuple[str, str], ..
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_counters(caps: tuple[Cap, ...], key_id: str | None) -> tuple[Counter, ...]:
+    """The project's and the key's counters: the same for every request of that key,
+    so built once (key ids come from the config; the cache is bounded all the same)."""
+    counters = [Counter("project", "p", w, c) for w, c in _window_caps(caps, "project")]
+    if key_id is not None:
+        counters += (Counter("key", "k:" + key_id, w, c) for w, c in _window_caps(caps, "key"))
+    return tuple(counters)
+
+
 def project_counters(project: Project, key_id: str | None, user: str | None) -> list[Counter]:
     """Counters a request touches: the project's in every window (usage is always
     tracked), the key's and the end user's only in windows where they have caps."""
-    # The project's and the key's counters never change between requests: built once
-    # per key (key ids come from the config, so this stays bounded).
-    cached = project.key_counters.get(key_id)
-    if cached is None:
-        cached = [Counter("project", "p", w, c) for w, c in _window_caps(project.caps, "project")]
-        if key_id is not None:
-            cached += (
-                Counter("key", "k:" + key_id, w, c) for w, c in _window_caps(project.caps, "key")
-            )
-        project.key_counters[key_id] = cached
-    counters = list(cached)
+    counters = list(_key_counters(project.caps, key_id))
     if user is not None:
         user_caps = _window_caps(project.caps, "user")
         if user_caps:
