@@ -1,4 +1,4 @@
-"""The aiohttp application: middleware chain, routes, long-lived resources.
+"""The aiohttp application: middleware chain and routes.
 
     root:  errors -> observe -> /healthz /readyz /admin/reload
     /v1:   auth -> in-flight caps -> parse+validate -> budget -> chat_completions
@@ -11,22 +11,13 @@ included, is rendered as JSON and observed.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from gateway.budget import BudgetStore, RedisLike
-from gateway.config import Config, ConfigError, load_config
+from gateway.budget import BudgetStore
+from gateway.config import Config, ConfigError
 from gateway.context import STATE, GatewayState
 from gateway.errors import (
     ENDPOINTS,
@@ -42,63 +33,13 @@ from gateway.metrics_server import metrics_listener
 from gateway.middleware.auth import auth_middleware, authenticate
 from gateway.middleware.inflight import inflight_middleware
 from gateway.middleware.observe import add_request_id, observe_middleware
-from gateway.providers.anthropic import AnthropicProvider
-from gateway.providers.base import Provider
-from gateway.providers.demo import DemoProvider
-from gateway.providers.openai import OpenAIProvider
 from gateway.proxy import chat_completions
+from gateway.serve.lifecycle import load_reloadable, reload_everywhere
+from gateway.serve.resources import redis_client, resources
 from gateway.sessions import mint_token
 from gateway.usage_report import get_usage
 
 log = logging.getLogger("gateway.app")
-HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-
-
-def build_providers(config: Config, session: aiohttp.ClientSession) -> dict[str, Provider]:
-    providers: dict[str, Provider] = {}
-    for name, spec in config.gateway.providers.items():
-        if spec.kind == "demo":
-            providers[name] = DemoProvider(name, spec)
-        elif spec.kind == "anthropic":
-            providers[name] = AnthropicProvider(name, spec, session)
-        else:
-            providers[name] = OpenAIProvider(name, spec, session)
-    return providers
-
-
-REDIS_MAX_CONNECTIONS = 512  # per process; a busy pool makes callers wait, not fail
-
-
-def redis_client(url: str, timeout_s: float) -> RedisLike:
-    """A Redis client with tight timeouts and no hidden retries.
-
-    ``redis+cluster://host:port`` (or ``rediss+cluster://``) selects Redis Cluster: the
-    node given is a seed; every budget script touches one slot (one project's hash tag).
-    The pool blocks (up to the timeout) when every connection is busy, so a burst
-    waits for a connection instead of failing with 503.
-    """
-    if "+cluster://" in url.split("?", 1)[0]:
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://", 1),
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=REDIS_MAX_CONNECTIONS,
-        )
-    # socket_timeout=None (redis-py 8 defaults to 5 s): every call is already bounded by
-    # asyncio.timeout in the store (and the auto-pipeline's reply timeout), while a socket
-    # timeout runs each command under wait_for, which costs a task per command and, on
-    # Python 3.11, can swallow a cancellation.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        socket_timeout=None,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-    return Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -112,74 +53,6 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ready"})
     checks = {"budget_store": "ok" if store_ok else "unreachable", "accepting": state.ready}
     return json_error(503, {"detail": "not ready", "checks": checks}, {"Retry-After": "1"})
-
-
-def reload_config(app: web.Application) -> bool:
-    """Re-read the config directory; keep serving the old one if the new one is invalid.
-
-    In-flight requests keep the project objects they resolved, so they are unaffected.
-    """
-    state = app[STATE]
-    try:
-        new = _load_reloadable(state.config)
-    except ConfigError as exc:
-        log.error(
-            "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
-        )
-        return False
-    _swap(app, new)
-    return True
-
-
-def _load_reloadable(current: Config) -> Config:
-    """The config directory as it is now, if valid and applicable without a restart
-    (else ConfigError): where budgets live (the Redis and its key prefix) cannot change
-    under running requests, nor can the listener or the body limit a running server
-    was built with."""
-    new = load_config(current.directory, current.env)
-    old, gw = current.gateway, new.gateway
-    restart_only = {
-        "redis.url": (old.redis.url, gw.redis.url),
-        "redis.key_prefix": (old.redis.key_prefix, gw.redis.key_prefix),
-        "listen": (old.listen, gw.listen),
-        "metrics": (old.metrics, gw.metrics),
-        "limits.max_body_bytes": (old.limits.max_body_bytes, gw.limits.max_body_bytes),
-    }
-    path = str(current.directory / "gateway.yaml")
-    problems = [
-        (path, name, "changes only on a restart; the running gateway keeps its value")
-        for name, (before, after) in restart_only.items()
-        if before != after
-    ]
-    if problems:
-        raise ConfigError(problems)
-    return new
-
-
-def begin_shutdown(app: web.Application, drain_seconds: float, grace_seconds: float) -> None:
-    """SIGTERM: /readyz fails at once; after ``drain_seconds`` the server stops accepting
-    and open requests get ``grace_seconds`` to finish; streams still open then end with
-    an error event, unary calls still waiting on their provider with a 503; every reservation is settled before the process exits (aiohttp's
-    own shutdown timeout must be longer than the grace period)."""
-    state = app[STATE]
-    if not state.ready:
-        return
-    state.ready = False
-    log.info(
-        "shutting down", extra={"drain_seconds": drain_seconds, "grace_seconds": grace_seconds}
-    )
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        raise web.GracefulExit()
-
-    def cut_handlers() -> None:
-        state.grace_over = True
-        for task in list(state.handlers):
-            task.cancel()  # a stream writes the gateway_shutdown error event; a unary 503
-
-    loop.call_later(drain_seconds, stop)
-    loop.call_later(drain_seconds + grace_seconds, cut_handlers)
 
 
 # The operator's credential for gateway-wide operations (POST /admin/reload): a secret
@@ -220,37 +93,18 @@ async def admin_reload(request: web.Request) -> web.Response:
     _check_operator(request)
     state = request.app[STATE]
     try:
-        new = _load_reloadable(state.config)
+        new = load_reloadable(state.config)
     except ConfigError as exc:
         log.error(
             "config reload rejected, keeping the previous config", extra={"problems": str(exc)}
         )
         problems = [{"file": f, "path": p, "reason": r} for f, p, r in exc.problems]
         return json_error(422, {"error": "config_invalid", "problems": problems})
-    from gateway.cli import SUPERVISOR_PID_ENV  # here: the CLI module imports this one
-
-    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
-    if supervisor and supervisor == str(os.getppid()):
-        # One of several workers: the supervisor sends every worker (this one too) the
-        # SIGHUP that reloads it. A reload of this worker alone would leave the others
-        # on the old config (a revoked key still working there).
-        os.kill(int(supervisor), signal.SIGHUP)
+    if reload_everywhere(request.app, new):  # every worker of several, by the supervisor
         return web.json_response(
             {"reloaded": True, "projects": len(new.projects), "workers": "all"}
         )
-    _swap(request.app, new)
     return web.json_response({"reloaded": True, "projects": len(new.projects)})
-
-
-def _swap(app: web.Application, new: Config) -> None:
-    state = app[STATE]
-    state.providers = build_providers(new, app[HTTP_SESSION])
-    # The reservation ttl follows the providers' timeouts (checked together at load):
-    # keeping the old one with longer new timeouts would let holds expire mid-request.
-    state.store.timeout_s = new.gateway.redis.timeout_ms / 1000
-    state.store.reservation_ttl_s = new.gateway.limits.reservation_ttl_seconds
-    state.config = new
-    log.info("config reloaded", extra={"projects": len(new.projects)})
 
 
 def create_app(
@@ -274,28 +128,7 @@ def create_app(
     state = GatewayState(config=config, store=store, providers={}, metrics=metrics or Metrics())
     app[STATE] = state
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        # No cookie jar: one session serves every project, so a cookie a provider sets
-        # (load balancers do) must not ride along on other projects' calls.
-        session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
-        )
-        app[HTTP_SESSION] = session
-        state.providers = build_providers(state.config, session)
-        await state.store.prepare()
-        yield
-        state.ready = False
-        if state.background:  # pending settle retries finish before the store closes
-            await asyncio.wait(state.background, timeout=10)
-        # Still retrying (the store is down): stop them; each logs what it could not record.
-        for task in list(state.background):
-            task.cancel()
-        await asyncio.gather(*state.background, return_exceptions=True)
-        await session.close()
-        await redis.aclose()
-
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(resources(state, redis))
     if metrics_address is not None:
         token = config.secret(gw.metrics.bearer_token_env)
         app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store

@@ -70,7 +70,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        from gateway.embedded_redis import find_redis_server
+        from gateway.serve.embedded_redis import find_redis_server
 
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
