@@ -287,7 +287,7 @@ async def scrape(client: Any, token: str = "") -> str:
     from aiohttp.test_utils import TestServer
 
     from gateway.context import STATE
-    from gateway.metrics_server import metrics_app
+    from gateway.http.metrics_listener import metrics_app
 
     server = TestServer(metrics_app(client.server.app[STATE], token))
     await server.start_server()

@@ -88,7 +88,7 @@ class LimitsConfig(_Strict):
     # them) and per org, per process: past them, 429 + Retry-After.
     max_in_flight_per_key: Annotated[int, Field(ge=1)] = 128
     max_in_flight_per_org: Annotated[int, Field(ge=1)] = 512
-    # Slow clients (gateway.connections): a request's headers must arrive within
+    # Slow clients (gateway.http.connections): a request's headers must arrive within
     # header_timeout_seconds of the connection opening (or of its first byte on a
     # kept-alive one), its body within body_timeout_seconds of the headers.
     header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0

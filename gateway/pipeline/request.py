@@ -30,7 +30,7 @@ async def read_body(request: web.Request, caps: LimitsConfig) -> bytes:
     """The whole body, within ``limits.body_timeout_seconds`` (else 408: a client
     trickling its body must not hold the request, nor its in-flight slot, indefinitely;
     the connection is closed after the answer, the rest drained for at most a couple
-    of seconds: gateway.connections)."""
+    of seconds: gateway.http.connections)."""
     try:
         async with asyncio.timeout(caps.body_timeout_seconds):
             return await request.read()

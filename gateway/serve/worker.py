@@ -56,14 +56,15 @@ def run_worker(
     """One serving process. ``metrics_listen`` (None: this process serves no metrics;
     else the ``metrics.listen`` value to use, "" for the config's) opens the metrics
     listener here."""
-    from gateway import server
-    from gateway.app import create_app
-    from gateway.connections import ConnectionGuard, fd_bounded, serve
+    from gateway.http import malformed
+    from gateway.http.app import create_app
+    from gateway.http.connections import ConnectionGuard, fd_bounded
+    from gateway.http.runner import serve
     from gateway.logs import setup_logging
     from gateway.serve.lifecycle import on_startup
 
     setup_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
-    server.install()  # malformed requests: the gateway's JSON, not aiohttp's echo
+    malformed.install()  # malformed requests: the gateway's JSON, not aiohttp's echo
     try:
         import uvloop
 
