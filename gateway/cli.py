@@ -34,6 +34,7 @@ def _load(directory: str) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve (gateway.serve.launch); imported here: the other commands need none of it."""
     from gateway.serve.launch import ServeOptions, serve
 
     return serve(

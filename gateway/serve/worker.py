@@ -56,6 +56,8 @@ def run_worker(
     """One serving process. ``metrics_listen`` (None: this process serves no metrics;
     else the ``metrics.listen`` value to use, "" for the config's) opens the metrics
     listener here."""
+    # Imported here, not at the top: the supervisor imports this module for worker_main
+    # and needs none of the application.
     from gateway.http import malformed
     from gateway.http.app import create_app
     from gateway.http.connections import ConnectionGuard, fd_bounded
