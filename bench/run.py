@@ -159,7 +159,7 @@ def wait_http(url: str, timeout: float = 20.0, procs: Processes | None = None) -
 
 
 def start_redis(procs: Processes, tmp: Path) -> str:
-    from gateway.embedded_redis import find_redis_server
+    from gateway.serve.embedded_redis import find_redis_server
 
     port = free_port()
     data = tmp / "redis"

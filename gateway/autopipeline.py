@@ -14,8 +14,9 @@ most a quarter of its timeout late.
 
 A batch that gets no answer within ``reply_timeout`` is abandoned: its connection is
 closed (a late reply must never reach the next batch) and its callers fail. The
-client has no socket timeout of its own (see ``gateway.app.redis_client``), so this
-is what frees a connection to a server that stopped answering without closing it.
+client has no socket timeout of its own (see gateway.serve.resources.redis_client),
+so this is what frees a connection to a server that stopped answering without closing
+it.
 """
 
 from __future__ import annotations

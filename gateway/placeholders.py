@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.config import GatewayFile, Project
 
-# gateway.app reads the operator token from this variable (a test checks they agree).
+# gateway.http.admin reads the operator token from this variable (a test checks they
+# agree).
 OPERATOR_TOKEN_ENV = "KARTA_OPERATOR_TOKEN"
 # How the example files spell a value to replace: "change-me..." (.env.example) and
 # "REPLACE_ME..." (the example Secret), in any case, with "-", "_" or nothing between.

@@ -40,7 +40,7 @@ def redact(url: str) -> str:
 @contextlib.contextmanager
 def _store(config: Config) -> Iterator[tuple[str, str]]:
     """(URL, what to call it in a message) of the budget store, reachable while open."""
-    from gateway.embedded_redis import LOCK_NAME, EmbeddedRedis
+    from gateway.serve.embedded_redis import LOCK_NAME, EmbeddedRedis
 
     redis = config.gateway.redis
     if redis.url:
@@ -74,8 +74,8 @@ def read_usage(
 ) -> tuple[dict[str, Any], str]:
     """The usage report of ``project`` and where it was read; StoreUnreachable if it
     cannot be."""
-    from gateway.app import redis_client
     from gateway.budget import BudgetStore, StoreUnavailable
+    from gateway.serve.resources import redis_client
     from gateway.usage_report import usage_report
 
     gw = config.gateway

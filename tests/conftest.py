@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gateway.app import create_app
 from gateway.config import Config, load_config
+from gateway.http.app import create_app
 from tests.fakeupstream import FakeUpstream
 from tests.harness import Credentials, RedisServer, write_config
 

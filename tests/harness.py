@@ -70,7 +70,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        from gateway.embedded_redis import find_redis_server
+        from gateway.serve.embedded_redis import find_redis_server
 
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
@@ -286,7 +286,7 @@ async def scrape(client: Any, token: str = "") -> str:
     from aiohttp.test_utils import TestServer
 
     from gateway.context import STATE
-    from gateway.metrics_server import metrics_app
+    from gateway.http.metrics_listener import metrics_app
 
     server = TestServer(metrics_app(client.server.app[STATE], token))
     await server.start_server()

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.budget import keys
+import gateway.budget.keys as keys
 from gateway.config import DIMENSIONS, WINDOWS, Cap, Project
 
 DIM_INDEX = {name: i for i, name in enumerate(DIMENSIONS)}
@@ -79,22 +79,23 @@ def _window_caps(caps: tuple[Cap, ...], scope: str) -> tuple[tuple[str, str], ..
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_counters(caps: tuple[Cap, ...], key_id: str | None) -> tuple[Counter, ...]:
+    """The project's and the key's counters: the same for every request of that key,
+    so built once (key ids come from the config; the cache is bounded all the same)."""
+    counters = [
+        Counter("project", keys.PROJECT_COUNTER, w, c) for w, c in _window_caps(caps, "project")
+    ]
+    if key_id is not None:
+        part = keys.key_part(key_id)
+        counters += (Counter("key", part, w, c) for w, c in _window_caps(caps, "key"))
+    return tuple(counters)
+
+
 def project_counters(project: Project, key_id: str | None, user: str | None) -> list[Counter]:
     """Counters a request touches: the project's in every window (usage is always
     tracked), the key's and the end user's only in windows where they have caps."""
-    # The project's and the key's counters never change between requests: built once
-    # per key (key ids come from the config, so this stays bounded).
-    cached = project.key_counters.get(key_id)
-    if cached is None:
-        cached = [
-            Counter("project", keys.PROJECT_COUNTER, w, c)
-            for w, c in _window_caps(project.caps, "project")
-        ]
-        if key_id is not None:
-            part = keys.key_part(key_id)
-            cached += (Counter("key", part, w, c) for w, c in _window_caps(project.caps, "key"))
-        project.key_counters[key_id] = cached
-    counters = list(cached)
+    counters = list(_key_counters(project.caps, key_id))
     if user is not None:
         user_caps = _window_caps(project.caps, "user")
         if user_caps:

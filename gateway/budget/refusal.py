@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.budget import keys
+import gateway.budget.keys as keys
 from gateway.budget.caps import RateLimit
 
 _SCOPE_WORD = {"project": "", "key": "per-key ", "user": "per-user ", "org": "org "}

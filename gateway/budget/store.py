@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+import gateway.budget.keys as keys
+import gateway.budget.scripts as scripts
 from gateway.autopipeline import AutoPipeline, pack_command
-from gateway.budget import keys, scripts
 from gateway.budget.caps import Amounts, Counter, RateLimit
 from gateway.budget.refusal import BudgetExceeded, RateLimitExceeded, Refusal
 from gateway.config import DIMENSIONS

@@ -6,12 +6,11 @@ model alias and its targets, and the worst case the hold reserves (``input_bound
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from gateway.config import Config, LimitsConfig, Route
+from gateway.config import LimitsConfig
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.errors import (
     Conflict,
@@ -27,22 +26,11 @@ from gateway.usage import UnboundedInput, input_token_bound, output_ceiling
 from gateway.validation import asks_for_json, validate_chat_request
 
 
-def _input_limits(config: Config, routes: Sequence[Route]) -> tuple[int, int | None]:
-    """What bounds the input on every target the request may go to: the most one image
-    costs on any of them, and the largest context window (None unless all have one)."""
-    prices = [config.gateway.prices.get(t.model) for t in routes]
-    fallback = config.gateway.limits.image_token_bound
-    image_bound = max(p.image_tokens or fallback if p else fallback for p in prices)
-    windows = [p.context_tokens if p else None for p in prices]
-    context = None if None in windows else max(w for w in windows if w is not None)
-    return image_bound, context
-
-
 async def read_body(request: web.Request, caps: LimitsConfig) -> bytes:
     """The whole body, within ``limits.body_timeout_seconds`` (else 408: a client
     trickling its body must not hold the request, nor its in-flight slot, indefinitely;
     the connection is closed after the answer, the rest drained for at most a couple
-    of seconds: gateway.connections)."""
+    of seconds: gateway.http.connections)."""
     try:
         async with asyncio.timeout(caps.body_timeout_seconds):
             return await request.read()
@@ -108,10 +96,7 @@ async def chat_call(request: web.Request) -> CallContext:
     uses_tools = bool(body.get("tools")) or asks_for_json(body)
     tools_overhead = max(specs[t.provider].tools_overhead for t in targets) if uses_tools else 0
     route = targets[0]
-    limits = project.input_limits.get(alias)
-    if limits is None:
-        limits = project.input_limits[alias] = _input_limits(config, spec.routes)
-    image_bound, context_tokens = limits
+    image_bound, context_tokens = project.input_limits[alias]  # computed at load
     try:
         input_bound = input_token_bound(body, image_bound, context_tokens, extras) + tools_overhead
     except UnboundedInput as exc:

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 from gateway.config import ConfigError, load_config
+from gateway.http.app import create_app
 from gateway.placeholders import is_placeholder, secret_variables
 from tests.deploy.helpers import DEPLOY, REPO, load_yaml_docs
 

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import reload_config
 from gateway.credentials import generate_key
+from gateway.serve.lifecycle import reload_config
 from tests.harness import (
     BYOK_KEY,
     PROVIDER_KEY,

@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from gateway.app import redis_client
 from gateway.autopipeline import AutoPipeline, pack_command
+from gateway.serve.resources import redis_client
 from tests.harness import free_port
 
 ECHO = "return ARGV[1]"

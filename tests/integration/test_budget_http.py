@@ -21,10 +21,10 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
-from gateway.app import create_app
 from gateway.budget import keys
 from gateway.config import Config, load_config
 from gateway.credentials import generate_key
+from gateway.http.app import create_app
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
 from tests.harness import (
     STORE_TIMEOUT_FAST,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import SUPERVISOR_PID_ENV, main
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.credentials import verify_session_token
+from gateway.serve.env import SUPERVISOR_PID_ENV
 from tests.harness import SESSION_SECRET, Credentials, free_port, write_config
 
 

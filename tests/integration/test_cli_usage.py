@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.embedded_redis import LOCK_NAME, EmbeddedRedis
+from gateway.serve.embedded_redis import LOCK_NAME, EmbeddedRedis
 from gateway.usage_cli import dollars, redact
 from tests.fakeupstream import FakeUpstream
 from tests.harness import Credentials, bearer, chat_body, free_port, tag, window_ids, write_config

@@ -26,10 +26,10 @@ import redis as redis_sync
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from gateway.app import create_app
 from gateway.budget import Amounts, BudgetStore, org_counters, project_counters
 from gateway.config import load_config, org_caps
-from gateway.embedded_redis import find_redis_server
+from gateway.http.app import create_app
+from gateway.serve.embedded_redis import find_redis_server
 from tests.fakeupstream import (
     FakeUpstream,
     Recorded,

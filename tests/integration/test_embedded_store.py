@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from gateway.embedded_redis import EmbeddedRedis, find_redis_server
+from gateway.serve.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.fakeupstream import FakeUpstream
 from tests.harness import bearer, chat_body, write_config
 from tests.process import GatewayProcess

@@ -22,7 +22,6 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway import cli
-from gateway.app import create_app
 from gateway.budget import (
     Amounts,
     BudgetExceeded,
@@ -32,6 +31,7 @@ from gateway.budget import (
 )
 from gateway.config import load_config, org_caps
 from gateway.credentials import generate_key
+from gateway.http.app import create_app
 from gateway.usage import Usage, cost_nano
 from tests.fakeupstream import (
     FakeUpstream,

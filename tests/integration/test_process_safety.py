@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from gateway.embedded_redis import EmbeddedRedis, find_redis_server
+from gateway.serve.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.fakeupstream import FakeUpstream, Reply, openai_stream
 from tests.harness import Credentials, bearer, chat_body, month_counter, write_config
 from tests.process import GatewayProcess, refused

@@ -19,8 +19,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from gateway.app import reload_config
 from gateway.context import STATE
+from gateway.serve.lifecycle import reload_config
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion
 from tests.harness import OPERATOR_TOKEN, RedisServer, bearer, chat_body, scrape
 from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.app import reload_config
 from gateway.config import Config
 from gateway.context import STATE
+from gateway.serve.lifecycle import reload_config
 from tests.fakeupstream import (
     FakeUpstream,
     Recorded,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from gateway.app import reload_config
 from gateway.cli import main
 from gateway.logs import JsonFormatter
+from gateway.serve.lifecycle import reload_config
 from tests.fakeupstream import (
     FakeUpstream,
     Reply,

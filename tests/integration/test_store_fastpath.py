@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from gateway.app import redis_client
 from gateway.budget import Amounts, BudgetStore, Counter, StoreUnavailable
+from gateway.serve.resources import redis_client
 
 COUNTERS = [Counter("project", "p", "day", "2=1000")]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.cli import main as cli_main
-from gateway.config import Cap, ConfigError, load_config, usd_to_nano
+from gateway.config import Cap, ConfigError, InputLimits, load_config, usd_to_nano
 from tests.harness import Credentials, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,6 +119,35 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     assert one.file.wire_profile == "karta"
     assert one.file.max_output_tokens == 4096
     assert one.caps == ()
+
+
+def test_input_limits_are_computed_at_load_and_read_only(tmp_path: Path) -> None:
+    """Each alias's input limits (the dearest image, the largest context window over
+    its targets) are on the loaded project, not filled in by requests: the config is
+    immutable once loaded."""
+    gateway = GATEWAY_YAML.replace(
+        'gpt-4o-mini: {input: "0.15", output: "0.60", cached_input: "0.075"}',
+        'gpt-4o-mini: {input: "0.15", output: "0.60", image_tokens: 30000, context_tokens: 32000}\n'
+        '  gpt-4o: {input: "2.50", output: "10", image_tokens: 1445, context_tokens: 64000}',
+    )
+    project = PROJECT_YAML + (
+        "  both:\n"
+        "    routes:\n"
+        "      - {provider: up, model: gpt-4o}\n"
+        "      - {provider: up, model: gpt-4o-mini}\n"
+        "  play:\n"
+        "    routes:\n"
+        "      - {provider: demo, model: anything}\n"
+    )
+    root = _minimal(tmp_path / "c", gateway, {"one": project})
+    one = load_config(root, {}).projects["one"]
+    assert dict(one.input_limits) == {
+        "default": InputLimits(30_000, 32_000),
+        "both": InputLimits(30_000, 64_000),  # the most of each over the targets
+        "play": InputLimits(48_169, None),  # unpriced: limits.image_token_bound, no window
+    }
+    with pytest.raises(TypeError):
+        one.input_limits["default"] = InputLimits(1, 1)  # type: ignore[index]
 
 
 def test_empty_project_dir_and_keys_dir_are_fine(tmp_path: Path) -> None:

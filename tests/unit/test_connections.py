@@ -1,10 +1,10 @@
-"""gateway.connections: the connection counts (pure) and the fd bound."""
+"""gateway.http.connections: the connection counts (pure) and the fd bound."""
 
 from __future__ import annotations
 
 import resource
 
-from gateway.connections import ConnectionGuard, fd_bounded
+from gateway.http.connections import ConnectionGuard, fd_bounded
 
 
 def test_guard_caps_the_process_and_each_address() -> None:

@@ -154,7 +154,7 @@ def test_a_library_warning_reaches_stderr_as_a_json_record() -> None:
 
 
 def test_building_the_redis_clients_warns_nothing() -> None:
-    from gateway.app import redis_client
+    from gateway.serve.resources import redis_client
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

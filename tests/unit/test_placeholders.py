@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import app
 from gateway.cli import main as cli_main
 from gateway.config import ConfigError, load_config
+from gateway.http import admin
 from gateway.placeholders import OPERATOR_TOKEN_ENV, is_placeholder
 from tests.harness import Credentials, write_config
 
@@ -70,7 +70,7 @@ def test_real_looking_values_are_not_placeholders(value: str) -> None:
 
 
 def test_the_operator_token_variable_is_the_apps() -> None:
-    assert OPERATOR_TOKEN_ENV == app.OPERATOR_TOKEN_ENV
+    assert OPERATOR_TOKEN_ENV == admin.OPERATOR_TOKEN_ENV
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.context import STATE, GatewayState
-from gateway.errors import Unauthorized, error_middleware
+from gateway.errors import Unauthorized
+from gateway.http.middleware.errors import error_middleware
 from gateway.usage_report import refresh_budget_gauges
 
 

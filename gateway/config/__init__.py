@@ -1,0 +1,103 @@
+"""Configuration: YAML files validated at start, every error listed.
+
+    schema.py  the pydantic models of the files (gateway.yaml, projects/, keys/)
+    model.py   the runtime objects built from them (Config, Project, Cap), immutable
+    loader.py  reading a directory, ${VAR} expansion, every problem collected
+    checks.py  what the files say about each other (orgs, providers, prices, keys)
+
+Import from here: ``from gateway.config import Config, load_config``.
+"""
+
+from gateway.config.checks import HOLD_MARGIN_SECONDS, Problem
+from gateway.config.loader import ConfigError, load_config
+from gateway.config.model import (
+    Cap,
+    Config,
+    InputLimits,
+    KeyRecord,
+    Project,
+    build_project,
+    input_limits,
+    org_caps,
+    project_caps,
+)
+from gateway.config.schema import (
+    DIMENSIONS,
+    SCOPES,
+    WINDOWS,
+    ApiKeyEntry,
+    BreakerConfig,
+    Budgets,
+    BudgetScope,
+    CapSet,
+    GatewayFile,
+    KeysFile,
+    LedgerConfig,
+    LimitsConfig,
+    ListenConfig,
+    MetricsConfig,
+    ModelAlias,
+    OrgConfig,
+    PriceConfig,
+    ProjectFile,
+    ProviderConfig,
+    RateLimits,
+    RateLimitSet,
+    RedisConfig,
+    ResilienceConfig,
+    RetryConfig,
+    Route,
+    Scope,
+    SessionTokenConfig,
+    Timeouts,
+    Window,
+    parse_listen,
+    usd_to_nano,
+)
+
+__all__ = [
+    "DIMENSIONS",
+    "HOLD_MARGIN_SECONDS",
+    "SCOPES",
+    "WINDOWS",
+    "ApiKeyEntry",
+    "BreakerConfig",
+    "BudgetScope",
+    "Budgets",
+    "Cap",
+    "CapSet",
+    "Config",
+    "ConfigError",
+    "GatewayFile",
+    "InputLimits",
+    "KeyRecord",
+    "KeysFile",
+    "LedgerConfig",
+    "LimitsConfig",
+    "ListenConfig",
+    "MetricsConfig",
+    "ModelAlias",
+    "OrgConfig",
+    "PriceConfig",
+    "Problem",
+    "Project",
+    "ProjectFile",
+    "ProviderConfig",
+    "RateLimitSet",
+    "RateLimits",
+    "RedisConfig",
+    "ResilienceConfig",
+    "RetryConfig",
+    "Route",
+    "Scope",
+    "SessionTokenConfig",
+    "Timeouts",
+    "Window",
+    "build_project",
+    "input_limits",
+    "load_config",
+    "org_caps",
+    "parse_listen",
+    "project_caps",
+    "usd_to_nano",
+]

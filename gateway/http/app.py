@@ -1,0 +1,82 @@
+"""The aiohttp application and its routes table.
+
+    root:  errors -> observe -> /healthz /readyz /admin/reload
+    /v1:   auth -> in-flight caps -> chat_completions (the pipeline: gateway.pipeline)
+                                     session-tokens, usage
+
+``/metrics`` is not here: it has its own listener (gateway.http.metrics_listener).
+
+The root app's middlewares wrap the ``/v1`` sub-app's, so every answer, errors
+included, is rendered as JSON and observed.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.budget import BudgetStore
+from gateway.config import Config
+from gateway.context import STATE, GatewayState
+from gateway.http.admin import admin_reload
+from gateway.http.metrics_listener import metrics_listener
+from gateway.http.middleware.auth import auth_middleware
+from gateway.http.middleware.errors import (
+    ENDPOINTS,
+    MAX_BODY_BYTES,
+    endpoint_list,
+    error_middleware,
+)
+from gateway.http.middleware.inflight import inflight_middleware
+from gateway.http.middleware.observe import add_request_id, observe_middleware
+from gateway.http.probes import healthz, readyz
+from gateway.metrics import Metrics
+from gateway.proxy import chat_completions
+from gateway.serve.resources import redis_client, resources
+from gateway.sessions import mint_token
+from gateway.surfaces.models import get_model, list_models, list_models_anthropic
+from gateway.usage_report import get_usage
+
+
+def create_app(
+    config: Config,
+    redis_url: str,
+    metrics: Metrics | None = None,
+    metrics_address: tuple[str, int] | None = None,
+) -> web.Application:
+    """The gateway application, using the Redis at ``redis_url``. With a
+    ``metrics_address`` it also opens the metrics listener there while it runs: one
+    process of a gateway does (the others' values reach it through the multiprocess
+    files)."""
+    gw = config.gateway
+    app = web.Application(
+        middlewares=[error_middleware, observe_middleware],
+        client_max_size=gw.limits.max_body_bytes,
+    )
+    timeout_s = gw.redis.timeout_ms / 1000
+    redis = redis_client(redis_url, timeout_s)
+    store = BudgetStore(redis, gw.redis.key_prefix, timeout_s, gw.limits.reservation_ttl_seconds)
+    state = GatewayState(config=config, store=store, providers={}, metrics=metrics or Metrics())
+    app[STATE] = state
+
+    app.cleanup_ctx.append(resources(state, redis))
+    if metrics_address is not None:
+        token = config.secret(gw.metrics.bearer_token_env)
+        app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store
+    app.on_response_prepare.append(add_request_id)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/admin/reload", admin_reload)
+
+    v1 = web.Application(middlewares=[auth_middleware, inflight_middleware])
+    v1.router.add_post(
+        "/projects/{project_ref}/chat/completions", chat_completions, name="chat_completions"
+    )
+    v1.router.add_post("/projects/{project_ref}/session-tokens", mint_token)
+    v1.router.add_get("/projects/{project_ref}/usage", get_usage)
+    v1.router.add_get("/projects/{project_ref}/models", list_models)
+    v1.router.add_get("/projects/{project_ref}/models/{model}", get_model)
+    v1.router.add_get("/projects/{project_ref}/v1/models", list_models_anthropic)
+    app.add_subapp("/v1/", v1)
+    app[ENDPOINTS] = endpoint_list(app)
+    app[MAX_BODY_BYTES] = gw.limits.max_body_bytes
+    return app
