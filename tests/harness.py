@@ -165,7 +165,9 @@ def write_config(
             # their own (STORE_TIMEOUT_FAST).
             "timeout_ms": 1000,
         },
-        "limits": {"reservation_ttl_seconds": 60},
+        # Short settle wait: tests that make Redis unreachable would otherwise wait the
+        # default 10 s for background settle retries at every app teardown.
+        "limits": {"reservation_ttl_seconds": 60, "settle_wait_seconds": 0.5},
         # Any free port: tests run many gateways at once (tests/process.py passes its
         # own --metrics-listen and scrapes it).
         "metrics": {"listen": "127.0.0.1:0"},

@@ -108,6 +108,9 @@ class LimitsConfig(_Strict):
     # listener closes and open streams get shutdown_grace_seconds to finish.
     drain_seconds: Annotated[float, Field(ge=0)] = 0.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # Then settles still being retried (the store did not answer) get this long before
+    # the store closes; those still failing log what they could not record.
+    settle_wait_seconds: Annotated[float, Field(ge=0)] = 10.0
 
 
 class SessionTokenConfig(_Strict):

@@ -88,7 +88,8 @@ def resources(
         yield
         state.ready = False
         if state.background:  # pending settle retries finish before the store closes
-            await asyncio.wait(state.background, timeout=10)
+            wait = state.config.gateway.limits.settle_wait_seconds
+            await asyncio.wait(state.background, timeout=wait)
         # Still retrying (the store is down): stop them; each logs what it could not record.
         for task in list(state.background):
             task.cancel()
