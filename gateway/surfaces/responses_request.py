@@ -338,7 +338,7 @@ def _input(value: Any) -> list[dict[str, Any]]:
         else:
             raise _fail(
                 f"{where}.type must be 'message', 'function_call', 'function_call_output' or "
-                f"'reasoning' (got {str(kind)[:40]!r})",
+                "'reasoning' (items of hosted or custom tools have no chat-completions form)",
                 f"{where}.type",
             )
     return out
@@ -500,11 +500,8 @@ def _metadata(value: Any) -> dict[str, str]:
         raise _fail("metadata must be an object of strings", "metadata")
     if len(value) > 16:
         raise _fail("metadata may hold at most 16 keys", "metadata")
-    for key, item in value.items():
-        if len(key) > 64 or len(item) > 512:
-            raise _fail(
-                "metadata keys hold at most 64 characters and values 512", f"metadata.{key[:64]}"
-            )
+    if any(len(key) > 64 or len(item) > 512 for key, item in value.items()):
+        raise _fail("metadata keys hold at most 64 characters and values 512", "metadata")
     return dict(value)
 
 

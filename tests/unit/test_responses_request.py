@@ -635,6 +635,8 @@ def test_bad_items_are_refused(entry: Any, param: str) -> None:
         ({"input": "x", "reasoning": {"effort": 3}}, "reasoning.effort"),
         ({"input": "x", "metadata": {"a": 1}}, "metadata"),
         ({"input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+        ({"input": "x", "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"input": "x", "metadata": {"k": "v" * 513}}, "metadata"),
         ({"input": "x", "truncation": "middle"}, "truncation"),
         ({"input": "x", "include": "all"}, "include"),
         ({"input": "x", "include": ["message.output_text.logprobs"]}, "include[0]"),
@@ -682,3 +684,22 @@ def test_unknown_fields_are_refused_by_name(name: str) -> None:
 
 def test_body_must_be_an_object() -> None:
     assert param_of([]) is None  # type: ignore[arg-type]
+
+
+def test_refusals_do_not_echo_request_values() -> None:
+    secret = "sk-live-0123456789abcdef"
+    bodies: list[dict[str, Any]] = [
+        {"input": [{"type": secret}]},
+        {"input": [{"role": secret, "content": "x"}]},
+        {"input": "x", "tools": [{"type": secret}]},
+        {"input": "x", "tool_choice": secret},
+        {"input": "x", "include": [secret]},
+        {"input": "x", "metadata": {secret * 4: "v"}},
+        {"input": "x", "truncation": secret},
+        {"input": "x", "text": {"format": {"type": secret}}},
+        {"input": [item("user", [{"type": "input_image", "image_url": "x", "detail": secret}])]},
+    ]
+    for body in bodies:
+        error = refused(body)
+        assert secret not in error.message
+        assert secret not in str(error.body["param"])
