@@ -614,7 +614,7 @@ def parse_request(body: Any) -> ResponsesRequest:
         "store": True if store is None else store,
         "temperature": temperature,
         "text": echo_text,
-        "tool_choice": body.get("tool_choice") if choice is not None else "auto",
+        "tool_choice": _echo_choice(choice),
         "tools": echo_tools,
         "top_p": top_p,
         "truncation": truncation or "disabled",
@@ -634,6 +634,15 @@ def parse_request(body: Any) -> ResponsesRequest:
         metadata=metadata,
         echo=echo,
     )
+
+
+def _echo_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any]:
+    """tool_choice as a response repeats it (Responses' flat shape)."""
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        return choice
+    return {"type": "function", "name": choice["function"]["name"]}
 
 
 def _with_instructions(

@@ -325,6 +325,13 @@ def test_tool_choice(choice: Any, chat: Any) -> None:
     assert request.echo["tool_choice"] == choice
 
 
+def test_tool_choice_echo_is_normalised() -> None:
+    choice = {"type": "function", "name": "now", "note": "extra"}
+    request = parse(tools=[{"type": "function", "name": "now"}], tool_choice=choice)
+    assert request.echo["tool_choice"] == {"type": "function", "name": "now"}
+    assert parse().echo["tool_choice"] == "auto"
+
+
 def test_tool_choice_and_parallel_calls_without_tools_are_not_sent() -> None:
     # Chat-completions refuses both without tools.
     request = parse(tool_choice="auto", parallel_tool_calls=True)
