@@ -64,20 +64,32 @@ def bounded_json(raw: bytes, caps: LimitsConfig) -> Any:
         ) from None
 
 
+async def read_json(request: web.Request) -> Any:
+    """A spending request's JSON body, read and decoded within the limits, once its
+    project is known to be enabled (409 otherwise)."""
+    if not request[PROJECT].file.enabled:
+        raise Conflict.detail("project is disabled")
+    limits = request[REQUEST_STATE].config.gateway.limits
+    # Over client_max_size (counted decoded: a compressed body is inflated by aiohttp,
+    # chunk by chunk, and bounded the same): 413 from aiohttp, rendered as JSON.
+    return bounded_json(await read_body(request, limits), limits)
+
+
 async def chat_call(request: web.Request) -> CallContext:
     """Read and validate a chat request, resolve its alias to its targets and bound its
     worst case: the call the hold reserves (also put on the request, for observe)."""
+    return plan_chat(request, await read_json(request))
+
+
+def plan_chat(request: web.Request, body: Any) -> CallContext:
+    """A chat-completions body (the client's, or one a surface translated to) as the
+    call the hold reserves: validated, its alias resolved to targets, its worst case
+    bounded (also put on the request, for observe)."""
     state = request[REQUEST_STATE]
     project = request[PROJECT]
     # The config the project was resolved from (auth does not wait), kept for the whole
     # request: a reload during it must not mix two configs.
     config, providers = state.config, state.providers
-    if not project.file.enabled:
-        raise Conflict.detail("project is disabled")
-    # Over client_max_size (counted decoded: a compressed body is inflated by aiohttp,
-    # chunk by chunk, and bounded the same): 413 from aiohttp, rendered as JSON.
-    raw = await read_body(request, config.gateway.limits)
-    body = bounded_json(raw, config.gateway.limits)
     chat = validate_chat_request(body)
     alias = chat.model or project.file.default_model
     spec = project.file.models.get(alias)
