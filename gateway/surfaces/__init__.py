@@ -1,0 +1,1 @@
+"""Client-facing API surfaces other than chat completions, translated to and from the gateway's chat pipeline."""
