@@ -701,7 +701,13 @@ def test_unary_refusal() -> None:
 
 
 def test_unary_without_choices() -> None:
-    for body in ({"choices": []}, {}, {"choices": ["x"]}, {"choices": [{"message": "x"}]}):
+    bodies: list[dict[str, Any]] = [
+        {"choices": []},
+        {},
+        {"choices": ["x"]},
+        {"choices": [{"message": "x"}]},
+    ]
+    for body in bodies:
         out = unary_message(body, Usage(), "m", "a")
         assert out["content"] == []
         assert out["stop_reason"] == "end_turn"
