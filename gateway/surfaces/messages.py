@@ -151,9 +151,15 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _unknown(obj: Mapping[str, Any], allowed: frozenset[str]) -> list[str]:
+    """Members outside ``allowed``, sorted. A null member counts as absent: clients echo
+    earlier answers' blocks with every unset field as null (``toolset_name: null``)."""
+    return sorted(name for name, value in obj.items() if name not in allowed and value is not None)
+
+
 def _only(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
     """422 naming the first member of ``obj`` outside ``allowed``."""
-    unknown = sorted(obj.keys() - allowed)
+    unknown = _unknown(obj, allowed)
     if unknown:
         name = _at(where, unknown[0])
         raise _invalid(f"unknown parameter {name!r}: not supported by this gateway", name)
@@ -330,6 +336,14 @@ class _Translation:
         call_id = _string(block, "id", where)
         name = _string(block, "name", where)
         arguments = _object(block.get("input", {}), f"{where}.input")
+        caller = block.get("caller")
+        if caller is not None and (not isinstance(caller, dict) or caller.get("type") != "direct"):
+            # Called from code execution (programmatic tool calling): a server tool's turn.
+            raise _invalid(
+                f'{where}.caller must be {{"type": "direct"}}: calls made by server tools '
+                "are not supported",
+                f"{where}.caller",
+            )
         return {
             "id": call_id,
             "type": "function",
@@ -669,9 +683,9 @@ def _headers(headers: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
 
 def _refuse_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for name, what in _PRICED_APART_FIELDS.items():
-        if name in body:
+        if body.get(name) is not None:
             raise _invalid(f"{what} {_PRICED_APART}", name)
-    unknown = sorted(body.keys() - allowed)
+    unknown = _unknown(body, allowed)
     if unknown:
         listed = ", ".join(repr(n) for n in unknown)
         raise _invalid(
@@ -692,7 +706,9 @@ def _translate(body: Any, headers: Mapping[str, str], *, counting: bool) -> Mess
     if not counting and (not _is_int(max_tokens) or max_tokens < 1):
         what = "is required" if max_tokens is None else "must be a positive integer"
         raise _invalid(f"max_tokens {what}", "max_tokens")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise _invalid("stream must be a boolean", "stream")
 

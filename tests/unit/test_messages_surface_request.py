@@ -643,6 +643,51 @@ def test_bad_messages(raw: Any, param: str, words: str) -> None:
     refused(raw, param, words)
 
 
+def test_null_members_count_as_absent() -> None:
+    """Clients echo earlier answers' blocks with every unset field as null."""
+    request = parse(
+        body(
+            user("Hi"),
+            assistant(
+                [
+                    text("Sure.", citations=None),
+                    {
+                        "type": "tool_use",
+                        "id": "t",
+                        "name": "f",
+                        "input": {},
+                        "caller": None,
+                        "toolset_name": None,
+                    },
+                ]
+            ),
+            user([{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]),
+            container=None,
+            mcp_servers=None,
+            stream=None,
+            context_management=None,
+        )
+    )
+    assert request.stream is False
+    assert request.chat_body["messages"][1]["tool_calls"][0]["id"] == "t"
+    refused(
+        body(
+            user("Hi"),
+            assistant(
+                [{"type": "tool_use", "id": "t", "name": "f", "input": {}, "toolset_name": "x"}]
+            ),
+        ),
+        "messages[1].content[0].toolset_name",
+    )
+
+
+def test_tool_use_called_directly_only() -> None:
+    direct = {"type": "tool_use", "id": "t", "name": "f", "input": {}, "caller": {"type": "direct"}}
+    parse(body(user("Hi"), assistant([direct])))
+    by_code = {**direct, "caller": {"type": "code_execution_20250825", "tool_id": "srvtoolu_1"}}
+    refused(body(user("Hi"), assistant([by_code])), "messages[1].content[0].caller", "server tools")
+
+
 def test_citations_on_earlier_answers_are_dropped() -> None:
     request = parse(
         body(user("Hi"), assistant([text("Cited.", citations=[{"type": "char_location"}])]))
