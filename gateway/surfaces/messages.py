@@ -5,9 +5,10 @@ gateway's OpenAI chat-completions body out.
 chat body that :func:`gateway.validation.validate_chat_request` and
 :func:`gateway.params.refuse_unknown` accept. What a chat route cannot carry is kept on
 the :class:`MessagesRequest` for a route to an Anthropic upstream (``body``, the Messages
-body as received): prompt-caching marks and earlier turns' thinking blocks are dropped
-from the chat body (they change the cost, not the answer); ``top_k`` and the efforts
-chat models lack are in ``native_only`` and refused by :meth:`MessagesRequest.refuse_for_chat`.
+body as received): prompt-caching marks (they change the cost, not the answer) and
+earlier turns' thinking blocks (signed reasoning no chat model can read) are dropped
+from the chat body; ``top_k`` and the efforts chat models lack are in ``native_only``,
+which :meth:`MessagesRequest.refuse_for_chat` refuses.
 What no route here can honour is refused with ValidationFailed (422) naming the field:
 server and Anthropic-defined tools and ``mcp_servers`` (priced apart from tokens),
 ``container``, documents other than base64 PDFs and plain text, unknown fields.
@@ -73,8 +74,16 @@ CREATE_FIELDS = frozenset(
 )
 # ``POST /v1/messages/count_tokens`` takes the prompt side only.
 COUNT_FIELDS = frozenset(
-    {"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control"}
-    | {"output_config"}
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+    }
 )
 # Fields whose cost is not tokens: refused with their own reason, not as unknown.
 _PRICED_APART = (
@@ -86,8 +95,9 @@ _PRICED_APART_FIELDS = {
     "container": "code execution containers (container)",
 }
 # thinking.budget_tokens -> the chat reasoning_effort: below the first bound "low",
-# below the second "medium", else "high" (OpenAI's efforts spend roughly a few, ten and
-# thirty thousand reasoning tokens on hard prompts; the bounds sit between them).
+# below the second "medium", else "high". Chat APIs take an effort, not a budget: the
+# bounds are this gateway's choice (Anthropic's least budget is 1,024), and either way
+# the reasoning stays within max_tokens, which bounds what is billed.
 EFFORT_BY_BUDGET: tuple[tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
 _CHAT_EFFORTS = frozenset({"low", "medium", "high"})
 _NATIVE_EFFORTS = frozenset({"xhigh", "max"})
@@ -289,8 +299,8 @@ class _Translation:
     def tool_result(
         self, block: dict[str, Any], where: str
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """A tool message, and the images of the result (chat tool messages carry text
-        only: they go to a user message right after the tool messages)."""
+        """A tool message, and the result's images and documents (chat tool messages
+        carry text only: those go to a user message right after the tool messages)."""
         _only(
             block, frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"}), where
         )
@@ -301,7 +311,7 @@ class _Translation:
             raise _invalid(f"{where}.is_error must be a boolean", f"{where}.is_error")
         content = block.get("content")
         texts: list[str] = []
-        images: list[dict[str, Any]] = []
+        media: list[dict[str, Any]] = []
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
@@ -312,9 +322,9 @@ class _Translation:
                 if kind == "text":
                     texts.append(self.text(part, pwhere))
                 elif kind == "image":
-                    images.append(self.image(part, pwhere))
+                    media.append(self.image(part, pwhere))
                 elif kind == "document":
-                    images.append(self.document(part, pwhere))
+                    media.append(self.document(part, pwhere))
                 else:
                     raise _invalid(
                         f"{pwhere}.type must be text, image or document in a tool result",
@@ -328,7 +338,7 @@ class _Translation:
         if is_error:
             # Chat tool messages have no error flag: the model reads it in the text.
             text = f"Error: {text}" if text else "Error"
-        return {"role": "tool", "tool_call_id": call_id, "content": text}, images
+        return {"role": "tool", "tool_call_id": call_id, "content": text}, media
 
     def tool_use(self, block: dict[str, Any], where: str) -> dict[str, Any]:
         _only(block, frozenset({"type", "id", "name", "input", "cache_control", "caller"}), where)
@@ -387,9 +397,9 @@ class _Translation:
             elif kind == "document":
                 parts.append(self.document(block, bwhere))
             elif kind == "tool_result":
-                message, images = self.tool_result(block, bwhere)
+                message, media = self.tool_result(block, bwhere)
                 tools.append(message)
-                result_parts.extend(images)
+                result_parts.extend(media)
             else:
                 raise _invalid(
                     f"{bwhere}.type {kind!r} is not supported in user turns "
@@ -503,8 +513,9 @@ class _Translation:
                 )
             _only(
                 tool,
+                # eager_input_streaming: how finely the input streams, not what it is.
                 frozenset({"type", "name", "description", "input_schema", "cache_control"})
-                | {"strict"},
+                | {"strict", "eager_input_streaming"},
                 where,
             )
             name = _string(tool, "name", where)
