@@ -107,6 +107,7 @@ class CallContext:
     upstream_seconds: float = 0.0
     first_token_at: float | None = None
     stream_outcome: str | None = None
+    surface: str = "chat"  # the API surface the call came through (the ledger says it)
     started: float = field(default_factory=time.perf_counter)
 
     def add_billed(self, usage: Usage) -> None:

@@ -36,6 +36,7 @@ from gateway.pipeline.meter import StreamMeter, unary_billed, worst_case
 from gateway.pipeline.request import chat_call
 from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
 from gateway.routing import backoff_seconds
+from gateway.surfaces.base import Surface, SurfaceStream
 from gateway.usage import Usage, from_openai, generated_bytes
 from gateway.wire import PROFILES, WireProfile
 
@@ -90,26 +91,39 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/projects/{ref}/chat/completions: parse, claim its idempotency key (if
     any), hold, forward and relay (the meter counts), settle (leaving the hold)."""
     call = await chat_call(request)
+    return await run_call(request, call)
+
+
+async def run_call(
+    request: web.Request, call: CallContext, surface: Surface | None = None
+) -> web.StreamResponse:
+    """A planned call, as every spending route runs it: its idempotency key claimed (if
+    any), held, forwarded and relayed, settled. ``surface`` writes the answer (None:
+    chat completions, in the project's wire profile)."""
     key = idempotency_key(request)
     if key is None:
-        return await _held(request, call)
+        return await _held(request, call, surface)
     async with Idempotency(request, call, key) as claim:
         if claim.replay is not None:
             return claim.replay  # answered before: not forwarded, not billed
-        response = await _held(request, call)
+        response = await _held(request, call, surface)
         await claim.completed(response)
         return response
 
 
-async def _held(request: web.Request, call: CallContext) -> web.StreamResponse:
+async def _held(
+    request: web.Request, call: CallContext, surface: Surface | None
+) -> web.StreamResponse:
     """Hold the worst case, forward and relay, settle what the meter billed."""
     async with Hold(request, call) as hold:
-        response = await _forward(request, call, hold)
+        response = await _forward(request, call, hold, surface)
         hold.answered(response.status)
         return response
 
 
-async def _forward(request: web.Request, call: CallContext, hold: Hold) -> web.StreamResponse:
+async def _forward(
+    request: web.Request, call: CallContext, hold: Hold, surface: Surface | None
+) -> web.StreamResponse:
     """Try the alias's targets in order: retry each with backoff, fall back to the next,
     skip those whose circuit is open, all only while nothing reached the client."""
     state = request[REQUEST_STATE]
@@ -129,7 +143,7 @@ async def _forward(request: web.Request, call: CallContext, hold: Hold) -> web.S
             if not breaker.allow(time.monotonic()):  # takes a half-open probe
                 break
             try:
-                response = await _attempt(request, state, call, route)
+                response = await _attempt(request, state, call, route, surface)
             except ProviderKeyMissing as exc:
                 # Nothing was sent: not this target's health, and no reason not to try
                 # the next target (its own provider's key).
@@ -182,7 +196,11 @@ def _judge(breaker: CircuitBreaker, exc: GatewayError) -> None:
 
 
 async def _attempt(
-    request: web.Request, state: GatewayState, call: CallContext, route: Route
+    request: web.Request,
+    state: GatewayState,
+    call: CallContext,
+    route: Route,
+    surface: Surface | None,
 ) -> web.StreamResponse:
     provider = call.providers[route.provider]
     provider_config = call.provider_config(route.provider)
@@ -195,8 +213,9 @@ async def _attempt(
     gateway_id = "chatcmpl_" + request[REQUEST_ID]
     profile = PROFILES[call.project.file.wire_profile]
     if not call.chat.stream:
-        return await _unary(state, call, provider, upstream, gateway_id, profile)
-    return await _stream(request, state, call, provider, upstream, gateway_id, profile)
+        return await _unary(state, call, provider, upstream, gateway_id, profile, surface)
+    stream = surface.stream() if surface is not None else None
+    return await _stream(request, state, call, provider, upstream, gateway_id, profile, stream)
 
 
 async def _unary(
@@ -206,6 +225,7 @@ async def _unary(
     upstream: UpstreamRequest,
     gateway_id: str,
     profile: WireProfile,
+    surface: Surface | None,
 ) -> web.StreamResponse:
     name = provider.name
     started = time.perf_counter()
@@ -252,7 +272,10 @@ async def _unary(
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     usage = unary_billed(usage, call.input_bound, call.output_ceiling)
     call.add_billed(usage)
-    body = profile.unary(completion, gateway_id, call.alias, usage)
+    if surface is not None:
+        body = surface.unary(completion, usage)
+    else:
+        body = profile.unary(completion, gateway_id, call.alias, usage)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -264,6 +287,7 @@ async def _stream(
     upstream: UpstreamRequest,
     gateway_id: str,
     profile: WireProfile,
+    encoder: SurfaceStream | None,
 ) -> web.StreamResponse:
     name = provider.name
     started = time.perf_counter()
@@ -280,7 +304,7 @@ async def _stream(
         call.upstream_seconds += time.perf_counter() - started
         state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
         raise
-    relay = _Relay(call, gateway_id, profile)
+    relay = _Relay(call, gateway_id, profile, encoder)
     batches = stream.batches()
     response: web.StreamResponse | None = None
     metrics = state.metrics
@@ -351,7 +375,7 @@ async def _stream(
         except UpstreamStreamError as exc:
             outcome = "upstream_error"
             metrics.upstream_errors.labels(name, exc.code).inc()
-            error = profile.error_event(exc.code, name, exc.message)
+            error = relay.error_event(exc.code, name, exc.message)
             await _write_quietly(relay, response, relay.encode(exc.pending) + error)
         except (ConnectionResetError, ConnectionError):
             outcome = "client_disconnected"
@@ -361,7 +385,7 @@ async def _stream(
                 call.stream_outcome = "gateway_shutdown"
                 message = "the gateway is shutting down; retry the request"
                 await _write_quietly(
-                    relay, response, profile.error_event("gateway_shutdown", name, message)
+                    relay, response, relay.error_event("gateway_shutdown", name, message)
                 )
             else:
                 # handler_cancellation: the client went away while we waited on the upstream.
@@ -395,8 +419,18 @@ class _Relay:
     """Re-stamps chunks for the client, keeps the usage chunk, feeds the meter what was
     produced (gateway.meter decides what is billed)."""
 
-    def __init__(self, call: CallContext, gateway_id: str, profile: WireProfile) -> None:
+    def __init__(
+        self,
+        call: CallContext,
+        gateway_id: str,
+        profile: WireProfile,
+        encoder: SurfaceStream | None = None,
+    ) -> None:
         self.call = call
+        # A surface's events instead of chat chunks (None: chat, in the wire profile);
+        # its opening events go out with the first write.
+        self.encoder = encoder
+        self._opening = encoder.start() if encoder is not None else b""
         self.gateway_id = gateway_id
         self.profile = profile
         self.meter = StreamMeter(call.input_bound, call.output_ceiling, call.chat.n)
@@ -428,6 +462,8 @@ class _Relay:
 
     async def send(self, response: web.StreamResponse, data: bytes) -> None:
         """One client write, bounded by the idle timeout (see watch())."""
+        if self._opening:
+            data, self._opening = self._opening + data, b""
         watchdog = self._watchdog
         if watchdog is not None:
             watchdog.begin()
@@ -493,9 +529,19 @@ class _Relay:
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias
         self.created = chunk.setdefault("created", self.created)
+        if self.encoder is not None:
+            return self.encoder.feed(chunk) or None
         return self._head + orjson.dumps(chunk) + self._tail
 
+    def error_event(self, code: str, provider: str, message: str) -> bytes:
+        """A failure after the first byte, as the client's format says it."""
+        if self.encoder is not None:
+            return self.encoder.fail(code, message)
+        return self.profile.error_event(code, provider, message)
+
     def trailer(self) -> bytes:
+        if self.encoder is not None:
+            return self.encoder.finish(self.meter.usage())
         out = b""
         if self.call.chat.include_usage:
             usage = self.meter.usage()

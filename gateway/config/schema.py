@@ -101,6 +101,9 @@ class LimitsConfig(_Strict):
     reservation_ttl_seconds: Annotated[int, Field(ge=5)] = 900
     # How long a completed request's Idempotency-Key answers (replays) its retries.
     idempotency_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
+    # How long a stored Responses answer (and its conversation) can be continued with
+    # previous_response_id or read back (OpenAI keeps them 30 days).
+    stored_response_ttl_seconds: Annotated[int, Field(ge=60)] = 2_592_000
     # Input tokens reserved per image on models without prices.<model>.image_tokens: the
     # most any known model charges (gpt-4o-mini, high detail), so a cap holds by default.
     image_token_bound: Annotated[int, Field(ge=1)] = 48_169

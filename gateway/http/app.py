@@ -33,7 +33,9 @@ from gateway.metrics import Metrics
 from gateway.proxy import chat_completions
 from gateway.serve.resources import redis_client, resources
 from gateway.sessions import mint_token
+from gateway.surfaces.messages_route import count_tokens, create_message
 from gateway.surfaces.models import get_model, list_models, list_models_anthropic
+from gateway.surfaces.responses_route import create_response, get_response
 from gateway.usage_report import get_usage
 
 
@@ -75,7 +77,21 @@ def create_app(
     v1.router.add_get("/projects/{project_ref}/usage", get_usage)
     v1.router.add_get("/projects/{project_ref}/models", list_models)
     v1.router.add_get("/projects/{project_ref}/models/{model}", get_model)
-    v1.router.add_get("/projects/{project_ref}/v1/models", list_models_anthropic)
+    v1.router.add_get(
+        "/projects/{project_ref}/v1/models", list_models_anthropic, name="anthropic_models"
+    )
+    v1.router.add_post("/projects/{project_ref}/responses", create_response, name="responses")
+    v1.router.add_get(
+        "/projects/{project_ref}/responses/{response_id}", get_response, name="response"
+    )
+    v1.router.add_post(
+        "/projects/{project_ref}/v1/messages", create_message, name="anthropic_messages"
+    )
+    v1.router.add_post(
+        "/projects/{project_ref}/v1/messages/count_tokens",
+        count_tokens,
+        name="anthropic_count_tokens",
+    )
     app.add_subapp("/v1/", v1)
     app[ENDPOINTS] = endpoint_list(app)
     app[MAX_BODY_BYTES] = gw.limits.max_body_bytes

@@ -420,6 +420,7 @@ def _ledger_event(
         "upstream_model": call.route.model,
         "status": outcome.status,
         "stream": call.chat.stream,
+        "surface": call.surface,
         "outcome": call.stream_outcome,
         "input_tokens": billed.input_tokens,
         "output_tokens": billed.output_tokens,

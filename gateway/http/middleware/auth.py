@@ -79,6 +79,17 @@ def _fail(metrics: Metrics, exc: Unauthorized) -> Unauthorized:
     return exc
 
 
+def _credential(request: web.Request) -> str | None:
+    """The Authorization header, or (the Anthropic SDK's and Claude Code's default) an
+    ``x-api-key`` header, as a bearer credential."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        key = request.headers.get("x-api-key")
+        if key is not None:
+            return f"Bearer {key}"
+    return header
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.http_exception is not None:
@@ -86,7 +97,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     state = request[REQUEST_STATE]
     config = state.config
     try:
-        principal = authenticate(request.headers.get("Authorization"), config)
+        principal = authenticate(_credential(request), config)
     except Unauthorized as exc:
         raise _fail(state.metrics, exc) from None
     request[PRINCIPAL] = principal

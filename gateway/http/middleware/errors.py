@@ -18,7 +18,9 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    json_error,
 )
+from gateway.surfaces.messages_answer import error_body as anthropic_error_body
 
 log = logging.getLogger("gateway.errors")
 
@@ -81,16 +83,39 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Gatewa
     return error
 
 
+# Routes whose clients read another API's error shape, whatever the project's profile:
+# the Anthropic SDK reads Anthropic's, the openai SDK's Responses calls OpenAI's.
+ANTHROPIC_ROUTES = frozenset({"anthropic_messages", "anthropic_count_tokens", "anthropic_models"})
+OPENAI_ROUTES = frozenset({"responses", "response"})
+
+
 def _profile(request: web.Request) -> str:
-    """The wire profile of this request's errors: its project's once the caller is
-    authenticated for it (set by auth), else the gateway's ``wire_profile``; never the
-    project named in a path the caller has not proved access to (that would tell an
-    unauthenticated caller which projects exist)."""
+    """The wire profile of this request's errors: the route's own shape (Anthropic
+    Messages, OpenAI Responses), else the project's once the caller is authenticated for
+    it (set by auth), else the gateway's ``wire_profile``; never the project named in a
+    path the caller has not proved access to (that would tell an unauthenticated caller
+    which projects exist)."""
+    route = request.match_info.route.name if request.match_info is not None else None
+    if route in ANTHROPIC_ROUTES:
+        return "anthropic"
+    if route in OPENAI_ROUTES:
+        return "openai"
     project = request.get(PROJECT)
     if project is not None:
         return str(project.file.wire_profile)
     state = request.get(REQUEST_STATE)
     return str(state.config.gateway.wire_profile) if state is not None else "karta"
+
+
+def _answer(request: web.Request, exc: GatewayError) -> web.Response:
+    profile = _profile(request)
+    if profile == "anthropic":
+        code = exc.body.get("error")
+        body = anthropic_error_body(
+            exc.status, exc.message, code if isinstance(code, str) else exc.code
+        )
+        return json_error(exc.status, body, exc.headers)
+    return exc.response(profile)
 
 
 @web.middleware
@@ -99,14 +124,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return exc.response(_profile(request))
+        return _answer(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _from_http_exception(request, exc).response(_profile(request))
+        return _answer(request, _from_http_exception(request, exc))
     except Exception as exc:
         log.error(
             "unhandled error",
             extra={"request_id": request.get(REQUEST_ID), "error_type": type(exc).__name__},
         )
-        return InternalError().response(_profile(request))
+        return _answer(request, InternalError())
