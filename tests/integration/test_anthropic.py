@@ -974,6 +974,7 @@ async def test_adapter_closes_an_unfinished_stream(upstream: FakeUpstream) -> No
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES}))
         batches = stream.batches()
         first = (await anext(batches))[0]
+        assert isinstance(first, dict)
         assert first["choices"][0]["delta"] == {"role": "assistant", "content": "2"}
         await batches.aclose()
         await stream.aclose()  # not finished: the connection is dropped, generation stops

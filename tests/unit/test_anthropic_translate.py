@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -828,29 +829,29 @@ def slices(raw: bytes, size: int = 97) -> list[bytes]:
     return [raw[i : i + size] for i in range(0, len(raw), size)]
 
 
-def chunks_of(events: list[StreamEvent]) -> list[dict[str, Any]]:
+def chunks_of(events: Sequence[StreamEvent]) -> list[dict[str, Any]]:
     """The chunks among the events (the translator emits no chunk with a usage)."""
     assert not any(isinstance(e, tuple) for e in events)
     return [e for e in events if isinstance(e, dict)]
 
 
-def usages(events: list[StreamEvent]) -> list[Usage]:
+def usages(events: Sequence[StreamEvent]) -> list[Usage]:
     return [e for e in events if isinstance(e, Usage)]
 
 
-def final_usage(events: list[StreamEvent]) -> Usage:
+def final_usage(events: Sequence[StreamEvent]) -> Usage:
     """The stream's usage: one Usage event, the last."""
     assert usages(events) == [events[-1]], "one usage, last"
     assert isinstance(events[-1], Usage)
     return events[-1]
 
 
-def content(events: list[StreamEvent]) -> str:
+def content(events: Sequence[StreamEvent]) -> str:
     chunks = chunks_of(events)
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
-def finishes(events: list[StreamEvent]) -> list[str]:
+def finishes(events: Sequence[StreamEvent]) -> list[str]:
     return [
         c["choices"][0]["finish_reason"]
         for c in chunks_of(events)
@@ -858,7 +859,7 @@ def finishes(events: list[StreamEvent]) -> list[str]:
     ]
 
 
-def tool_calls(events: list[StreamEvent]) -> dict[int, dict[str, Any]]:
+def tool_calls(events: Sequence[StreamEvent]) -> dict[int, dict[str, Any]]:
     """Tool-call deltas reassembled the way the OpenAI SDKs do."""
     calls: dict[int, dict[str, Any]] = {}
     for chunk in chunks_of(events):

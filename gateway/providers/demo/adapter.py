@@ -88,7 +88,7 @@ class DemoStream(ChunkStream):
             if i and self.delay:
                 await asyncio.sleep(self.delay)
             yield [c for c in batch if c is not None]
-        yield [_usage(self.body, choices)]  # as OpenAI's usage chunk, last
+        yield [_usage(self.body, choices)]  # last, as OpenAI sends its usage chunk
 
     async def aclose(self) -> None:
         return None
