@@ -195,6 +195,8 @@ def write_gateway_config(root: Path, upstream: str, redis_url: str, key_prefix: 
     key = generate_key()
     gw = {
         "listen": {"host": "127.0.0.1", "port": 0},
+        # A free port, not the default 9464: ab.py runs two gateways at once.
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "redis": {"url": redis_url, "key_prefix": key_prefix, "timeout_ms": 1000},
         "limits": {"reservation_ttl_seconds": 120},
         "providers": {

@@ -56,11 +56,21 @@ class OpenAIStreamTranslator:
         try:
             events = self.parser.feed(data)
         except EventTooLarge as exc:  # the events before it still count
-            out = self._events(exc.events)
+            before = self._events(exc.events)
             if self.error is None:
                 self.error = UpstreamStreamError("upstream_error", f"the provider sent {exc}")
-            return out
-        return self._events(events)
+            return before
+        # _events(events), inlined: this runs on every read.
+        out: list[StreamEvent] = []
+        for event in events:
+            try:
+                if self._event(event.event, event.data, out):
+                    self.done = True
+                    break
+            except UpstreamStreamError as exc:
+                self.error = exc
+                break
+        return out
 
     def close(self) -> list[StreamEvent]:
         if self.error is not None:
