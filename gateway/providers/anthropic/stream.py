@@ -54,10 +54,9 @@ class AnthropicStreamTranslator:
     ``message_stop``, or at ``close`` when the stream ended without one (some
     recordings lack the final blank line); none when its counts are unusable. A
     stream that ends before its ``message_delta`` was cut. Failures never cost the
-    chunks that preceded them:
-    ``feed`` and ``close`` return those, keep the failure in ``error`` and ``check()``
-    raises it (as do later ``feed`` / ``close`` calls): UpstreamStreamError, with
-    ``declared=True`` for the provider's own ``error`` frame.
+    chunks that preceded them: ``feed`` and ``close`` return those, keep the failure
+    in ``error`` and ``check()`` raises it (as do later ``feed`` / ``close`` calls):
+    UpstreamStreamError, with ``declared=True`` for the provider's own ``error`` frame.
     """
 
     def __init__(

@@ -48,6 +48,11 @@ class OpenAIStreamTranslator:
         self.done = False
         self.error: UpstreamStreamError | None = None
 
+    def check(self) -> None:
+        """Raise the failure the input carried, if any."""
+        if self.error is not None:
+            raise self.error
+
     def feed(self, data: bytes) -> list[StreamEvent]:
         if self.error is not None:
             raise self.error
