@@ -34,10 +34,17 @@ from gateway.pipeline.hold import Hold
 from gateway.pipeline.idempotency import Idempotency, idempotency_key
 from gateway.pipeline.meter import StreamMeter, unary_billed, worst_case
 from gateway.pipeline.request import chat_call
-from gateway.providers.base import ChunkStream, Provider, UpstreamRequest, UpstreamStreamError
+from gateway.providers.base import (
+    Chunk,
+    ChunkStream,
+    Provider,
+    StreamEvent,
+    UpstreamRequest,
+    UpstreamStreamError,
+)
 from gateway.routing import backoff_seconds
 from gateway.surfaces.base import Surface, SurfaceStream
-from gateway.usage import Usage, from_openai, generated_bytes
+from gateway.usage import Usage, generated_bytes
 from gateway.wire import PROFILES, WireProfile
 
 SSE_HEADERS = {
@@ -233,7 +240,7 @@ async def _unary(
     if task is not None:
         state.handlers.add(task)  # shutdown cancels these when the grace period ends
     try:
-        completion = await provider.complete(upstream)
+        completion, usage = await provider.complete(upstream)
     except GatewayError as exc:
         state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
         if exc.billable:
@@ -267,7 +274,6 @@ async def _unary(
         elapsed = time.perf_counter() - started
         call.upstream_seconds += elapsed
         state.metrics.upstream_duration.labels(name).observe(elapsed)
-    usage = from_openai(completion.get("usage"))
     if usage is None:
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     usage = unary_billed(usage, call.input_bound, call.output_ceiling)
@@ -416,8 +422,8 @@ async def _write_quietly(relay: _Relay, response: web.StreamResponse, data: byte
 
 
 class _Relay:
-    """Re-stamps chunks for the client, keeps the usage chunk, feeds the meter what was
-    produced (gateway.meter decides what is billed)."""
+    """Re-stamps chunks for the client, feeds the meter what was produced and the usage
+    reported (gateway.meter decides what is billed)."""
 
     def __init__(
         self,
@@ -473,7 +479,7 @@ class _Relay:
         if self.stalled:
             raise ConnectionResetError("the client accepted nothing for the idle timeout")
 
-    async def write(self, response: web.StreamResponse, batch: list[dict[str, Any]]) -> None:
+    async def write(self, response: web.StreamResponse, batch: list[StreamEvent]) -> None:
         """Relay one upstream read's chunks in a single write; past the output ceiling,
         what came before it, then the stream ends (UpstreamStreamError output_limit)."""
         data = self.encode(batch)
@@ -486,25 +492,24 @@ class _Relay:
                 "tokens reserved for this request; the answer was cut there",
             )
 
-    def encode(self, batch: list[dict[str, Any]]) -> bytes:
+    def encode(self, batch: list[StreamEvent]) -> bytes:
         frames = []
         meter = self.meter
-        for chunk in batch:
+        for event in batch:
             if meter.over_ceiling:
                 break  # nothing past the reserved output reaches the client
-            frame = self._frame(chunk)
+            if isinstance(event, dict):
+                frame = self._frame(event, None)
+            elif isinstance(event, tuple):
+                frame = self._frame(*event)  # a chunk and the usage it came with
+            else:
+                meter.report(event)  # a usage on its own: kept, re-emitted at the end
+                continue
             if frame is not None:
                 frames.append(frame)
         return b"".join(frames)
 
-    def _frame(self, chunk: dict[str, Any]) -> bytes | None:
-        usage = chunk.pop("usage", None)
-        extension = chunk.get("x_groq")
-        if isinstance(extension, dict) and "usage" in extension:
-            # Groq repeats (older streams: only sends) usage here: ours to keep, too.
-            groq_usage = extension.pop("usage")
-            if usage is None:
-                usage = groq_usage
+    def _frame(self, chunk: Chunk, usage: Usage | None) -> bytes | None:
         meter = self.meter
         choices = chunk.get("choices")
         if choices:
@@ -518,13 +523,9 @@ class _Relay:
                 if choice.get("finish_reason"):
                     meter.finish(choice.get("index", 0))
         if usage is not None:
-            reported = from_openai(usage)
-            if reported is not None:
-                meter.report(reported)
+            meter.report(usage)
         if meter.over_ceiling:
             return None  # past what was reserved (the upstream ignored the clamp): not relayed
-        if not choices and usage is not None:
-            return None  # the usage chunk: re-emitted at the end if the client asked
         chunk["id"] = self.gateway_id
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self.call.alias

@@ -20,11 +20,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.providers.anthropic import StreamTranslator, translate_response
+from gateway.providers.anthropic import AnthropicStreamTranslator, translate_response
 from gateway.providers.base import UpstreamStreamError
-from gateway.providers.openai import OpenAIStream, check_completion
+from gateway.providers.openai import OpenAIStreamTranslator, check_completion
 from gateway.proxy import _Relay
-from gateway.sse import SSEParser
 from gateway.wire import PROFILES
 
 # Any JSON value.
@@ -94,15 +93,15 @@ CALL = types.SimpleNamespace(
 
 
 def _openai_relay(frames: list[bytes], profile: str) -> None:
-    stream = OpenAIStream.__new__(OpenAIStream)
-    stream.secret = ""
+    translator = OpenAIStreamTranslator()
     relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])  # type: ignore[arg-type]
-    parser = SSEParser()
     try:
-        for frame in frames:
-            batch, done = stream._decode_all(parser.feed(frame))
+        for frame in [*frames, None]:
+            batch = translator.feed(frame) if frame is not None else translator.close()
             relay.encode(batch)
-            if done:
+            if translator.error is not None:
+                raise translator.error
+            if translator.done:
                 break
     except UpstreamStreamError:
         return  # the documented failure: becomes the mid-stream error event
@@ -161,7 +160,7 @@ event_like = shaped(
 def test_any_anthropic_stream_translates_or_fails_as_a_stream_error(
     events: list[Any], json_answer: bool
 ) -> None:
-    translator = StreamTranslator(created=1, json_answer=json_answer)
+    translator = AnthropicStreamTranslator(created=1, json_answer=json_answer)
     raw = b"".join(b"event: x\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
     with contextlib.suppress(UpstreamStreamError):  # the documented failure
         translator.feed(raw)

@@ -21,10 +21,11 @@ from aiohttp.test_utils import TestClient
 
 import gateway.sse
 from gateway.config import ProviderConfig, Timeouts
-from gateway.providers.anthropic import AnthropicProvider, AnthropicStream
+from gateway.providers.anthropic import AnthropicProvider, AnthropicStreamTranslator
 from gateway.providers.base import UpstreamRequest
+from gateway.providers.transport import HttpChunkStream
 from gateway.sse import SSEEvent, SSEParser
-from gateway.usage import input_token_bound
+from gateway.usage import Usage, input_token_bound
 from tests.fakeupstream import (
     FakeUpstream,
     Reply,
@@ -942,21 +943,24 @@ async def test_adapter_directly_stream_and_unary(upstream: FakeUpstream) -> None
         provider = AnthropicProvider("claude", config, session)
         upstream.script(Reply(sse=fixture(TOOL_FIXTURE)))
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES, "stream": True}))
-        assert isinstance(stream, AnthropicStream)
+        assert isinstance(stream, HttpChunkStream)
+        assert isinstance(stream.translator, AnthropicStreamTranslator)
         try:
             chunks = [chunk async for batch in stream for chunk in batch]
         finally:
             await stream.aclose()
         assert stream.finished  # read to the end: the connection goes back to the pool
-        assert chunks[-1]["usage"]["prompt_tokens"] == 377
-        assert chunks[-1]["usage"]["completion_tokens"] == 65
+        assert isinstance(chunks[-1], Usage)
+        assert chunks[-1].input_tokens == 377
+        assert chunks[-1].output_tokens == 65
         assert upstream.last.path == "/v1/messages"
         assert upstream.last.json()["stream"] is True
         assert upstream.last.json()["max_tokens"] == 50
 
-        completion = await provider.complete(adapter_request({"messages": MESSAGES}))
+        completion, usage = await provider.complete(adapter_request({"messages": MESSAGES}))
         assert completion["choices"][0]["message"]["content"] == "Hello there"
-        assert completion["usage"]["prompt_tokens"] == 11
+        assert usage is not None
+        assert usage.input_tokens == 11
         assert "stream" not in upstream.last.json()
         assert upstream.last.header("x-api-key") == PROVIDER_KEY
 
@@ -970,6 +974,7 @@ async def test_adapter_closes_an_unfinished_stream(upstream: FakeUpstream) -> No
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES}))
         batches = stream.batches()
         first = (await anext(batches))[0]
+        assert isinstance(first, dict)
         assert first["choices"][0]["delta"] == {"role": "assistant", "content": "2"}
         await batches.aclose()
         await stream.aclose()  # not finished: the connection is dropped, generation stops

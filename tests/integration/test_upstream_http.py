@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import gateway.providers.http
+import gateway.providers.transport
 import gateway.sse
 from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
 from tests.harness import PROVIDER_KEY, bearer, chat_body, free_port, metric, provider_entry
@@ -405,7 +405,7 @@ async def test_a_close_delimited_unary_answer_cut_short_is_billed_and_not_retrie
 async def test_a_unary_answer_over_the_size_cap_is_a_billed_502(
     make_gateway, upstream, monkeypatch, framing: str
 ) -> None:
-    monkeypatch.setattr(gateway.providers.http, "MAX_ANSWER_BYTES", 64 * 1024)
+    monkeypatch.setattr(gateway.providers.transport, "MAX_ANSWER_BYTES", 64 * 1024)
     client, _, creds = await make_gateway(
         **setup({"upstream": provider_entry(upstream.base_url)}, attempts=2)
     )
@@ -425,7 +425,7 @@ async def test_an_error_body_over_the_cap_is_not_read(make_gateway, upstream) ->
     """Only MAX_ERROR_BODY_BYTES of an error body are read: past that, its code is
     not used (the status alone decides the answer)."""
     client, _, creds = await make_gateway(**setup({"upstream": provider_entry(upstream.base_url)}))
-    cap = gateway.providers.http.MAX_ERROR_BODY_BYTES
+    cap = gateway.providers.transport.MAX_ERROR_BODY_BYTES
     upstream.script(
         Reply(status=400, json=openai_error(400, "bad temperature" + " " * cap, code="bad_temp")),
         Reply(status=400, json=openai_error(400, "bad temperature", code="bad_temp")),

@@ -1,14 +1,15 @@
 """Unit tests for gateway.providers.anthropic: pure translation on dicts and bytes.
 
-OpenAI chat body -> Anthropic Messages body, Messages answer -> chat.completion, and
-the recorded Anthropic SSE streams (tests/data) -> OpenAI chunk dicts, fed whole, in
-97-byte slices and split at every byte.
+OpenAI chat body -> Anthropic Messages body, Messages answer -> chat.completion and
+its Usage, and the recorded Anthropic SSE streams (tests/data) -> OpenAI chunk dicts
+and a Usage, fed whole, in 97-byte slices and split at every byte.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,15 @@ import pytest
 from gateway.errors import ValidationFailed
 from gateway.providers.anthropic import (
     JSON_TOOL,
-    StreamTranslator,
+    AnthropicStreamTranslator,
     anthropic_error_for_status,
+    anthropic_usage,
     finish_reason,
-    openai_usage,
     translate_request,
     translate_response,
 )
-from gateway.providers.base import UpstreamStreamError
-from gateway.usage import from_openai
+from gateway.providers.base import StreamEvent, UpstreamStreamError
+from gateway.usage import Usage
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TEXT_FIXTURE = (DATA_DIR / "anthropic_messages_text_cache_usage.sse").read_bytes()
@@ -594,13 +595,13 @@ def test_a_json_answer_is_the_forced_tools_input() -> None:
         "stop_reason": "tool_use",
         "usage": {"input_tokens": 20, "output_tokens": 9},
     }
-    completion = translate_response(message, created=1, json_answer=True)
+    completion, _ = translate_response(message, created=1, json_answer=True)
     choice = completion["choices"][0]
     assert json.loads(choice["message"]["content"]) == {"city": "Paris"}
     assert "tool_calls" not in choice["message"]
     assert choice["finish_reason"] == "stop"
     # Without JSON mode the same answer is a tool call, as before.
-    plain = translate_response(message, created=1)["choices"][0]
+    plain = translate_response(message, created=1)[0]["choices"][0]
     assert plain["message"]["tool_calls"][0]["function"]["name"] == JSON_TOOL
     assert plain["finish_reason"] == "tool_calls"
 
@@ -611,8 +612,8 @@ def test_a_streamed_json_answer_is_content_at_every_split() -> None:
     raw = TOOL_FIXTURE.replace(b'"name":"get_weather"', b'"name":"' + JSON_TOOL.encode() + b'"')
     assert raw != TOOL_FIXTURE
     for size in (1, 7, 97, len(raw)):
-        translator = StreamTranslator(created=1, json_answer=True)
-        chunks: list[dict[str, Any]] = []
+        translator = AnthropicStreamTranslator(created=1, json_answer=True)
+        chunks: list[StreamEvent] = []
         for piece in slices(raw, size):
             chunks += translator.feed(piece)
         chunks += translator.close()
@@ -620,7 +621,7 @@ def test_a_streamed_json_answer_is_content_at_every_split() -> None:
         assert json.loads(content(chunks)) == json.loads(TOOL_ARGS), size
         assert tool_calls(chunks) == {}
         assert finishes(chunks) == ["stop"]
-        assert from_openai(chunks[-1]["usage"]) is not None
+        assert isinstance(chunks[-1], Usage)
 
 
 def test_n_above_one_is_rejected() -> None:
@@ -669,7 +670,7 @@ def message(
 
 
 def test_text_answer() -> None:
-    out = translate_response(message([text("Hello"), text(" there")]), created=123)
+    out, usage = translate_response(message([text("Hello"), text(" there")]), created=123)
     assert out == {
         "id": "msg_01",
         "object": "chat.completion",
@@ -682,13 +683,9 @@ def test_text_answer() -> None:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": 11,
-            "completion_tokens": 3,
-            "total_tokens": 14,
-            "prompt_tokens_details": {"cached_tokens": 0, "cache_creation_tokens": 0},
-        },
     }
+    assert usage == Usage(input_tokens=11, output_tokens=3)
+    assert usage.total_tokens == 14
 
 
 def test_tool_use_answer() -> None:
@@ -697,7 +694,7 @@ def test_tool_use_answer() -> None:
         {"type": "tool_use", "id": TOOL_ID, "name": "get_weather", "input": {"location": "Paris"}},
         {"type": "tool_use", "id": "toolu_2", "name": "now", "input": {}},
     ]
-    out = translate_response(message(blocks, "tool_use"))
+    out, _ = translate_response(message(blocks, "tool_use"))
     choice = out["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] == TOOL_TEXT
@@ -714,13 +711,14 @@ def test_tool_use_answer() -> None:
 def test_tool_use_only_answer_has_null_content() -> None:
     blocks = [{"type": "tool_use", "id": "t1", "name": "now", "input": {}}]
     assert (
-        translate_response(message(blocks, "tool_use"))["choices"][0]["message"]["content"] is None
+        translate_response(message(blocks, "tool_use"))[0]["choices"][0]["message"]["content"]
+        is None
     )
 
 
 def test_thinking_blocks_are_not_part_of_the_content() -> None:
     blocks = [{"type": "thinking", "thinking": "hmm", "signature": "sig"}, text("42")]
-    assert translate_response(message(blocks))["choices"][0]["message"]["content"] == "42"
+    assert translate_response(message(blocks))[0]["choices"][0]["message"]["content"] == "42"
 
 
 @pytest.mark.parametrize(
@@ -739,7 +737,7 @@ def test_stop_reasons(stop_reason: str | None, expected: str) -> None:
 
 
 def test_usage_with_cache_fields() -> None:
-    usage = openai_usage(
+    usage = anthropic_usage(
         {
             "input_tokens": 50,
             "cache_creation_input_tokens": 1000,
@@ -747,24 +745,22 @@ def test_usage_with_cache_fields() -> None:
             "output_tokens": 70,
         }
     )
-    assert usage == {
-        "prompt_tokens": 4050,
-        "completion_tokens": 70,
-        "total_tokens": 4120,
-        "prompt_tokens_details": {"cached_tokens": 3000, "cache_creation_tokens": 1000},
-    }
-    parsed = from_openai(usage)
-    assert parsed is not None
-    assert (parsed.input_tokens, parsed.output_tokens) == (4050, 70)
-    assert (parsed.cached_input_tokens, parsed.cache_creation_input_tokens) == (3000, 1000)
+    assert usage == Usage(
+        input_tokens=4050,
+        output_tokens=70,
+        cached_input_tokens=3000,
+        cache_creation_input_tokens=1000,
+    )
+    assert usage.total_tokens == 4120
 
 
 def test_usage_tolerates_missing_and_null_fields() -> None:
-    usage = openai_usage(
+    usage = anthropic_usage(
         {"input_tokens": 5, "cache_creation_input_tokens": None, "output_tokens": 2}
     )
-    assert usage["prompt_tokens"] == 5
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "cache_creation_tokens": 0}
+    assert usage is not None
+    assert usage.input_tokens == 5
+    assert (usage.cached_input_tokens, usage.cache_creation_input_tokens) == (0, 0)
 
 
 @pytest.mark.parametrize("answer", [None, [], {"type": "message"}, {"content": "text"}])
@@ -818,10 +814,10 @@ def test_400_carries_the_providers_code_never_its_message() -> None:
 # ============================================================================ streams
 
 
-def run(raw: bytes, pieces: list[bytes] | None = None) -> list[dict[str, Any]]:
+def run(raw: bytes, pieces: list[bytes] | None = None) -> list[StreamEvent]:
     """Translate a whole stream; raise its failure, if any."""
-    translator = StreamTranslator(created=1)
-    out: list[dict[str, Any]] = []
+    translator = AnthropicStreamTranslator(created=1)
+    out: list[StreamEvent] = []
     for piece in pieces if pieces is not None else [raw]:
         out += translator.feed(piece)
     out += translator.close()
@@ -833,22 +829,40 @@ def slices(raw: bytes, size: int = 97) -> list[bytes]:
     return [raw[i : i + size] for i in range(0, len(raw), size)]
 
 
-def content(chunks: list[dict[str, Any]]) -> str:
+def chunks_of(events: Sequence[StreamEvent]) -> list[dict[str, Any]]:
+    """The chunks among the events (the translator emits no chunk with a usage)."""
+    assert not any(isinstance(e, tuple) for e in events)
+    return [e for e in events if isinstance(e, dict)]
+
+
+def usages(events: Sequence[StreamEvent]) -> list[Usage]:
+    return [e for e in events if isinstance(e, Usage)]
+
+
+def final_usage(events: Sequence[StreamEvent]) -> Usage:
+    """The stream's usage: one Usage event, the last."""
+    assert usages(events) == [events[-1]], "one usage, last"
+    assert isinstance(events[-1], Usage)
+    return events[-1]
+
+
+def content(events: Sequence[StreamEvent]) -> str:
+    chunks = chunks_of(events)
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
-def finishes(chunks: list[dict[str, Any]]) -> list[str]:
+def finishes(events: Sequence[StreamEvent]) -> list[str]:
     return [
         c["choices"][0]["finish_reason"]
-        for c in chunks
+        for c in chunks_of(events)
         if c["choices"] and c["choices"][0]["finish_reason"]
     ]
 
 
-def tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def tool_calls(events: Sequence[StreamEvent]) -> dict[int, dict[str, Any]]:
     """Tool-call deltas reassembled the way the OpenAI SDKs do."""
     calls: dict[int, dict[str, Any]] = {}
-    for chunk in chunks:
+    for chunk in chunks_of(events):
         for choice in chunk["choices"]:
             for delta in choice["delta"].get("tool_calls") or ():
                 slot = calls.setdefault(delta["index"], {"id": None, "name": None, "arguments": ""})
@@ -861,7 +875,8 @@ def tool_calls(chunks: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return calls
 
 
-def check_text_fixture(chunks: list[dict[str, Any]]) -> None:
+def check_text_fixture(events: list[StreamEvent]) -> None:
+    chunks = chunks_of(events)
     for chunk in chunks:
         assert chunk["object"] == "chat.completion.chunk"
         assert chunk["id"] == "msg_018E1hg8GoVTGEKQY3ovMcSJ"
@@ -870,17 +885,19 @@ def check_text_fixture(chunks: list[dict[str, Any]]) -> None:
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "2"}
     assert content(chunks) == "2"
     assert finishes(chunks) == ["stop"]
-    assert [c for c in chunks if not c["choices"]] == [chunks[-1]], "one usage chunk, last"
-    assert chunks[-1]["usage"] == {
-        "prompt_tokens": 20,
-        "completion_tokens": 5,  # cumulative: not 1 + 5
-        "total_tokens": 25,
-        "prompt_tokens_details": {"cached_tokens": 0, "cache_creation_tokens": 0},
-    }
-    assert len(chunks) == 3  # role + "2", finish, usage
+    assert all(c["choices"] for c in chunks)
+    assert final_usage(events) == Usage(
+        input_tokens=20,
+        output_tokens=5,  # cumulative: not 1 + 5
+        cached_input_tokens=0,
+        cache_creation_input_tokens=0,
+    )
+    assert final_usage(events).total_tokens == 25
+    assert len(events) == 3  # role + "2", finish, usage
 
 
-def check_tool_fixture(chunks: list[dict[str, Any]]) -> None:
+def check_tool_fixture(events: list[StreamEvent]) -> None:
+    chunks = chunks_of(events)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "I"}
     assert sum(1 for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]) == 1
     assert content(chunks) == TOOL_TEXT
@@ -895,11 +912,11 @@ def check_tool_fixture(chunks: list[dict[str, Any]]) -> None:
         "function": {"name": "get_weather", "arguments": ""},
     }
     assert finishes(chunks) == ["tool_calls"]
-    assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"]["prompt_tokens"] == 377
-    assert chunks[-1]["usage"]["completion_tokens"] == 65
-    assert chunks[-1]["usage"]["total_tokens"] == 442
-    assert sum(1 for c in chunks if "usage" in c) == 1
+    usage = final_usage(events)
+    assert usage.input_tokens == 377
+    assert usage.output_tokens == 65
+    assert usage.total_tokens == 442
+    assert not any("usage" in c for c in chunks)
 
 
 @pytest.mark.parametrize("size", [None, 97, 1])
@@ -925,23 +942,24 @@ def test_tool_use_fixture_split_at_every_byte() -> None:
 
 
 def test_usage_is_emitted_at_message_stop_without_waiting_for_the_end() -> None:
-    translator = StreamTranslator()
+    translator = AnthropicStreamTranslator()
     chunks = translator.feed(TEXT_FIXTURE)
     assert translator.done
-    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert final_usage(chunks).output_tokens == 5
     assert translator.feed(b"event: ping\ndata: {}\n\n") == []
     assert translator.close() == []
 
 
 def test_tool_fixture_needs_close_for_its_unterminated_message_stop() -> None:
     # The recording has no blank line after message_stop: the event only completes at EOF.
-    translator = StreamTranslator()
+    translator = AnthropicStreamTranslator()
     chunks = translator.feed(TOOL_FIXTURE)
     assert not translator.done
-    assert all("usage" not in c for c in chunks)
+    assert not usages(chunks)
+    assert all("usage" not in c for c in chunks_of(chunks))
     final = translator.close()
     assert translator.done
-    assert final[-1]["usage"]["completion_tokens"] == 65
+    assert final_usage(final).output_tokens == 65
 
 
 def test_usage_without_message_stop() -> None:
@@ -955,26 +973,26 @@ def test_cache_usage_in_a_stream() -> None:
         b'"cache_creation_input_tokens":1000,"cache_read_input_tokens":3000,"cache_creation"',
     )
     assert raw != TEXT_FIXTURE
-    usage = run(raw)[-1]["usage"]
+    usage = final_usage(run(raw))
     # message_delta repeats the input side, lower here: the higher count is billed.
-    assert usage["prompt_tokens"] == 4020
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 3000, "cache_creation_tokens": 1000}
-    assert usage["completion_tokens"] == 5
+    assert usage.input_tokens == 4020
+    assert (usage.cached_input_tokens, usage.cache_creation_input_tokens) == (3000, 1000)
+    assert usage.output_tokens == 5
 
     only_start = raw.replace(
         b'"usage":{"input_tokens":20,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":5}',
         b'"usage":{"output_tokens":5}',
     )
     assert only_start != raw
-    usage = run(only_start)[-1]["usage"]
-    assert usage["prompt_tokens"] == 4020
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 3000, "cache_creation_tokens": 1000}
-    assert usage["completion_tokens"] == 5
+    usage = final_usage(run(only_start))
+    assert usage.input_tokens == 4020
+    assert (usage.cached_input_tokens, usage.cache_creation_input_tokens) == (3000, 1000)
+    assert usage.output_tokens == 5
 
 
 def test_a_stream_cut_before_message_delta_fails() -> None:
     cut = TEXT_FIXTURE[: TEXT_FIXTURE.index(b"event: message_delta")]
-    translator = StreamTranslator()
+    translator = AnthropicStreamTranslator()
     chunks = translator.feed(cut)
     assert content(chunks) == "2"
     assert translator.close() == []
@@ -988,7 +1006,7 @@ def test_overloaded_right_after_message_start_fails_before_the_first_chunk() -> 
     """Anthropic's usual overload: 200, message_start, then the error frame. No chunk has
     been produced, so the gateway can still answer with a status (or retry)."""
     cut = TEXT_FIXTURE.index(b"event: content_block_start")
-    translator = StreamTranslator()
+    translator = AnthropicStreamTranslator()
     assert translator.feed(TEXT_FIXTURE[:cut] + OVERLOADED) == []
     with pytest.raises(UpstreamStreamError) as info:
         translator.check()
@@ -1002,7 +1020,7 @@ def test_error_frames_do_not_leak_the_provider_key() -> None:
         b'event: error\ndata: {"type":"error","error":{"type":"authentication_error",'
         b'"message":"invalid x-api-key ' + key[-12:].encode() + b'"}}\n\n'
     )
-    translator = StreamTranslator(secret=key)
+    translator = AnthropicStreamTranslator(secret=key)
     translator.feed(frame)
     with pytest.raises(UpstreamStreamError) as info:
         translator.check()
@@ -1024,14 +1042,15 @@ def test_overloaded_error_frame_mid_stream(
 ) -> None:
     cut = TOOL_FIXTURE.rindex(b"event:", 0, TOOL_FIXTURE.index(before))
     raw = TOOL_FIXTURE[:cut] + OVERLOADED + TOOL_FIXTURE[cut:]
-    translator = StreamTranslator()
+    translator = AnthropicStreamTranslator()
     chunks = translator.feed(raw)
     # The chunks before the error frame are kept; nothing after it is translated.
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks_of(chunks)[0]["choices"][0]["delta"]["role"] == "assistant"
     assert content(chunks) == text_seen
     calls = tool_calls(chunks)
     assert (calls[0]["arguments"] if calls else None) == args_seen
-    assert all("usage" not in c for c in chunks)
+    assert not usages(chunks)
+    assert all("usage" not in c for c in chunks_of(chunks))
     assert not finishes(chunks)
     with pytest.raises(UpstreamStreamError) as info:
         translator.check()
@@ -1143,5 +1162,5 @@ def test_two_tool_blocks_get_tool_indexes_from_zero() -> None:
         1: {"id": "b", "name": "g", "arguments": "{}"},
     }
     assert content(chunks) == "ok"
-    assert chunks[-1]["usage"]["prompt_tokens"] == 9
-    assert chunks[-1]["usage"]["completion_tokens"] == 30
+    assert final_usage(chunks).input_tokens == 9
+    assert final_usage(chunks).output_tokens == 30

@@ -1,4 +1,4 @@
-"""The demo provider's answers (gateway.providers.demo_answers) and their OpenAI shapes
+"""The demo provider's answers (gateway.providers.demo.answers) and their OpenAI shapes
 (gateway.providers.demo): tools, response_format, n, stop, the output ceiling, and
 usage that counts exactly what was streamed."""
 
@@ -13,9 +13,10 @@ import pytest
 from gateway.config import ProviderConfig
 from gateway.config import Timeouts as ConfigTimeouts
 from gateway.errors import ValidationFailed
-from gateway.providers.base import UpstreamRequest
+from gateway.providers.base import StreamEvent, UpstreamRequest
 from gateway.providers.demo import DemoProvider
-from gateway.providers.demo_answers import answer, cut_at_stop, prompt_tokens, tokens
+from gateway.providers.demo.answers import answer, cut_at_stop, prompt_tokens, tokens
+from gateway.usage import Usage
 
 QUESTION = "What is the capital of the UK?"
 REPLY = (
@@ -256,14 +257,18 @@ def _request(payload: dict[str, Any]) -> UpstreamRequest:
     return UpstreamRequest(body=payload, api_key="", timeouts=ConfigTimeouts(), request_id="r1")
 
 
-async def _chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+async def _chunks(payload: dict[str, Any]) -> tuple[list[dict[str, Any]], Usage]:
+    """The stream's chunks, and its usage: one Usage event, the last."""
     stream = await _provider().open_stream(_request(payload))
-    out = []
+    out: list[StreamEvent] = []
     async for batch in stream:
         assert batch
         out.extend(batch)
     await stream.aclose()
-    return out
+    *chunks, usage = out
+    assert isinstance(usage, Usage)
+    assert all(isinstance(c, dict) for c in chunks)
+    return [c for c in chunks if isinstance(c, dict)], usage
 
 
 def _generated(delta: dict[str, Any]) -> bool:
@@ -273,7 +278,7 @@ def _generated(delta: dict[str, Any]) -> bool:
 
 async def test_stream_of_a_tool_call_as_openai_streams_it() -> None:
     payload = body(tools=[WEATHER])
-    chunks = await _chunks(payload)
+    chunks, usage = await _chunks(payload)
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     head = deltas[0]["tool_calls"][0]
     assert deltas[0]["role"] == "assistant"
@@ -284,25 +289,24 @@ async def test_stream_of_a_tool_call_as_openai_streams_it() -> None:
     assert all(set(f) == {"index", "function"} for f in fragments)
     assert all(set(f["function"]) == {"arguments"} for f in fragments)
     arguments = "".join(f["function"]["arguments"] for f in fragments)
-    unary = await _provider().complete(_request(payload))
+    unary, unary_usage = await _provider().complete(_request(payload))
     message = unary["choices"][0]["message"]
     assert message["tool_calls"][0]["function"]["arguments"] == arguments
     assert message["content"] is None
     assert unary["choices"][0]["finish_reason"] == "tool_calls"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
-    usage = chunks[-1]["usage"]
-    assert chunks[-1]["choices"] == []
-    assert usage["completion_tokens"] == sum(_generated(d) for d in deltas)
-    assert usage == unary["usage"]
+    assert all(c["choices"] for c in chunks)  # the usage came as its own event, last
+    assert usage.output_tokens == sum(_generated(d) for d in deltas)
+    assert usage == unary_usage
 
 
 async def test_stream_of_n_choices_with_stop_counts_every_piece() -> None:
     payload = body(n=2, stop=["budgets"], max_completion_tokens=100)
-    chunks = await _chunks(payload)
+    chunks, usage = await _chunks(payload)
     texts: dict[int, str] = {0: "", 1: ""}
     finishes: dict[int, str] = {}
     generated = 0
-    for chunk in chunks[:-1]:
+    for chunk in chunks:
         (choice,) = chunk["choices"]
         texts[choice["index"]] += choice["delta"].get("content") or ""
         generated += _generated(choice["delta"])
@@ -311,13 +315,9 @@ async def test_stream_of_n_choices_with_stop_counts_every_piece() -> None:
     assert finishes == {0: "stop", 1: "stop"}
     assert texts[1].startswith("Hello from the karta demo provider (choice 2 of 2).")
     assert all("budgets" not in t and t.endswith("usage accounting and ") for t in texts.values())
-    unary = await _provider().complete(_request(payload))
+    unary, _ = await _provider().complete(_request(payload))
     assert [c["message"]["content"] for c in unary["choices"]] == [texts[0], texts[1]]
-    assert (
-        chunks[-1]["usage"]["completion_tokens"]
-        == generated
-        == len(tokens(texts[0]) + tokens(texts[1]))
-    )
+    assert usage.output_tokens == generated == len(tokens(texts[0]) + tokens(texts[1]))
 
 
 def test_a_schema_without_a_finite_value_is_refused_naming_it() -> None:

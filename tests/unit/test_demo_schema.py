@@ -1,4 +1,4 @@
-"""gateway.providers.demo_schema: every value it makes validates against its schema
+"""gateway.providers.demo.schema: every value it makes validates against its schema
 (checked by the jsonschema package), pydantic's and the OpenAI SDK's schemas included."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from gateway.providers.demo_schema import TooLarge, schema_instance
+from gateway.providers.demo.schema import TooLarge, schema_instance
 
 # The formats jsonschema checks without optional packages ("time" left out: its fallback
 # checker is draft 3's, which refuses RFC 3339's required offset, "00:00:00Z").

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ValidationFailed
-from gateway.providers.demo_schema import TooLarge, schema_instance
+from gateway.providers.demo.schema import TooLarge, schema_instance
 
 _REPLY = (
     "Hello from the karta demo provider{tag}. This answer is generated offline, word by "

@@ -1,7 +1,7 @@
 """A built-in offline provider: deterministic answers, streamed with small delays.
 
 It lets the quickstart run with no provider key and no network. What it answers is
-decided in gateway.providers.demo_answers (text, JSON for ``response_format``, a tool
+decided in gateway.providers.demo.answers (text, JSON for ``response_format``, a tool
 call for ``tools``, ``n`` choices, ``stop``, the output ceiling); this module gives it
 OpenAI's shapes: a ``chat.completion``, or ``chat.completion.chunk`` deltas the way
 OpenAI streams them. Its usage is honest for its own toy tokenizer.
@@ -16,20 +16,18 @@ from itertools import zip_longest
 from typing import Any
 
 from gateway.config import ProviderConfig
-from gateway.providers.base import ChunkStream, Provider, UpstreamRequest
-from gateway.providers.demo_answers import Choice, answer, prompt_tokens
+from gateway.providers.base import ChunkStream, Completion, Provider, StreamEvent, UpstreamRequest
+from gateway.providers.demo.answers import Choice, answer, prompt_tokens
+from gateway.usage import Usage
 
 MODEL = "demo-1"
 
 
-def _usage(body: dict[str, Any], choices: list[Choice]) -> dict[str, int]:
-    prompt = prompt_tokens(body)
-    completion = sum(c.completion_tokens for c in choices)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def _usage(body: dict[str, Any], choices: list[Choice]) -> Usage:
+    return Usage(
+        input_tokens=prompt_tokens(body),
+        output_tokens=sum(c.completion_tokens for c in choices),
+    )
 
 
 def message(choice: Choice) -> dict[str, Any]:
@@ -68,7 +66,7 @@ class DemoStream(ChunkStream):
         self.choices = choices
         self.delay = delay
 
-    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def batches(self) -> AsyncIterator[list[StreamEvent]]:
         choices = self.choices
         base = {
             "id": "demo",
@@ -90,7 +88,7 @@ class DemoStream(ChunkStream):
             if i and self.delay:
                 await asyncio.sleep(self.delay)
             yield [c for c in batch if c is not None]
-        yield [{**base, "choices": [], "usage": _usage(self.body, choices)}]
+        yield [_usage(self.body, choices)]  # last, as OpenAI sends its usage chunk
 
     async def aclose(self) -> None:
         return None
@@ -101,9 +99,9 @@ class DemoProvider(Provider):
         super().__init__(name)
         self.delay = config.chunk_delay_ms / 1000
 
-    async def complete(self, request: UpstreamRequest) -> dict[str, Any]:
+    async def complete(self, request: UpstreamRequest) -> Completion:
         choices = answer(request.body)
-        return {
+        completion = {
             "id": "demo",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -112,8 +110,8 @@ class DemoProvider(Provider):
                 {"index": c.index, "message": message(c), "finish_reason": c.finish_reason}
                 for c in choices
             ],
-            "usage": _usage(request.body, choices),
         }
+        return completion, _usage(request.body, choices)
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         # Answered here: a request it refuses (ValidationFailed) fails before any byte.

@@ -1,7 +1,12 @@
-"""What the HTTP provider adapters share: one pooled session, the send and its
-mapping of failures before the first byte, reading a unary answer (a body lost or
-unreadable after a 200 is billed, never retried), and reading and closing a stream
-(back to the pool when finished, dropped when not: that stops generation).
+"""The transport every HTTP provider adapter shares: one pooled session, the send and
+its mapping of failures before the first byte (:meth:`HttpProvider.error_for_status`,
+which adapters override), reading a unary answer (a body lost or unreadable after a
+200 is billed, never retried), and reading and closing a stream (back to the pool
+when finished, dropped when not: that stops generation).
+
+An adapter supplies the rest, pure: its URL, headers and payload, the translator of
+its answer and of its stream (gateway.providers.base); :class:`HttpProvider` sends,
+reads and runs them.
 
 Timeouts (the provider's ``timeouts``): ``connect`` bounds the connection (aiohttp's
 ``sock_connect``) and ``total`` the whole call (aiohttp's ``total``). aiohttp's
@@ -25,19 +30,36 @@ the provider key go to the configured URL and nowhere else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.config import ProviderConfig
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from gateway.errors import (
+    ByokKeyRejected,
+    GatewayError,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    ValidationFailed,
+)
 from gateway.idle import IdleWatchdog
-from gateway.providers.base import ChunkStream, Provider, UpstreamStreamError
-
-# (provider name, status, body, headers, provider key) -> the gateway's answer
-ErrorMapper = Callable[[str, int, bytes, Any, str], GatewayError]
+from gateway.providers.base import (
+    AnswerTranslator,
+    ChunkStream,
+    Completion,
+    Provider,
+    StreamEvent,
+    StreamTranslator,
+    UpstreamRequest,
+    UpstreamStreamError,
+)
+from gateway.providers.errortext import error_fields, provider_code, safe_param, with_code
+from gateway.retryafter import retry_after_seconds
 
 # The largest unary answer read: a completion is its output tokens (a few bytes each,
 # at most the clamped ceiling) plus logprobs and tool calls; 32 MiB is far above any
@@ -66,6 +88,35 @@ _ERROR_STATUSES = {
     "invalid_request_error": 400,
     "request_too_large": 413,
 }
+
+
+def status_error(
+    provider: str, status: int, body: bytes, headers: Any, secret: str = ""
+) -> GatewayError:
+    """The gateway's answer to a non-200 upstream status (before any byte reached the
+    client): a fixed sentence per status, with the provider's code and the parameter
+    it names when they pass the filter (gateway.providers.errortext); never its text.
+    OpenAI's error body, which most providers (Anthropic included) share."""
+    error = error_fields(body)
+    code = provider_code(error, secret)
+    if status in (401, 403):
+        return ByokKeyRejected(provider)
+    if status == 429:
+        # Never relayed as sent (it can carry anything): capped seconds, or our own 1.
+        sent = headers.get("Retry-After") if headers is not None else None
+        wait = retry_after_seconds(sent, time.time())
+        limited = UpstreamRateLimited.detail(
+            f"provider {provider} is rate limiting this project",
+            {"Retry-After": str(1 if wait is None else wait)},
+        )
+        limited.upstream_retry_after = wait
+        return limited
+    if status in (400, 422):
+        return ValidationFailed(
+            with_code(f"provider {provider} rejected the request", code),
+            safe_param(error.get("param"), secret),
+        )
+    return UpstreamFailed.detail(with_code(f"provider {provider} failed (HTTP {status})", code))
 
 
 def error_object(answer: Any) -> Any:
@@ -118,6 +169,12 @@ async def read_body(
 
 
 class HttpProvider(Provider):
+    """A provider over HTTP: the adapter gives the translations (the abstract methods)
+    and may override :meth:`error_for_status`; this class sends and reads."""
+
+    # Query parameters sent with every call (None: none).
+    params: dict[str, str] | None = None
+
     def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(name)
         self.config = config
@@ -128,10 +185,67 @@ class HttpProvider(Provider):
             total=timeouts.total, sock_connect=timeouts.connect
         )
 
+    @abstractmethod
+    def url(self, request: UpstreamRequest) -> str:
+        """Where the call goes."""
+
+    @abstractmethod
+    def headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:
+        """The call's headers, the provider key among them."""
+
+    @abstractmethod
+    def payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
+        """The provider's request body (ValidationFailed: one it cannot take)."""
+
+    @abstractmethod
+    def answer_translator(self, request: UpstreamRequest) -> AnswerTranslator:
+        """How this call's unary answer becomes a Completion."""
+
+    @abstractmethod
+    def stream_translator(self, request: UpstreamRequest) -> StreamTranslator:
+        """A fresh translator of this call's stream."""
+
+    def error_for_status(
+        self, status: int, body: bytes, headers: Any, api_key: str
+    ) -> GatewayError:
+        """The gateway's answer to a non-200 status (``body``: at most
+        MAX_ERROR_BODY_BYTES of the error body; ``api_key``: never in the answer)."""
+        return status_error(self.name, status, body, headers, api_key)
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        translate = self.answer_translator(request)
+        response = await self.send(request, False, None)
+        return await self.read_completion(response, request.api_key, translate)
+
+    async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
+        deadline = self.stream_deadline()
+        response = await self.send(request, True, deadline)
+        return HttpChunkStream(
+            self.name,
+            response,
+            self.stream_translator(request),
+            idle=self.config.timeouts.idle,
+            first_byte_deadline=deadline,
+        )
+
     def stream_deadline(self) -> float:
         """The first-byte deadline of a stream sent now (event loop time): its headers
         and its first chunk must both have come by then."""
         return asyncio.get_running_loop().time() + self.config.timeouts.first_byte
+
+    async def send(
+        self, request: UpstreamRequest, stream: bool, deadline: float | None
+    ) -> aiohttp.ClientResponse:
+        """The adapter's request, posted (see :meth:`post`)."""
+        data = orjson.dumps(self.payload(request, stream))
+        return await self.post(
+            self.url(request),
+            data,
+            self.headers(request, stream),
+            deadline=deadline,
+            api_key=request.api_key,
+            params=self.params,
+        )
 
     async def post(
         self,
@@ -141,7 +255,6 @@ class HttpProvider(Provider):
         *,
         deadline: float | None,
         api_key: str,
-        error_for_status: ErrorMapper,
         params: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """POST and wait for a 200; anything else raises the gateway's error.
@@ -191,13 +304,13 @@ class HttpProvider(Provider):
             )
         if response.status != 200:
             body = await self._small_body(response, deadline)
-            raise error_for_status(self.name, response.status, body, response.headers, api_key)
+            raise self.error_for_status(response.status, body, response.headers, api_key)
         if deadline is not None and response.content_type != "text/event-stream":
             # A 200 that is no stream (a JSON error, a proxy's HTML page): the provider
             # generated nothing, and another attempt or route may do better.
             body = await self._small_body(response, deadline)
             what = f"{response.content_type}, not an event stream"
-            raise self.not_an_answer(body, response.headers, api_key, error_for_status, what)
+            raise self.not_an_answer(body, response.headers, api_key, what)
         return response
 
     async def _small_body(self, response: aiohttp.ClientResponse, deadline: float | None) -> bytes:
@@ -211,14 +324,12 @@ class HttpProvider(Provider):
         finally:
             response.release()
 
-    def not_an_answer(
-        self, body: bytes, headers: Any, api_key: str, error_for_status: ErrorMapper, what: str
-    ) -> GatewayError:
+    def not_an_answer(self, body: bytes, headers: Any, api_key: str, what: str) -> GatewayError:
         """The gateway's answer to a 200 that is not the answer asked for (``what`` it
         is instead): an error object the provider sent is mapped as the
         status it goes with would be (a rejected key, a rate limit, a rejected request);
         anything else is a 502 that another attempt may fix. Nothing is billed: nothing
-        was generated. The provider's text is never relayed (``error_for_status``
+        was generated. The provider's text is never relayed (:meth:`error_for_status`
         answers a fixed sentence, with the provider's code when it is safe)."""
         try:
             error = error_object(orjson.loads(body))
@@ -226,16 +337,15 @@ class HttpProvider(Provider):
             error = None
         status = _error_status(error)
         if status is not None:
-            return error_for_status(self.name, status, body, headers, api_key)
+            return self.error_for_status(status, body, headers, api_key)
         return UpstreamFailed.detail(f"provider {self.name} answered 200 with {what}")
 
     async def read_completion(
         self,
         response: aiohttp.ClientResponse,
         api_key: str,
-        error_for_status: ErrorMapper,
-        convert: Callable[[Any], dict[str, Any]],
-    ) -> dict[str, Any]:
+        convert: AnswerTranslator,
+    ) -> Completion:
         """A 200's answer, made an OpenAI completion by ``convert`` (ValueError: not a
         readable answer). After a 200 the provider did the work: an answer that cannot
         be read is billed (``unreadable``); an error object sent with the 200 is mapped
@@ -246,7 +356,7 @@ class HttpProvider(Provider):
         except orjson.JSONDecodeError as exc:
             raise self.unreadable("sent invalid JSON") from exc
         if error_object(answer) is not None:
-            raise self.not_an_answer(body, response.headers, api_key, error_for_status, "an error")
+            raise self.not_an_answer(body, response.headers, api_key, "an error")
         try:
             return convert(answer)
         except ValueError as exc:
@@ -285,7 +395,8 @@ DRAIN_MAX_BYTES = 64 * 1024
 
 
 class HttpChunkStream(ChunkStream):
-    """A stream read from an aiohttp response; ``finished`` once read to its end.
+    """A stream read from an aiohttp response and decoded by the adapter's translator;
+    ``finished`` once read to its end.
 
     ``first_byte_deadline`` is the one its send set (see ChunkStream); ``idle`` bounds
     every wait for more body after the first byte.
@@ -295,16 +406,32 @@ class HttpChunkStream(ChunkStream):
         self,
         provider: str,
         response: aiohttp.ClientResponse,
+        translator: StreamTranslator,
         *,
         idle: float | None = None,
         first_byte_deadline: float | None = None,
     ) -> None:
         self.provider = provider
         self.response = response
+        self.translator = translator
         self.finished = False
         self.idle = idle
         self.first_byte_deadline = first_byte_deadline
         self._watch: IdleWatchdog | None = None
+
+    async def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        translator = self.translator
+        async for piece in self.reads():
+            events = translator.feed(piece) if piece is not None else translator.close()
+            failed = translator.error
+            if failed is not None:
+                failed.pending = events  # relayed before the error event
+                raise failed
+            if events:
+                yield events
+            if translator.done:
+                self.finished = True
+                return
 
     async def reads(self) -> AsyncIterator[bytes | None]:
         """The body as it arrives, then None at its end. Transport failures (a cut, the
