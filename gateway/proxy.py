@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -211,11 +211,17 @@ async def _attempt(
 ) -> web.StreamResponse:
     provider = call.providers[route.provider]
     provider_config = call.provider_config(route.provider)
+    operation: Literal["chat", "embeddings"] = "chat"
+    if surface is None or surface.operation == "chat":
+        body = upstream_body(call, provider_config)
+    else:
+        operation, body = surface.operation, surface.upstream_body(route.model)
     upstream = UpstreamRequest(
-        body=upstream_body(call, provider_config),
+        body=body,
         api_key=_provider_key(route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],
+        operation=operation,
     )
     gateway_id = "chatcmpl_" + request[REQUEST_ID]
     profile = PROFILES[call.project.file.wire_profile]

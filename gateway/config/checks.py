@@ -101,6 +101,7 @@ def check_project(raw: Any, known: Known, path: Path, problems: list[Problem]) -
     if providers is None:
         return
     for alias, spec in items(models):
+        embedding = get(spec, "kind") == "embedding"
         for i, route in enumerate(as_list(get(spec, "routes"))):
             where = f"models.{alias}.routes.{i}"
             provider, model = get(route, "provider"), get(route, "model")
@@ -108,6 +109,10 @@ def check_project(raw: Any, known: Known, path: Path, problems: list[Problem]) -
                 continue
             if provider not in providers:
                 problems.append((file, f"{where}.provider", f"unknown provider {provider!r}"))
+            elif embedding and providers[provider] == "anthropic":
+                problems.append(
+                    (file, f"{where}.provider", "an anthropic provider serves no embeddings")
+                )
             elif (
                 providers[provider] != "demo"
                 and prices is not None

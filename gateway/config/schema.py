@@ -147,6 +147,7 @@ class ProviderConfig(_Strict):
     # chat_path "/openai/deployments/{model}/chat/completions", query {"api-version": ...},
     # auth_header "api-key", auth_scheme "".
     chat_path: str = "/chat/completions"  # "{model}" is replaced by the route's model
+    embeddings_path: str = "/embeddings"  # the same, for embedding aliases
     query: dict[str, str] = Field(default_factory=dict)
     auth_header: str = "Authorization"
     auth_scheme: str = "Bearer"
@@ -311,6 +312,9 @@ class Route(_Strict):
 
 class ModelAlias(_Strict):
     routes: tuple[Route, ...]
+    # What the alias serves: chat (chat completions, Responses, Messages) or embeddings.
+    # Each route family refuses the other kind's aliases (422 naming model).
+    kind: Literal["chat", "embedding"] = "chat"
 
 
 class RateLimitSet(_Strict):

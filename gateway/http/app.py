@@ -33,6 +33,7 @@ from gateway.metrics import Metrics
 from gateway.proxy import chat_completions
 from gateway.serve.resources import redis_client, resources
 from gateway.sessions import mint_token
+from gateway.surfaces.embeddings_route import create_embeddings
 from gateway.surfaces.messages_route import count_tokens, create_message
 from gateway.surfaces.models import get_model, list_models, list_models_anthropic
 from gateway.surfaces.responses_route import create_response, get_response
@@ -80,6 +81,7 @@ def create_app(
     v1.router.add_get(
         "/projects/{project_ref}/v1/models", list_models_anthropic, name="anthropic_models"
     )
+    v1.router.add_post("/projects/{project_ref}/embeddings", create_embeddings)
     v1.router.add_post("/projects/{project_ref}/responses", create_response, name="responses")
     v1.router.add_get(
         "/projects/{project_ref}/responses/{response_id}", get_response, name="response"

@@ -95,6 +95,10 @@ def plan_chat(request: web.Request, body: Any) -> CallContext:
     spec = project.file.models.get(alias)
     if spec is None:
         raise NotFound.detail(f"model {alias!r} is not configured for this project")
+    if spec.kind != "chat":
+        raise ValidationFailed(
+            f"model {alias!r} is an {spec.kind} model: use it with /embeddings", "model"
+        )
     if not spec.routes:
         raise Conflict.detail(f"model {alias!r} has no active route")
     targets = plan_targets(spec.routes, state.rng)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.config import Timeouts
 from gateway.usage import Usage
@@ -50,6 +50,8 @@ class UpstreamRequest:
     timeouts: Timeouts
     request_id: str
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # What is asked: a chat completion, or embeddings (an OpenAI embeddings body).
+    operation: Literal["chat", "embeddings"] = "chat"
 
 
 class UpstreamStreamError(Exception):

@@ -8,7 +8,7 @@ surface's object, a stream's chunks its events. Billing never depends on the sur
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.usage import Usage
 
@@ -33,6 +33,12 @@ class Surface(Protocol):
     """How one request's answer is written (the chat route writes its own)."""
 
     name: str  # the ledger's "surface"
+    # What the upstream is asked: "chat" (the call's chat body, rewritten per route as
+    # for chat completions) or "embeddings" (the body upstream_body() gives).
+    operation: Literal["chat", "embeddings"]
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The upstream body of a non-chat operation, for a route's model."""
 
     def stream(self) -> SurfaceStream: ...
 

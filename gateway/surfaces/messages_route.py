@@ -11,7 +11,7 @@ errors in Anthropic's shape (gateway.http.middleware.errors).
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -37,6 +37,10 @@ class MessagesSurface:
     """Writes one request's answer as an Anthropic Message or its event stream."""
 
     name = "messages"
+    operation: Literal["chat", "embeddings"] = "chat"
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        raise NotImplementedError("a chat surface: the pipeline rewrites the chat body")
 
     def __init__(self, message_id: str, alias: str, input_bound: int) -> None:
         self.message_id = message_id

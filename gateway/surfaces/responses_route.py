@@ -10,7 +10,7 @@ or event stream, and stored (unless ``store: false``) for a later continuation.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -36,6 +36,10 @@ class ResponsesSurface:
     the final response object (what is stored for ``previous_response_id``)."""
 
     name = "responses"
+    operation: Literal["chat", "embeddings"] = "chat"
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        raise NotImplementedError("a chat surface: the pipeline rewrites the chat body")
 
     def __init__(self, request: ResponsesRequest, response_id: str, alias: str) -> None:
         self.request = request

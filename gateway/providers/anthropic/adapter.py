@@ -43,6 +43,8 @@ class AnthropicProvider(HttpProvider):
         return anthropic_request.headers(self.config, request, stream)
 
     def payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
+        if request.operation != "chat":  # config load refuses embedding aliases here
+            raise ValidationFailed("an anthropic provider serves no embeddings", "model")
         return anthropic_request.payload(request, self.config, stream)
 
     def answer_translator(self, request: UpstreamRequest) -> AnswerTranslator:

@@ -18,6 +18,7 @@ from typing import Any
 from gateway.config import ProviderConfig
 from gateway.providers.base import ChunkStream, Completion, Provider, StreamEvent, UpstreamRequest
 from gateway.providers.demo.answers import Choice, answer, prompt_tokens
+from gateway.surfaces.embeddings import demo_answer
 from gateway.usage import Usage
 
 MODEL = "demo-1"
@@ -100,6 +101,10 @@ class DemoProvider(Provider):
         self.delay = config.chunk_delay_ms / 1000
 
     async def complete(self, request: UpstreamRequest) -> Completion:
+        if request.operation == "embeddings":
+            embedded = demo_answer(request.body)
+            usage = embedded.pop("usage")
+            return embedded, Usage(input_tokens=usage["prompt_tokens"])
         choices = answer(request.body)
         completion = {
             "id": "demo",

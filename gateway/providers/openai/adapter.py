@@ -14,7 +14,7 @@ import aiohttp
 import gateway.providers.openai.request as openai_request
 from gateway.config import ProviderConfig
 from gateway.providers.base import AnswerTranslator, StreamTranslator, UpstreamRequest
-from gateway.providers.openai.response import translate_response
+from gateway.providers.openai.response import translate_embeddings, translate_response
 from gateway.providers.openai.stream import OpenAIStreamTranslator
 from gateway.providers.transport import HttpProvider
 
@@ -23,9 +23,12 @@ class OpenAIProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(name, config, session)
         self.url_template = openai_request.url_template(config)
+        self.embeddings_template = openai_request.embeddings_url_template(config)
         self.params = config.query or None
 
     def url(self, request: UpstreamRequest) -> str:
+        if request.operation == "embeddings":
+            return openai_request.url(self.embeddings_template, request)
         return openai_request.url(self.url_template, request)
 
     def headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:
@@ -35,6 +38,8 @@ class OpenAIProvider(HttpProvider):
         return request.body
 
     def answer_translator(self, request: UpstreamRequest) -> AnswerTranslator:
+        if request.operation == "embeddings":
+            return translate_embeddings
         return translate_response
 
     def stream_translator(self, request: UpstreamRequest) -> StreamTranslator:

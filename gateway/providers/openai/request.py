@@ -14,6 +14,11 @@ def url_template(config: ProviderConfig) -> str:
     return config.base_url.rstrip("/") + "/" + config.chat_path.lstrip("/")
 
 
+def embeddings_url_template(config: ProviderConfig) -> str:
+    """``base_url`` + ``embeddings_path`` (may hold ``{model}`` too)."""
+    return config.base_url.rstrip("/") + "/" + config.embeddings_path.lstrip("/")
+
+
 def url(template: str, request: UpstreamRequest) -> str:
     if "{model}" not in template:
         return template
