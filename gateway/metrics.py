@@ -29,8 +29,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
-            "Chat requests answered, by project, model alias and HTTP status.",
-            ["project", "model", "status"],
+            "Requests answered, by project, model alias, HTTP status and API surface "
+            "(chat, responses, messages, embeddings; '-' for the others).",
+            ["project", "model", "status", "surface"],
             registry=r,
         )
         self.request_duration = Histogram(

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.config import Config
 from tests.fakeupstream import FakeUpstream, Reply
-from tests.harness import bearer, chat_body, wait_released, window_ids
+from tests.harness import bearer, chat_body, metric, wait_released, window_ids
 
 Gateway = tuple[TestClient[Any, Any], Config, Any]
 CHAT_ROUTE = {"provider": "upstream", "model": "gpt-4o-mini"}
@@ -99,6 +99,9 @@ async def test_the_sdk_embeds_and_the_project_is_billed_the_reported_tokens(
     state = await lifetime(redis, config)
     assert (state["u0"], state["u1"]) == (7, 0)
     assert state["u3"] == 7 * 20  # 0.02 USD per million tokens: 20 nano-USD a token
+    client, _, _ = gw
+    counted = await metric(client, "gateway_requests_total", project="alpha", surface="embeddings")
+    assert counted == 1
 
 
 async def test_an_answer_without_usage_is_billed_the_input_bound(

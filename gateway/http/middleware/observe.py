@@ -80,7 +80,8 @@ def _record(request: web.Request, status: int, elapsed: float) -> None:
         slug, model = "-", "-"
     else:
         slug, model = project.slug, call.alias if call else "-"
-    metrics.requests.labels(slug, model, str(status)).inc()
+    surface = call.surface if call is not None else "-"
+    metrics.requests.labels(slug, model, str(status), surface).inc()
     metrics.request_duration.labels(slug).observe(elapsed)
     fields: dict[str, object] = {
         "request_id": request[REQUEST_ID],
