@@ -54,6 +54,50 @@ class Reservation:
     counter_keys: tuple[str, ...]
     amounts: Amounts
     rate_limits: tuple[RateLimit, ...] = ()
+    room: Room | None = None  # what was left once this was held (None: not known)
+
+
+@dataclass(frozen=True, slots=True)
+class CapRoom:
+    """One cap's room once a request's worst case is held."""
+
+    left: int
+    limit: int
+    window_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What the reserve script saw left: the token cap and the cost cap with the least
+    room (None: no such cap), and per rate limit the units left and the milliseconds
+    until it is full again."""
+
+    tokens: CapRoom | None
+    cost: CapRoom | None
+    rates: tuple[tuple[int, int], ...]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_room(tightest: Any, rates: Any) -> Room:
+    """The admitted reserve script's room fields (see reserve.lua's Returns)."""
+    caps: list[CapRoom | None] = []
+    for part in (p.strip() for p in _text(tightest).split("|")):
+        if part == "-" or not part:
+            caps.append(None)
+            continue
+        left, limit, window_id = part.split(" ")
+        caps.append(CapRoom(int(left), int(limit), window_id))
+    while len(caps) < 2:
+        caps.append(None)
+    parsed = []
+    for spec in _text(rates).split(";"):
+        if spec:
+            left, reset_ms = spec.split(" ")
+            parsed.append((int(left), int(reset_ms)))
+    return Room(caps[0], caps[1], tuple(parsed))
 
 
 class BudgetStore:
@@ -189,8 +233,9 @@ class BudgetStore:
             raise
         status = int(result[0])
         if status == 1:
-            held = tuple(k.decode() if isinstance(k, bytes) else k for k in result[2:])
-            return Reservation(reservation_id, tag, held, amounts, tuple(rate_limits))
+            held = tuple(_text(k) for k in result[4:])
+            room = parse_room(result[2], result[3])
+            return Reservation(reservation_id, tag, held, amounts, tuple(rate_limits), room)
         if status == 2:
             limit = rate_limits[int(result[1]) - 1]
             raise RateLimitExceeded(limit, int(result[2]), limit.units(amounts))

@@ -30,6 +30,7 @@ from gateway.http.middleware.inflight import inflight_middleware
 from gateway.http.middleware.observe import add_request_id, observe_middleware
 from gateway.http.probes import healthz, readyz
 from gateway.metrics import Metrics
+from gateway.pipeline.headroom import add_budget_headers
 from gateway.proxy import chat_completions
 from gateway.serve.resources import redis_client, resources
 from gateway.sessions import mint_token
@@ -66,6 +67,7 @@ def create_app(
         token = config.secret(gw.metrics.bearer_token_env)
         app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_budget_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/admin/reload", admin_reload)

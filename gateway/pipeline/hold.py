@@ -50,6 +50,7 @@ from gateway.context import (
 )
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import new_id
+from gateway.pipeline.headroom import HEADERS, budget_headers
 from gateway.usage import Usage, cost_nano, worst_cost_nano
 
 log = logging.getLogger("gateway.budget")
@@ -105,6 +106,7 @@ class Hold:
     shielded and tracked, so shutdown waits for it before closing the store."""
 
     def __init__(self, request: web.Request, call: CallContext) -> None:
+        self.request = request
         self.state = request[REQUEST_STATE]
         self.principal = request[PRINCIPAL]
         self.request_id = request[REQUEST_ID]
@@ -116,6 +118,7 @@ class Hold:
         state, call = self.state, self.call
         try:
             await _reserve(state, call, self.principal, self.request_id)
+            self._tell_room()
         except StoreUnavailable as exc:
             state.metrics.store_errors.labels("reserve").inc()
             _release_later(state, exc.maybe_held, self.request_id)
@@ -129,6 +132,17 @@ class Hold:
                 extra={"request_id": self.request_id, "project": call.project.slug},
             )
         return self
+
+    def _tell_room(self) -> None:
+        """What is left once this request is held, as headers on its answer."""
+        held = self.call.reservation
+        if held is None or held.room is None:
+            return
+        rooms = [held.room]
+        org = self.call.org_reservation
+        if org is not None and org.room is not None:
+            rooms.append(org.room)
+        self.request[HEADERS] = budget_headers(rooms, held.rate_limits)
 
     def answered(self, status: int) -> None:
         """The status the client got (the ledger records it)."""

@@ -20,7 +20,10 @@
 --          (0: no events), how long a charged expired hold's tombstone lives, and the
 --          JSON object this hold's expired-hold event starts from (request id, project...)
 -- (Few arguments on purpose: packing each one costs the client more than parsing here.)
--- Returns  {1, expired left, key1, ..., keyN}                     admitted
+-- Returns  {1, expired left, tightest, rate room, key1, ..., keyN}  admitted
+--          (tightest: "room limit window_id" of the token cap and of the cost cap with
+--          the least room left once this request is held, "|"-separated, "-" for none;
+--          rate room: "units_left reset_ms" per rate limit, ";"-separated)
 --          {0, counter index, dim, limit, used, reserved, window id, expired left}  refused
 --          (402; "expired left": expired holds beyond this call's batch, still counted
 --          as reserved in used/reserved: drain them and ask again for an exact body)
@@ -78,6 +81,7 @@ local n = #counters
 local WINDOW_US = 60000000
 local now_us = now * 1000
 local new_tats = {}
+local rate_room = {}
 local i = 0
 for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
   i = i + 1
@@ -92,9 +96,12 @@ for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
     return {2, i, wait_ms}
   end
   new_tats[i] = {key, new_tat}
+  local left = math.floor((WINDOW_US - (new_tat - now_us)) / tonumber(us))
+  rate_room[i] = string.format('%d %d', left, math.ceil((new_tat - now_us) / 1000))
 end
 
 local keys = {}
+local tightest = {}  -- [1] tokens, [2] cost: {room, limit, window id}
 -- Whether a counter may be new, so its expiry must be set: a capped counter's state
 -- says so (no field at all); of the others nothing is read, so they always get it.
 local fresh = {}
@@ -114,9 +121,14 @@ for c = 1, n do
       local limit = tonumber(string.sub(cap, eq + 1))
       local used = tonumber(state[dim + 1] or '0')
       local reserved = tonumber(state[dim + 5] or '0')
-      if used + reserved + amount_n[dim + 1] > limit then
+      local room = limit - used - reserved - amount_n[dim + 1]
+      if room < 0 then
         return {0, c, dim, string.format('%d', limit), string.format('%d', used),
                 string.format('%d', reserved), window_ids[window], expired_left}
+      end
+      local slot = dim == 3 and 2 or 1  -- tokens, or cost
+      if tightest[slot] == nil or room < tightest[slot][1] then
+        tightest[slot] = {room, limit, window_ids[window]}
       end
     end
   end
@@ -138,6 +150,11 @@ end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|') .. '\n' .. event)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 
-local out = {1, expired_left}
-for c = 1, n do out[c + 2] = keys[c] end
+local function tight(t)
+  if t == nil then return '-' end
+  return string.format('%d %d %s', t[1], t[2], t[3])
+end
+local out = {1, expired_left, tight(tightest[1]) .. '|' .. tight(tightest[2]),
+             table.concat(rate_room, ';')}
+for c = 1, n do out[c + 4] = keys[c] end
 return out
