@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import LimitsConfig
+from gateway.config import LimitsConfig, Route
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.errors import (
     Conflict,
@@ -75,6 +75,20 @@ async def read_json(request: web.Request) -> Any:
     return bounded_json(await read_body(request, limits), limits)
 
 
+def plan_alias(request: web.Request, alias: str, kind: str) -> list[Route]:
+    """The targets of a project's alias, in the order to try them: 404 if unknown, 422
+    naming ``model`` if it serves another kind (chat or embedding), 409 if unrouted."""
+    spec = request[PROJECT].file.models.get(alias)
+    if spec is None:
+        raise NotFound.detail(f"model {alias!r} is not configured for this project")
+    if spec.kind != kind:
+        use = "use it with /embeddings" if kind == "chat" else "embeddings need an embedding alias"
+        raise ValidationFailed(f"model {alias!r} is a {spec.kind} model: {use}", "model")
+    if not spec.routes:
+        raise Conflict.detail(f"model {alias!r} has no active route")
+    return plan_targets(spec.routes, request[REQUEST_STATE].rng)
+
+
 async def chat_call(request: web.Request) -> CallContext:
     """Read and validate a chat request, resolve its alias to its targets and bound its
     worst case: the call the hold reserves (also put on the request, for observe)."""
@@ -92,16 +106,7 @@ def plan_chat(request: web.Request, body: Any) -> CallContext:
     config, providers = state.config, state.providers
     chat = validate_chat_request(body)
     alias = chat.model or project.file.default_model
-    spec = project.file.models.get(alias)
-    if spec is None:
-        raise NotFound.detail(f"model {alias!r} is not configured for this project")
-    if spec.kind != "chat":
-        raise ValidationFailed(
-            f"model {alias!r} is an {spec.kind} model: use it with /embeddings", "model"
-        )
-    if not spec.routes:
-        raise Conflict.detail(f"model {alias!r} has no active route")
-    targets = plan_targets(spec.routes, state.rng)
+    targets = plan_alias(request, alias, "chat")
     specs = config.gateway.providers
     # What any target may receive beyond the understood parameters: refused unless some
     # target's operator allowed it, and counted in the bound wherever it may go.

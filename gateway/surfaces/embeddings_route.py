@@ -11,10 +11,8 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
-from gateway.errors import Conflict, NotFound, ValidationFailed
-from gateway.pipeline.request import read_json
+from gateway.pipeline.request import plan_alias, read_json
 from gateway.proxy import run_call
-from gateway.routing import plan_targets
 from gateway.surfaces.embeddings import (
     EmbeddingsRequest,
     client_answer,
@@ -50,16 +48,7 @@ def plan_embeddings(request: web.Request, asked: EmbeddingsRequest) -> CallConte
     project = request[PROJECT]
     config = state.config
     alias = asked.model or project.file.default_model
-    spec = project.file.models.get(alias)
-    if spec is None:
-        raise NotFound.detail(f"model {alias!r} is not configured for this project")
-    if spec.kind != "embedding":
-        raise ValidationFailed(
-            f"model {alias!r} is a chat model: embeddings need an embedding alias", "model"
-        )
-    if not spec.routes:
-        raise Conflict.detail(f"model {alias!r} has no active route")
-    targets = plan_targets(spec.routes, state.rng)
+    targets = plan_alias(request, alias, "embedding")
     call = CallContext(
         project=project,
         # The pipeline reads a call's shape from here: unary, one answer, no output.
