@@ -108,6 +108,7 @@ class CallContext:
     first_token_at: float | None = None
     stream_outcome: str | None = None
     surface: str = "chat"  # the API surface the call came through (the ledger says it)
+    shrunk: bool = False  # the hold lowered output_ceiling to what the caps had room for
     started: float = field(default_factory=time.perf_counter)
 
     def add_billed(self, usage: Usage) -> None:

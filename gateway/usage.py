@@ -145,12 +145,17 @@ def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
     return _ceil_div(numerator, MILLION)
 
 
+def dearest_input_price(price: PriceConfig) -> int:
+    """The most one input token can cost (a cache write costs more than a plain one)."""
+    return max(price.input, price.cache_write or 0, price.cached_input or 0)
+
+
 def worst_cost_nano(input_bound: int, output_ceiling: int, price: PriceConfig | None) -> int:
     """Cost bound of a request: every input token at the dearest input price (a cache
     write costs more than a plain input token), every output token at the output price."""
     if price is None:
         return 0
-    dearest = max(price.input, price.cache_write or 0, price.cached_input or 0)
+    dearest = dearest_input_price(price)
     return _ceil_div(input_bound * dearest + output_ceiling * price.output, MILLION)
 
 

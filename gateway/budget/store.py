@@ -58,6 +58,22 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class Shrink:
+    """Shrink instead of refuse: when the worst case does not fit, hold the output every
+    cap has room for (in whole choices), if that is at least ``min_output`` a choice.
+    The cost of ``output`` tokens is ``ceil((input_cost + output * output_price) / 1e6)``
+    nano-USD, as gateway.usage.worst_cost_nano counts it."""
+
+    min_output: int
+    choices: int
+    input_cost: int  # input bound x dearest input price (nano-USD per million tokens)
+    output_price: int  # nano-USD per million output tokens
+
+    def encode(self) -> str:
+        return f"{self.min_output} {self.choices} {self.input_cost} {self.output_price}"
+
+
+@dataclass(frozen=True, slots=True)
 class CapRoom:
     """One cap's room once a request's worst case is held."""
 
@@ -191,6 +207,7 @@ class BudgetStore:
         kind: str = keys.PROJECT,
         event: dict[str, Any] | None = None,
         ledger_max_events: int = 0,
+        shrink: Shrink | None = None,
     ) -> Reservation:
         """Hold ``amounts`` on every counter and rate limit, or hold nothing and raise
         BudgetExceeded (402) or RateLimitExceeded (429). ``kind`` "org" reserves on an
@@ -213,6 +230,7 @@ class BudgetStore:
             ";".join(f"{c.suffix} {c.window} {c.caps}" for c in counters),
             ";".join(f"{r.suffix} {r.us_per_unit} {r.units(amounts)}" for r in rate_limits),
             self._expiry_arg(ledger_max_events, event),
+            shrink.encode() if shrink is not None else "",
         ]
         script_keys = [
             tag + keys.RESERVATIONS,
@@ -233,8 +251,12 @@ class BudgetStore:
             raise
         status = int(result[0])
         if status == 1:
-            held = tuple(_text(k) for k in result[4:])
+            held = tuple(_text(k) for k in result[5:])
             room = parse_room(result[2], result[3])
+            shrunk = _text(result[4])
+            if shrunk != "-":  # what the script held instead of the worst case
+                i, o, _total, c = (int(v) for v in shrunk.split(","))
+                amounts = Amounts(i, o, c)
             return Reservation(reservation_id, tag, held, amounts, tuple(rate_limits), room)
         if status == 2:
             limit = rate_limits[int(result[1]) - 1]

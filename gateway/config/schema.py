@@ -334,6 +334,10 @@ class Budgets(_Strict):
     per_user: BudgetScope = BudgetScope()
 
 
+class ShrinkToFit(_Strict):
+    min_output_tokens: Annotated[int, Field(ge=1)]
+
+
 class ProjectFile(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     org: str
@@ -342,6 +346,10 @@ class ProjectFile(_Strict):
     default_model: str = "default"
     models: dict[str, ModelAlias]
     max_output_tokens: Annotated[int, Field(ge=1)] = 4096
+    # Opt-in: a request whose worst case does not fit, but whose output could shrink to
+    # at least min_output_tokens (a choice) that fits, is admitted with that smaller
+    # ceiling (in the same atomic reserve) instead of refused with 402.
+    shrink_to_fit: ShrinkToFit | None = None
     budgets: Budgets = Budgets()
     rate_limits: RateLimits = RateLimits()
     # BYOK: provider name -> environment variable holding the project's own key

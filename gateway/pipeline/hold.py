@@ -38,6 +38,7 @@ from gateway.budget import (
     project_counters,
     project_rate_limits,
 )
+from gateway.budget.store import Shrink
 from gateway.config import Route, org_caps
 from gateway.context import (
     CLIENT_REQUEST_ID,
@@ -51,7 +52,7 @@ from gateway.context import (
 from gateway.errors import BudgetExhausted, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import new_id
 from gateway.pipeline.headroom import HEADERS, budget_headers
-from gateway.usage import Usage, cost_nano, worst_cost_nano
+from gateway.usage import Usage, cost_nano, dearest_input_price, worst_cost_nano
 
 log = logging.getLogger("gateway.budget")
 # Pauses between attempts at a settle (or release) the store did not answer: quick at
@@ -142,7 +143,12 @@ class Hold:
         org = self.call.org_reservation
         if org is not None and org.room is not None:
             rooms.append(org.room)
-        self.request[HEADERS] = budget_headers(rooms, held.rate_limits)
+        headers = budget_headers(rooms, held.rate_limits)
+        if self.call.shrunk:
+            # Shrunk to fit: the max tokens the answer was given (a choice).
+            per_choice = self.call.output_ceiling // max(self.call.chat.n, 1)
+            headers["X-Budget-Shrunk-Max-Tokens"] = str(per_choice)
+        self.request[HEADERS] = headers
 
     def answered(self, status: int) -> None:
         """The status the client got (the ledger records it)."""
@@ -214,8 +220,10 @@ async def _reserve(
         if counters:
             event = _hold_event(call, principal, request_id, "org")
             call.org_reservation = await _hold(
-                state, project.org, counters, worst, event, kind="org"
+                state, project.org, counters, worst, event, kind="org", shrink=_shrink(call)
             )
+            _follow_shrink(call, call.org_reservation)
+            worst = worst_amounts(call)
         call.reservation = await _hold(
             state,
             project.id,
@@ -223,7 +231,9 @@ async def _reserve(
             worst,
             _hold_event(call, principal, request_id, "project"),
             rate_limits=project_rate_limits(project, principal.key_id),
+            shrink=_shrink(call),
         )
+        _follow_shrink(call, call.reservation)
     except asyncio.CancelledError:
         if call.org_reservation is not None:  # held already: the project step was cut
             _release_later(state, call.org_reservation, "")
@@ -256,6 +266,28 @@ async def _reserve(
         raise
 
 
+def _shrink(call: CallContext) -> Shrink | None:
+    """The project's shrink-to-fit, for this call's input bound and price (None: off)."""
+    opted = call.project.file.shrink_to_fit
+    if opted is None:
+        return None
+    price = call.price
+    return Shrink(
+        min_output=opted.min_output_tokens,
+        choices=max(call.chat.n, 1),
+        input_cost=call.input_bound * dearest_input_price(price) if price is not None else 0,
+        output_price=price.output if price is not None else 0,
+    )
+
+
+def _follow_shrink(call: CallContext, held: Reservation) -> None:
+    """A hold that shrank the output: the call's ceiling (what goes upstream as the max
+    tokens, what the meter cuts at) is what was held."""
+    if held.amounts.output_tokens < call.output_ceiling:
+        call.output_ceiling = held.amounts.output_tokens
+        call.shrunk = True
+
+
 async def _hold(
     state: GatewayState,
     owner: str,
@@ -265,6 +297,7 @@ async def _hold(
     *,
     kind: str = "prj",
     rate_limits: Sequence[RateLimit] = (),
+    shrink: Shrink | None = None,
 ) -> Reservation:
     """``store.reserve`` under a new id of ours (never the client's X-Request-Id: ids must
     not collide). If the client leaves (the handler is cancelled) while the store is
@@ -282,6 +315,7 @@ async def _hold(
             rate_limits=rate_limits,
             event=event,
             ledger_max_events=state.config.gateway.ledger.max_events,
+            shrink=shrink,
         )
     except asyncio.CancelledError:
         tag = state.store.tag(owner, kind)

@@ -19,8 +19,13 @@
 -- ARGV[8]  "<max ledger events> <tombstone lifetime s> <event>": the bound of the ledger
 --          (0: no events), how long a charged expired hold's tombstone lives, and the
 --          JSON object this hold's expired-hold event starts from (request id, project...)
+-- ARGV[9]  shrink instead of refuse: "min_output choices input_cost_numerator output_price"
+--          (min_output per choice; the cost of the input is input_cost_numerator / 1e6
+--          nano-USD, each output token output_price / 1e6), "" to refuse as usual
 -- (Few arguments on purpose: packing each one costs the client more than parsing here.)
--- Returns  {1, expired left, tightest, rate room, key1, ..., keyN}  admitted
+-- Returns  {1, expired left, tightest, rate room, shrunk, key1, ..., keyN}  admitted
+--          (shrunk: the amounts held, "input,output,total,cost", when the worst case did
+--          not fit and the output was lowered to what every cap has room for; "-" if not)
 --          (tightest: "room limit window_id" of the token cap and of the cost cap with
 --          the least room left once this request is held, "|"-separated, "-" for none;
 --          rate room: "units_left reset_ms" per rate limit, ";"-separated)
@@ -100,8 +105,16 @@ for spec in string.gmatch(ARGV[7] or '', '[^;]+') do
   rate_room[i] = string.format('%d %d', left, math.ceil((new_tat - now_us) / 1000))
 end
 
+local shrink = nil
+if ARGV[9] and ARGV[9] ~= '' then
+  local mo, per, inum, oprice = string.match(ARGV[9], '^(%S+) (%S+) (%S+) (%S+)$')
+  shrink = {tonumber(mo), tonumber(per), tonumber(inum), tonumber(oprice)}
+end
+
 local keys = {}
-local tightest = {}  -- [1] tokens, [2] cost: {room, limit, window id}
+local refusal = nil  -- the first cap without room for the worst case
+local fit = amount_n[2]  -- (shrink) the most output every cap has room for
+local seen = {}  -- every cap checked: {dim, limit, used, reserved, window id}
 -- Whether a counter may be new, so its expiry must be set: a capped counter's state
 -- says so (no field at all); of the others nothing is read, so they always get it.
 local fresh = {}
@@ -121,16 +134,58 @@ for c = 1, n do
       local limit = tonumber(string.sub(cap, eq + 1))
       local used = tonumber(state[dim + 1] or '0')
       local reserved = tonumber(state[dim + 5] or '0')
-      local room = limit - used - reserved - amount_n[dim + 1]
-      if room < 0 then
-        return {0, c, dim, string.format('%d', limit), string.format('%d', used),
-                string.format('%d', reserved), window_ids[window], expired_left}
+      local free = limit - used - reserved
+      if free < amount_n[dim + 1] then
+        if shrink == nil then
+          return {0, c, dim, string.format('%d', limit), string.format('%d', used),
+                  string.format('%d', reserved), window_ids[window], expired_left}
+        end
+        refusal = refusal or {c, dim, limit, used, reserved, window_ids[window]}
       end
-      local slot = dim == 3 and 2 or 1  -- tokens, or cost
-      if tightest[slot] == nil or room < tightest[slot][1] then
-        tightest[slot] = {room, limit, window_ids[window]}
+      if shrink ~= nil then
+        local most  -- the output this cap has room for
+        if dim == 0 then
+          most = free >= amount_n[1] and fit or -1
+        elseif dim == 1 then
+          most = free
+        elseif dim == 2 then
+          most = free - amount_n[1]
+        elseif shrink[4] > 0 then
+          most = math.floor((free * 1000000 - shrink[3]) / shrink[4])
+        else
+          most = free * 1000000 >= shrink[3] and fit or -1
+        end
+        if most < fit then fit = most end
       end
+      seen[#seen + 1] = {dim, limit, used, reserved, window_ids[window]}
     end
+  end
+end
+
+local shrunk = -1
+if refusal ~= nil then
+  -- The worst case does not fit: hold the output every cap has room for, in whole
+  -- choices, if that is at least min_output a choice; else refuse as usual.
+  local per_choice = math.floor(fit / shrink[2])
+  if per_choice < shrink[1] then
+    return {0, refusal[1], refusal[2], string.format('%d', refusal[3]),
+            string.format('%d', refusal[4]), string.format('%d', refusal[5]), refusal[6],
+            expired_left}
+  end
+  shrunk = per_choice * shrink[2]
+  amount_n[2] = shrunk
+  amount_n[3] = amount_n[1] + shrunk
+  amount_n[4] = math.ceil((shrink[3] + shrunk * shrink[4]) / 1000000)
+  for d = 1, 4 do amounts[d] = string.format('%d', amount_n[d]) end
+end
+
+local tightest = {}  -- [1] tokens, [2] cost: {room, limit, window id}
+for _, cap in ipairs(seen) do
+  local dim = cap[1]
+  local room = cap[2] - cap[3] - cap[4] - amount_n[dim + 1]
+  local slot = dim == 3 and 2 or 1
+  if tightest[slot] == nil or room < tightest[slot][1] then
+    tightest[slot] = {room, cap[2], cap[5]}
   end
 end
 
@@ -147,7 +202,7 @@ for _, t in ipairs(new_tats) do
   redis.call('SET', t[1], string.format('%.0f', t[2]), 'PX', math.ceil((t[2] - now_us) / 1000) + 1000)
 end
 
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[5] .. '|' .. table.concat(keys, '|') .. '\n' .. event)
+redis.call('HSET', KEYS[1], ARGV[2], table.concat(amounts, ',') .. '|' .. table.concat(keys, '|') .. '\n' .. event)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 
 local function tight(t)
@@ -155,6 +210,6 @@ local function tight(t)
   return string.format('%d %d %s', t[1], t[2], t[3])
 end
 local out = {1, expired_left, tight(tightest[1]) .. '|' .. tight(tightest[2]),
-             table.concat(rate_room, ';')}
-for c = 1, n do out[c + 4] = keys[c] end
+             table.concat(rate_room, ';'), shrunk >= 0 and table.concat(amounts, ',') or '-'}
+for c = 1, n do out[c + 5] = keys[c] end
 return out
