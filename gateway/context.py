@@ -124,6 +124,7 @@ class CallContext:
             b.reasoning_tokens + usage.reasoning_tokens,
             b.cache_creation_input_tokens + usage.cache_creation_input_tokens,
             b.estimated or usage.estimated,
+            b.cache_creation_1h_input_tokens + usage.cache_creation_1h_input_tokens,
         )
 
     def provider_config(self, name: str) -> ProviderConfig:

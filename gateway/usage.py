@@ -33,6 +33,8 @@ class Usage:
     reasoning_tokens: int = 0  # included in output_tokens
     cache_creation_input_tokens: int = 0  # cache writes, included in input_tokens
     estimated: bool = False
+    # Of the cache writes, those kept an hour (Anthropic's 1-hour TTL, priced apart).
+    cache_creation_1h_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -134,12 +136,15 @@ def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
         return 0
     cached = min(usage.cached_input_tokens, usage.input_tokens)
     written = min(usage.cache_creation_input_tokens, usage.input_tokens - cached)
+    written_1h = min(usage.cache_creation_1h_input_tokens, written)
     cached_price = price.input if price.cached_input is None else price.cached_input
     write_price = price.input if price.cache_write is None else price.cache_write
+    write_1h_price = write_price if price.cache_write_1h is None else price.cache_write_1h
     numerator = (
         (usage.input_tokens - cached - written) * price.input
         + cached * cached_price
-        + written * write_price
+        + (written - written_1h) * write_price
+        + written_1h * write_1h_price
         + usage.output_tokens * price.output
     )
     return _ceil_div(numerator, MILLION)
@@ -147,7 +152,9 @@ def cost_nano(usage: Usage, price: PriceConfig | None) -> int:
 
 def dearest_input_price(price: PriceConfig) -> int:
     """The most one input token can cost (a cache write costs more than a plain one)."""
-    return max(price.input, price.cache_write or 0, price.cached_input or 0)
+    return max(
+        price.input, price.cache_write or 0, price.cache_write_1h or 0, price.cached_input or 0
+    )
 
 
 def worst_cost_nano(input_bound: int, output_ceiling: int, price: PriceConfig | None) -> int:
@@ -226,6 +233,7 @@ def at_least(estimated: Usage, reported: Usage) -> Usage:
         reasoning_tokens=reported.reasoning_tokens,
         cache_creation_input_tokens=reported.cache_creation_input_tokens,
         estimated=True,
+        cache_creation_1h_input_tokens=reported.cache_creation_1h_input_tokens,
     )
 
 

@@ -202,6 +202,8 @@ class PriceConfig(_Strict):
     output: int
     cached_input: int | None = None  # cache reads (default: the input price)
     cache_write: int | None = None  # cache writes, e.g. Anthropic's (default: input price)
+    # Anthropic's 1-hour cache writes (2x the input price; default: cache_write's)
+    cache_write_1h: int | None = None
     # The most input tokens one image can cost on this model (default: the gateway's
     # limits.image_token_bound). Models differ twenty-fold: gpt-4o 1,445 at most,
     # gpt-4o-mini 48,169 (2,833 + 8 tiles x 5,667).
@@ -210,7 +212,9 @@ class PriceConfig(_Strict):
     # bounds what nothing else can (a file part: its pages' text and images).
     context_tokens: Annotated[int, Field(ge=1)] | None = None
 
-    @field_validator("input", "output", "cached_input", "cache_write", mode="before")
+    @field_validator(
+        "input", "output", "cached_input", "cache_write", "cache_write_1h", mode="before"
+    )
     @classmethod
     def _nano(cls, value: Any) -> int | None:
         return None if value is None else usd_to_nano(value)

@@ -474,6 +474,7 @@ def _ledger_event(
         "output_tokens": billed.output_tokens,
         "cached_input_tokens": billed.cached_input_tokens,
         "cache_creation_input_tokens": billed.cache_creation_input_tokens,
+        "cache_creation_1h_input_tokens": billed.cache_creation_1h_input_tokens,
         "reasoning_tokens": billed.reasoning_tokens,
         "cost_nano_usd": actual.cost_nano,
         "estimated": billed.estimated,

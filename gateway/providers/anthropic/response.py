@@ -44,11 +44,18 @@ def anthropic_usage(usage: Mapping[str, Any]) -> Usage | None:
     completion = positive_count(usage.get("output_tokens"))
     if prompt > MAX_REPORTED_TOKENS or completion > MAX_REPORTED_TOKENS:
         return None
+    breakdown = usage.get("cache_creation")
+    written_1h = (
+        positive_count(breakdown.get("ephemeral_1h_input_tokens"))
+        if isinstance(breakdown, Mapping)
+        else 0
+    )
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
         cached_input_tokens=cache_read,
         cache_creation_input_tokens=cache_write,
+        cache_creation_1h_input_tokens=min(written_1h, cache_write),
     )
 
 
