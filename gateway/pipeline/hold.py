@@ -43,6 +43,7 @@ from gateway.config import Route, org_caps
 from gateway.context import (
     CLIENT_REQUEST_ID,
     PRINCIPAL,
+    PROJECT,
     REQUEST_ID,
     REQUEST_STATE,
     CallContext,
@@ -245,22 +246,7 @@ async def _reserve(
         raise BudgetExhausted.refused(r, _fit(r, call)) from None
     except RateLimitExceeded as exc:
         await _undo_org_step(state, call)
-        limit = exc.limit
-        kind = "tokens" if limit.per_token else "requests"
-        state.metrics.rate_limited.labels(project.slug, limit.scope, kind).inc()
-        scope = "per-key " if limit.scope == "key" else ""
-        if exc.retry_after_ms is None:
-            # No Retry-After: waiting can never admit this request, a smaller one can.
-            raise RateLimited.detail(
-                f"this request's worst case ({exc.requested} tokens) exceeds the {scope}"
-                f"tokens per minute limit ({limit.per_minute}) by itself: lower max_tokens "
-                "or shorten the input"
-            ) from None
-        retry_after = str(max(1, -(-exc.retry_after_ms // 1000)))
-        raise RateLimited.detail(
-            f"{scope}{kind} per minute limit ({limit.per_minute}) reached",
-            {"Retry-After": retry_after},
-        ) from None
+        raise _rate_limited(state, project.slug, exc) from None
     except StoreUnavailable:
         await _undo_org_step(state, call)
         raise
@@ -286,6 +272,45 @@ def _follow_shrink(call: CallContext, held: Reservation) -> None:
     if held.amounts.output_tokens < call.output_ceiling:
         call.output_ceiling = held.amounts.output_tokens
         call.shrunk = True
+
+
+def _rate_limited(state: GatewayState, slug: str, exc: RateLimitExceeded) -> RateLimited:
+    """The 429 of a rate limit the request exceeded (counted)."""
+    limit = exc.limit
+    kind = "tokens" if limit.per_token else "requests"
+    state.metrics.rate_limited.labels(slug, limit.scope, kind).inc()
+    scope = "per-key " if limit.scope == "key" else ""
+    if exc.retry_after_ms is None:
+        # No Retry-After: waiting can never admit this request, a smaller one can.
+        return RateLimited.detail(
+            f"this request's worst case ({exc.requested} tokens) exceeds the {scope}"
+            f"tokens per minute limit ({limit.per_minute}) by itself: lower max_tokens "
+            "or shorten the input"
+        )
+    retry_after = str(max(1, -(-exc.retry_after_ms // 1000)))
+    return RateLimited.detail(
+        f"{scope}{kind} per minute limit ({limit.per_minute}) reached",
+        {"Retry-After": retry_after},
+    )
+
+
+async def charge_requests(request: web.Request) -> None:
+    """A request that spends nothing but counts against the project's (and the key's)
+    requests-per-minute limits (count_tokens): 429 past them; nothing is held."""
+    state, project = request[REQUEST_STATE], request[PROJECT]
+    principal = request[PRINCIPAL]
+    limits = [r for r in project_rate_limits(project, principal.key_id) if not r.per_token]
+    if not limits:
+        return
+    none = Amounts(0, 0, 0)
+    try:
+        held = await state.store.reserve(project.id, new_id(), [], none, rate_limits=limits)
+        await state.store.settle(held, none, ledger=None, ledger_max_events=0)
+    except RateLimitExceeded as exc:
+        raise _rate_limited(state, project.slug, exc) from None
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("reserve").inc()
+        raise ServiceUnavailable.detail("budget store unavailable", {"Retry-After": "1"}) from None
 
 
 async def _hold(

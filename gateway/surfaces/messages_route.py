@@ -16,6 +16,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.context import PROJECT
+from gateway.pipeline.hold import charge_requests
 from gateway.pipeline.request import plan_chat, read_json
 from gateway.proxy import run_call
 from gateway.surfaces.messages import (
@@ -90,6 +91,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     """An upper bound of the input tokens (marked as an estimate), never billed."""
     body = await read_json(request)
     asked = parse_count_tokens(body, request.headers)
+    await charge_requests(request)  # rate limited like any request, never billed
     project = request[PROJECT]
     alias = asked.model or project.file.default_model
     limits = project.input_limits.get(alias)
