@@ -129,6 +129,37 @@ class _Counts:
         if isinstance(details, dict):
             # Newer models split the thinking out (within output_tokens): informational.
             self._take(self.counts, "thinking_tokens", details.get("thinking_tokens"))
+        iterations = usage.get("iterations")
+        if isinstance(iterations, list):
+            self._iterations(iterations)
+
+    def _iterations(self, iterations: list[Any]) -> None:
+        """Server-side rounds (compaction, advisor calls) count each apart and the
+        top-level counts leave some out: each count is at least their sum."""
+        sums: dict[str, int] = {}
+        ttl_sums: dict[str, int] = {}
+        for round_ in iterations:
+            if not isinstance(round_, dict):
+                continue
+            for key in (*_INPUT_KEYS, "output_tokens"):
+                self._add(sums, key, round_.get(key))
+            ttl = round_.get("cache_creation")
+            if isinstance(ttl, dict):
+                for key in _TTL_KEYS:
+                    self._add(ttl_sums, key, ttl.get(key))
+        for key, total in sums.items():
+            self._take(self.counts, key, min(total, MAX_REPORTED_TOKENS + 1))
+        for key, total in ttl_sums.items():
+            self._take(self.ttl, key, min(total, MAX_REPORTED_TOKENS + 1))
+
+    def _add(self, into: dict[str, int], key: str, value: Any) -> None:
+        if value is None:
+            return
+        count = _count(value)
+        if count is None:
+            self.bad = True
+        else:
+            into[key] = into.get(key, 0) + count
 
     def _take(self, into: dict[str, int], key: str, value: Any) -> None:
         if value is None:
