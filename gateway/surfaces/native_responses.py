@@ -12,7 +12,8 @@ summarised), ``store``, ``previous_response_id``, ``include`` and every item typ
 upstream sends survive; the response keeps the upstream's id (a stored response is
 the upstream's to continue). Usage: ``input_tokens`` (cached ones included),
 ``input_tokens_details.cached_tokens``, ``output_tokens`` (reasoning included),
-``output_tokens_details.reasoning_tokens``.
+``output_tokens_details.reasoning_tokens``, and ``input_tokens_details.cache_write_tokens``
+(explicit prompt caching's writes, within input_tokens).
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ def response_usage(usage: Any) -> Usage | None:
         prompt_details = {}
     if not isinstance(completion_details, dict):
         completion_details = {}
+    cached = min(_count(prompt_details.get("cached_tokens")) or 0, prompt)
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
-        cached_input_tokens=min(_count(prompt_details.get("cached_tokens")) or 0, prompt),
+        cached_input_tokens=cached,
         reasoning_tokens=min(_count(completion_details.get("reasoning_tokens")) or 0, completion),
+        # Explicit prompt caching reports its writes here (priced as cache writes).
+        cache_creation_input_tokens=min(
+            _count(prompt_details.get("cache_write_tokens")) or 0, prompt - cached
+        ),
     )
 
 
