@@ -78,6 +78,7 @@ async def _caller(request: web.Request, org: str) -> Caller:
     if "admin" not in principal.scopes:
         state.metrics.auth_failures.labels("insufficient_scope").inc()
         raise Forbidden.detail("managing API keys needs a key with the 'admin' scope")
+    request.app[CONTROL].last_used.touch(str(principal.key_id))
     return Caller(Actor(f"key:{principal.key_id}"), operator=False)
 
 
