@@ -17,7 +17,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.config import load_config
-from gateway.credentials import generate_key
 from gateway.http.app import create_app
 from tests.fakeupstream import FakeUpstream
 from tests.harness import (
@@ -30,32 +29,12 @@ from tests.harness import (
     metric,
     write_config,
 )
-from tests.process import edit_gateway_yaml
+from tests.keyadmin import Admins, add_admin_keys
 
 Client = TestClient[Any, Any]
 KEYS = "/v1/orgs/acme/api-keys"
 MODELS = "/v1/projects/alpha/models"
 CHAT = "/v1/projects/alpha/chat/completions"
-
-
-@dataclass
-class Admins:
-    acme: str  # org acme, scopes admin (a key of the config files)
-    globex: str  # org globex, scopes admin
-
-
-def add_admin_keys(creds: Credentials) -> Admins:
-    """An ``admin`` key per org, added to gateway.yaml (before the gateway loads it)."""
-    acme, globex = generate_key(), generate_key()
-
-    def change(data: dict[str, Any]) -> None:
-        for org, key, key_id in (("acme", acme, "key_admin"), ("globex", globex, "key_gx_admin")):
-            data["orgs"][org]["api_keys"].append(
-                {"id": key_id, "prefix": key.prefix, "sha256": key.sha256, "scopes": ["admin"]}
-            )
-
-    edit_gateway_yaml(creds, change)
-    return Admins(acme.secret, globex.secret)
 
 
 @dataclass
