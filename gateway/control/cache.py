@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from gateway.control.records import ApiKey
 from gateway.control.store import KeyStore, KeyStoreUnavailable
 
@@ -109,7 +107,7 @@ class ApiKeyCache:
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
                         self.invalidate(data.decode() if isinstance(data, bytes) else str(data))
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # any failure: reconnect, never stop listening
                 self.listening = False
                 self.clear()
                 if failures == 0:
@@ -121,7 +119,7 @@ class ApiKeyCache:
                 failures += 1
             finally:
                 self.listening = False
-                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
 
