@@ -1,5 +1,6 @@
 """The ``gateway`` command: its arguments, and the commands (serve, check-config, keys
-new, token mint, usage). Serving itself is gateway.serve's."""
+new|list|revoke|rotate, token mint, usage). Serving itself is gateway.serve's; the
+API-managed keys are gateway.control's."""
 
 from __future__ import annotations
 
@@ -91,6 +92,43 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
         print(yaml.safe_dump([entry], sort_keys=False), file=sys.stderr)
     print("# the key (shown once, store it now):", file=sys.stderr)
     print(key.secret)
+    return 0
+
+
+def _keys_command(args: argparse.Namespace) -> int:
+    """``keys list|revoke|rotate``: the API-managed keys in the gateway's Redis."""
+    from gateway.control import cli as keys_cli
+
+    config = _load(args.config)
+    if args.org not in config.gateway.orgs:
+        print(f"unknown org {args.org!r}", file=sys.stderr)
+        return 2
+    try:
+        if args.keys_command == "list":
+            listed = keys_cli.list_keys(config, args.org)
+            print(keys_cli.dumps(listed) if args.json else keys_cli.table(listed, args.org))
+        elif args.keys_command == "revoke":
+            key = keys_cli.revoke(config, args.org, args.key_id)
+            if args.json:
+                print(keys_cli.dumps(key))
+            else:
+                print(f"revoked {key['id']} ({key['prefix']}): every gateway stops it within 1 s")
+        else:
+            key = keys_cli.rotate(config, args.org, args.key_id, args.grace)
+            previous = key["previous"]
+            if args.json:
+                print(keys_cli.dumps(key))
+            else:
+                print(
+                    f"# rotated {previous['id']} into {key['id']} ({key['prefix']}); "
+                    f"{previous['id']} keeps working until {keys_cli.when(previous['expires_at'])}",
+                    file=sys.stderr,
+                )
+                print("# the new key (shown once, store it now):", file=sys.stderr)
+                print(key["key"])
+    except keys_cli.KeysFailed as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
     return 0
 
 
@@ -241,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
 
-    keys = sub.add_parser("keys", help="API keys (keys new)").add_subparsers(
+    keys = sub.add_parser("keys", help="API keys (new, list, revoke, rotate)").add_subparsers(
         dest="keys_command", required=True, metavar="COMMAND"
     )
     new = keys.add_parser(
@@ -258,6 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", action="store_true", help="write the entry to <config>/keys/<id>.yaml"
     )
     new.set_defaults(func=cmd_keys_new)
+    listed = keys.add_parser(
+        "list",
+        parents=[common],
+        help="an org's API keys: the config files' (read-only) and the API-managed ones",
+    )
+    revoke = keys.add_parser(
+        "revoke", parents=[common], help="revoke an API-managed key (every gateway, within 1 s)"
+    )
+    rotate = keys.add_parser(
+        "rotate",
+        parents=[common],
+        help="replace an API-managed key; the old one works for a grace period (shown once)",
+    )
+    for command in (listed, revoke, rotate):
+        command.add_argument("--org", required=True, help="the org the keys belong to")
+        command.add_argument("--json", action="store_true", help="print JSON")
+        command.set_defaults(func=_keys_command)
+    for command in (revoke, rotate):
+        command.add_argument("key_id", metavar="KEY_ID", help="the key's id (ak_...)")
+    rotate.add_argument(
+        "--grace",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="how long the old key keeps working, 0 to 604800 (default: 3600)",
+    )
 
     usage = sub.add_parser(
         "usage",

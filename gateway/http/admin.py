@@ -11,8 +11,9 @@ from aiohttp import web
 
 from gateway.config import ConfigError
 from gateway.context import STATE
+from gateway.control.runtime import CONTROL, ControlPlane
 from gateway.errors import Forbidden, Unauthorized, json_error
-from gateway.http.middleware.auth import authenticate
+from gateway.http.middleware.auth import resolve
 from gateway.serve.lifecycle import load_reloadable, reload_everywhere
 
 log = logging.getLogger("gateway.admin")
@@ -24,7 +25,11 @@ log = logging.getLogger("gateway.admin")
 OPERATOR_TOKEN_ENV = "KARTA_OPERATOR_TOKEN"
 
 
-def _check_operator(request: web.Request) -> None:
+def _control(request: web.Request) -> ControlPlane | None:
+    return request.app.get(CONTROL)
+
+
+async def _check_operator(request: web.Request) -> None:
     """Let the operator through; anyone else gets 401 (no valid credential) or 403 (an
     org's credential, or the endpoint disabled because no operator token is set)."""
     state = request.app[STATE]
@@ -39,7 +44,8 @@ def _check_operator(request: web.Request) -> None:
     if hmac.compare_digest(sent, f"Bearer {token}".encode()):  # constant time
         return
     try:
-        authenticate(header or None, state.config)
+        # Any valid credential but the operator's is a 403, an API-managed key's too.
+        await resolve(header or None, state.config, _control(request))
     except Unauthorized as exc:
         state.metrics.auth_failures.labels(exc.reason).inc()  # counted as on every route
         raise
@@ -53,7 +59,7 @@ def _check_operator(request: web.Request) -> None:
 async def admin_reload(request: web.Request) -> web.Response:
     """``POST /admin/reload`` (the operator token): re-read the config. Only the
     operator sees what is wrong with a rejected config (every org's files)."""
-    _check_operator(request)
+    await _check_operator(request)
     state = request.app[STATE]
     try:
         new = load_reloadable(state.config)

@@ -3,6 +3,7 @@
     root:  errors -> observe -> /healthz /readyz /admin/reload
     /v1:   auth -> in-flight caps -> chat_completions (the pipeline: gateway.pipeline)
                                      session-tokens, usage
+    /v1/orgs:  control auth -> api-keys (gateway.control)
 
 ``/metrics`` is not here: it has its own listener (gateway.http.metrics_listener).
 
@@ -17,6 +18,8 @@ from aiohttp import web
 from gateway.budget import BudgetStore
 from gateway.config import Config
 from gateway.context import STATE, GatewayState
+from gateway.control.routes import control_app
+from gateway.control.runtime import CONTROL, control_plane, control_runtime
 from gateway.http.admin import admin_reload
 from gateway.http.metrics_listener import metrics_listener
 from gateway.http.middleware.auth import auth_middleware
@@ -63,6 +66,8 @@ def create_app(
     app[STATE] = state
 
     app.cleanup_ctx.append(resources(state, redis))
+    control = control_plane(redis, gw.redis.key_prefix, lambda: state.store.timeout_s)
+    app.cleanup_ctx.append(control_runtime(control))  # after resources: ends before them
     if metrics_address is not None:
         token = config.secret(gw.metrics.bearer_token_env)
         app.cleanup_ctx.append(metrics_listener(metrics_address, token))  # after the store
@@ -73,6 +78,8 @@ def create_app(
     app.router.add_post("/admin/reload", admin_reload)
 
     v1 = web.Application(middlewares=[auth_middleware, inflight_middleware])
+    v1[CONTROL] = control
+    app[CONTROL] = control  # /admin/reload resolves API-managed keys too
     v1.router.add_post(
         "/projects/{project_ref}/chat/completions", chat_completions, name="chat_completions"
     )
@@ -96,6 +103,7 @@ def create_app(
         count_tokens,
         name="anthropic_count_tokens",
     )
+    app.add_subapp("/v1/orgs/", control_app(control))  # matched first: the longer prefix
     app.add_subapp("/v1/", v1)
     app[ENDPOINTS] = endpoint_list(app)
     app[MAX_BODY_BYTES] = gw.limits.max_body_bytes
