@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import math
 import time
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -38,6 +39,7 @@ from gateway.providers.base import (
     Chunk,
     ChunkStream,
     Provider,
+    Relayed,
     StreamEvent,
     UpstreamRequest,
     UpstreamStreamError,
@@ -211,24 +213,34 @@ async def _attempt(
 ) -> web.StreamResponse:
     provider = call.providers[route.provider]
     provider_config = call.provider_config(route.provider)
-    operation: Literal["chat", "embeddings"] = "chat"
-    if surface is None or surface.operation == "chat":
-        body = upstream_body(call, provider_config)
-    else:
-        operation, body = surface.operation, surface.upstream_body(route.model)
+    per_choice = call.output_ceiling // max(call.chat.n, 1)
+    native = (
+        surface.native(provider_config, route.model, per_choice) if surface is not None else None
+    )
     upstream = UpstreamRequest(
-        body=body,
+        body={},
         api_key=_provider_key(route, call),
         timeouts=provider_config.timeouts,
         request_id=request[REQUEST_ID],
-        operation=operation,
     )
+    if native is not None:  # same format: passed through, the surface reads the answer
+        upstream.body, upstream.operation = native.body, native.operation
+        upstream.extra_headers = native.headers
+        upstream.native_stream, upstream.native_answer = native.stream, native.answer
+    elif surface is None or surface.operation == "chat":
+        upstream.body = upstream_body(call, provider_config)
+    else:
+        upstream.body, upstream.operation = surface.upstream_body(route.model), surface.operation
     gateway_id = "chatcmpl_" + request[REQUEST_ID]
     profile = PROFILES[call.project.file.wire_profile]
     if not call.chat.stream:
-        return await _unary(state, call, provider, upstream, gateway_id, profile, surface)
-    stream = surface.stream() if surface is not None else None
-    return await _stream(request, state, call, provider, upstream, gateway_id, profile, stream)
+        writer = None if native is not None else surface
+        return await _unary(state, call, provider, upstream, gateway_id, profile, writer)
+    stream = surface.stream() if surface is not None and native is None else None
+    return await _stream(
+        request, state, call, provider, upstream, gateway_id, profile, stream,
+        native.error if native is not None else None,
+    )  # fmt: skip
 
 
 async def _unary(
@@ -284,7 +296,9 @@ async def _unary(
         state.metrics.estimated_usage.labels(call.project.slug, "no_usage").inc()
     usage = unary_billed(usage, call.input_bound, call.output_ceiling)
     call.add_billed(usage)
-    if surface is not None:
+    if upstream.native_answer is not None:
+        body = completion  # same format: the surface's answer translator made it the client's
+    elif surface is not None:
         body = surface.unary(completion, usage)
     else:
         body = profile.unary(completion, gateway_id, call.alias, usage)
@@ -300,6 +314,7 @@ async def _stream(
     gateway_id: str,
     profile: WireProfile,
     encoder: SurfaceStream | None,
+    native_error: Callable[[str, str], bytes] | None = None,
 ) -> web.StreamResponse:
     name = provider.name
     started = time.perf_counter()
@@ -316,7 +331,7 @@ async def _stream(
         call.upstream_seconds += time.perf_counter() - started
         state.metrics.upstream_errors.labels(name, f"http_{exc.status}").inc()
         raise
-    relay = _Relay(call, gateway_id, profile, encoder)
+    relay = _Relay(call, gateway_id, profile, encoder, native_error)
     batches = stream.batches()
     response: web.StreamResponse | None = None
     metrics = state.metrics
@@ -437,8 +452,11 @@ class _Relay:
         gateway_id: str,
         profile: WireProfile,
         encoder: SurfaceStream | None = None,
+        native_error: Callable[[str, str], bytes] | None = None,
     ) -> None:
         self.call = call
+        # A same-format stream (its bytes relayed as they are): how it says a failure.
+        self.native_error = native_error
         # A surface's events instead of chat chunks (None: chat, in the wire profile);
         # its opening events go out with the first write.
         self.encoder = encoder
@@ -508,12 +526,29 @@ class _Relay:
                 frame = self._frame(event, None)
             elif isinstance(event, tuple):
                 frame = self._frame(*event)  # a chunk and the usage it came with
+            elif isinstance(event, Relayed):
+                frame = self._relayed(event)
             else:
                 meter.report(event)  # a usage on its own: kept, re-emitted at the end
                 continue
             if frame is not None:
                 frames.append(frame)
         return b"".join(frames)
+
+    def _relayed(self, event: Relayed) -> bytes | None:
+        """A same-format stream's bytes: relayed as they are, once the meter counted them."""
+        meter = self.meter
+        for _ in range(event.deltas):
+            meter.produced()
+        if event.deltas and self.call.first_token_at is None:
+            self.call.first_token_at = time.perf_counter()
+        if event.finished:
+            meter.finish(0)
+        if event.usage is not None and (event.usage_final or not event.finished):
+            meter.report(event.usage)  # a running count stays a floor until the final one
+        if meter.over_ceiling:
+            return None
+        return event.data or None
 
     def _frame(self, chunk: Chunk, usage: Usage | None) -> bytes | None:
         meter = self.meter
@@ -542,11 +577,15 @@ class _Relay:
 
     def error_event(self, code: str, provider: str, message: str) -> bytes:
         """A failure after the first byte, as the client's format says it."""
+        if self.native_error is not None:
+            return self.native_error(code, message)
         if self.encoder is not None:
             return self.encoder.fail(code, message)
         return self.profile.error_event(code, provider, message)
 
     def trailer(self) -> bytes:
+        if self.native_error is not None:
+            return b""  # a same-format stream's end events were relayed as they came
         if self.encoder is not None:
             return self.encoder.finish(self.meter.usage())
         out = b""

@@ -148,6 +148,10 @@ class ProviderConfig(_Strict):
     # auth_header "api-key", auth_scheme "".
     chat_path: str = "/chat/completions"  # "{model}" is replaced by the route's model
     embeddings_path: str = "/embeddings"  # the same, for embedding aliases
+    # Where a Responses call goes natively (kind openai; OpenAI's own: "/responses");
+    # null (the default: most compatible servers have no Responses API): translated to
+    # chat completions.
+    responses_path: str | None = None
     query: dict[str, str] = Field(default_factory=dict)
     auth_header: str = "Authorization"
     auth_scheme: str = "Bearer"

@@ -24,14 +24,29 @@ from gateway.usage import Usage
 Chunk = dict[str, Any]
 """A ``chat.completion.chunk`` (the relay re-stamps its id, object, model, created)."""
 
-StreamEvent = Chunk | Usage | tuple[Chunk, Usage]
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A native (same-format) stream's bytes for the client, as they are, and what the
+    meter learns from them: output deltas seen, whether the answer finished, the usage
+    so far (``usage_final``: the finish's counts, else a running floor)."""
+
+    data: bytes
+    deltas: int = 0
+    finished: bool = False
+    usage: Usage | None = None
+    usage_final: bool = False
+
+
+StreamEvent = Chunk | Usage | tuple[Chunk, Usage] | Relayed
 """One item of a stream, in the provider's order:
 
 - a chunk to relay, without any usage member;
 - a Usage the provider reported on its own (OpenAI's ``choices: []`` chunk, Anthropic's
   final counts): nothing to relay;
 - a chunk and the usage that came on it (vLLM's running count, Groq's ``x_groq``):
-  counted after the chunk's finish_reason and before the chunk is relayed.
+  counted after the chunk's finish_reason and before the chunk is relayed;
+- a :class:`Relayed`: bytes of a same-format stream, relayed as they are.
 """
 
 Completion = tuple[dict[str, Any], Usage | None]
@@ -50,8 +65,13 @@ class UpstreamRequest:
     timeouts: Timeouts
     request_id: str
     extra_headers: dict[str, str] = field(default_factory=dict)
-    # What is asked: a chat completion, or embeddings (an OpenAI embeddings body).
-    operation: Literal["chat", "embeddings"] = "chat"
+    # What is asked: a chat completion, embeddings (an OpenAI embeddings body), or a
+    # same-format call passed through natively ("messages" to Anthropic, "responses" to
+    # OpenAI), whose stream and answer the surface translates (native_stream, its
+    # argument the provider key: no error code relayed may resemble it; native_answer).
+    operation: Literal["chat", "embeddings", "messages", "responses"] = "chat"
+    native_stream: Callable[[str], StreamTranslator] | None = None
+    native_answer: AnswerTranslator | None = None
 
 
 class UpstreamStreamError(Exception):

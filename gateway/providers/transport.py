@@ -213,17 +213,18 @@ class HttpProvider(Provider):
         return status_error(self.name, status, body, headers, api_key)
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        translate = self.answer_translator(request)
+        translate = request.native_answer or self.answer_translator(request)
         response = await self.send(request, False, None)
         return await self.read_completion(response, request.api_key, translate)
 
     async def open_stream(self, request: UpstreamRequest) -> ChunkStream:
         deadline = self.stream_deadline()
         response = await self.send(request, True, deadline)
+        native = request.native_stream
         return HttpChunkStream(
             self.name,
             response,
-            self.stream_translator(request),
+            native(request.api_key) if native is not None else self.stream_translator(request),
             idle=self.config.timeouts.idle,
             first_byte_deadline=deadline,
         )

@@ -8,8 +8,12 @@ surface's object, a stream's chunks its events. Billing never depends on the sur
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from gateway.config import ProviderConfig
+from gateway.providers.base import AnswerTranslator, StreamTranslator
 from gateway.usage import Usage
 
 
@@ -29,6 +33,20 @@ class SurfaceStream(Protocol):
         """The end of a stream that failed after its first byte."""
 
 
+@dataclass(frozen=True, slots=True)
+class NativeCall:
+    """A same-format call (Messages to an Anthropic route, Responses to an OpenAI one):
+    the body as the client sent it but for the model and the clamped ceiling, and how
+    its stream, its answer and a failure after the first byte reach the client."""
+
+    operation: Literal["messages", "responses"]
+    body: dict[str, Any]
+    stream: Callable[[str], StreamTranslator]  # its argument: the provider key
+    answer: AnswerTranslator  # the upstream answer -> the client's object and its usage
+    error: Callable[[str, str], bytes]  # (code, message) -> the error event
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class Surface(Protocol):
     """How one request's answer is written (the chat route writes its own)."""
 
@@ -39,6 +57,11 @@ class Surface(Protocol):
 
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
         """The upstream body of a non-chat operation, for a route's model."""
+
+    def native(
+        self, provider: ProviderConfig, upstream_model: str, ceiling: int
+    ) -> NativeCall | None:
+        """The call passed through natively to this provider (None: translated)."""
 
     def stream(self) -> SurfaceStream: ...
 

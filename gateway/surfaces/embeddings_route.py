@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from gateway.config import ProviderConfig
 from gateway.context import CALL, PROJECT, REQUEST_STATE, CallContext
 from gateway.pipeline.request import plan_alias, read_json
 from gateway.proxy import run_call
@@ -33,6 +34,9 @@ class EmbeddingsSurface:
 
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
         return upstream_body(self.request, upstream_model)
+
+    def native(self, provider: ProviderConfig, upstream_model: str, ceiling: int) -> None:
+        return None  # embeddings are one format: their body is already the upstream's
 
     def stream(self) -> Any:
         raise NotImplementedError("embeddings are never streamed")

@@ -15,10 +15,13 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from gateway.config import ProviderConfig
 from gateway.context import PROJECT
+from gateway.errors import ValidationFailed
 from gateway.pipeline.hold import charge_requests
 from gateway.pipeline.request import plan_chat, read_json
 from gateway.proxy import run_call
+from gateway.surfaces.base import NativeCall
 from gateway.surfaces.messages import (
     MessagesRequest,
     MessagesStream,
@@ -27,6 +30,13 @@ from gateway.surfaces.messages import (
     parse_request,
     unary_message,
 )
+from gateway.surfaces.native_messages import (
+    NativeMessagesStream,
+    message_usage,
+    native_unary,
+    rewrite_request,
+)
+from gateway.surfaces.native_relay import RelayTranslator
 from gateway.usage import Usage
 
 
@@ -43,10 +53,43 @@ class MessagesSurface:
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
         raise NotImplementedError("a chat surface: the pipeline rewrites the chat body")
 
-    def __init__(self, message_id: str, alias: str, input_bound: int) -> None:
+    def __init__(
+        self, message_id: str, alias: str, input_bound: int, asked: MessagesRequest
+    ) -> None:
         self.message_id = message_id
         self.alias = alias
         self.input_bound = input_bound
+        self.asked = asked
+
+    def native(
+        self, provider: ProviderConfig, upstream_model: str, ceiling: int
+    ) -> NativeCall | None:
+        """To an Anthropic route the Messages body goes as sent (the model and the
+        clamped max_tokens rewritten: cache marks, signed thinking, top_k, betas kept)."""
+        if provider.kind != "anthropic":
+            return None
+        message_id, alias = self.message_id, self.alias
+        headers = {}
+        if self.asked.anthropic_version:
+            headers["anthropic-version"] = self.asked.anthropic_version
+        if self.asked.anthropic_beta:
+            headers["anthropic-beta"] = ",".join(self.asked.anthropic_beta)
+
+        def answer(message: Any) -> tuple[dict[str, Any], Usage | None]:
+            out, usage = native_unary(message, message_id, alias)
+            found = message_usage(message.get("usage")) if isinstance(message, dict) else None
+            if usage is not None and found is not None and found[1]:
+                usage.cache_creation_1h_input_tokens = found[1]
+            return out, usage
+
+        return NativeCall(
+            operation="messages",
+            body=rewrite_request(self.asked.body, upstream_model, ceiling),
+            stream=lambda secret: RelayTranslator(NativeMessagesStream(message_id, alias, secret)),
+            answer=answer,
+            error=lambda code, message: MessagesStream(message_id, alias).fail(code, message),
+            headers=headers,
+        )
 
     def stream(self) -> _Stream:
         return _Stream(MessagesStream(self.message_id, self.alias), self.input_bound)
@@ -78,11 +121,23 @@ class _Stream:
 async def create_message(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     asked: MessagesRequest = parse_request(body, request.headers)
-    # Every route is a chat route for now (no native Anthropic passthrough): what only
-    # a native route could honour is refused, naming it.
-    asked.refuse_for_chat()
     call = plan_chat(request, asked.chat_body)
-    surface = MessagesSurface(new_message_id(), call.alias, call.input_bound)
+    providers = call.config.gateway.providers
+    if all(providers[t.provider].kind == "anthropic" for t in call.targets):
+        # Passed through natively: what the chat body dropped (thinking blocks of the
+        # history) goes upstream too, so the input bound counts it.
+        call.input_bound += asked.dropped_input_bytes
+    else:
+        # Some target is translated to chat completions: what only an Anthropic route
+        # could honour is refused, naming it (betas among them).
+        asked.refuse_for_chat()
+        if asked.anthropic_beta:
+            raise ValidationFailed(
+                f"anthropic-beta {', '.join(asked.anthropic_beta)} cannot be honoured: "
+                f"model {call.alias!r} may be served by a provider other than Anthropic",
+                "anthropic-beta",
+            )
+    surface = MessagesSurface(new_message_id(), call.alias, call.input_bound, asked)
     call.surface = surface.name
     return await run_call(request, call, surface)
 

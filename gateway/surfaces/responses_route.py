@@ -14,11 +14,17 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from gateway.config import ProviderConfig
 from gateway.context import PRINCIPAL, PROJECT, REQUEST_STATE
-from gateway.errors import NotFound
+from gateway.errors import NotFound, ValidationFailed
 from gateway.pipeline.request import plan_chat, read_json
 from gateway.proxy import run_call
+from gateway.surfaces.base import NativeCall
 from gateway.surfaces.conversations import ConversationStore, StoredResponse
+from gateway.surfaces.native_relay import RelayTranslator, responses_error
+from gateway.surfaces.native_responses import NativeResponsesStream
+from gateway.surfaces.native_responses import native_unary as native_responses_unary
+from gateway.surfaces.native_responses import rewrite_request as native_rewrite
 from gateway.surfaces.responses import (
     ResponsesRequest,
     ResponsesStream,
@@ -41,8 +47,16 @@ class ResponsesSurface:
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
         raise NotImplementedError("a chat surface: the pipeline rewrites the chat body")
 
-    def __init__(self, request: ResponsesRequest, response_id: str, alias: str) -> None:
+    def __init__(
+        self,
+        request: ResponsesRequest,
+        response_id: str,
+        alias: str,
+        native_body: dict[str, Any] | None = None,
+    ) -> None:
         self.request = request
+        # The client's body, when every target takes Responses natively (None: translated).
+        self.native_body = native_body
         self.response_id = response_id
         self.alias = alias
         self.created = int(time.time())
@@ -52,6 +66,23 @@ class ResponsesSurface:
     def stream(self) -> _Stream:
         self._stream = ResponsesStream(self.response_id, self.alias, self.request, self.created)
         return _Stream(self, self._stream)
+
+    def native(
+        self, provider: ProviderConfig, upstream_model: str, ceiling: int
+    ) -> NativeCall | None:
+        """To OpenAI the Responses body goes as sent (the model and the clamped
+        max_output_tokens rewritten): reasoning items, previous_response_id, hosted
+        features the gateway does not translate all survive."""
+        if self.native_body is None or not _native(provider):
+            return None
+        alias = self.alias
+        return NativeCall(
+            operation="responses",
+            body=native_rewrite(self.native_body, upstream_model, ceiling),
+            stream=lambda secret: RelayTranslator(NativeResponsesStream(alias, secret)),
+            answer=lambda answer: native_responses_unary(answer, alias),
+            error=responses_error,
+        )
 
     def unary(self, completion: dict[str, Any], usage: Usage) -> dict[str, Any]:
         self.final = unary_response(
@@ -85,21 +116,39 @@ def _store(request: web.Request) -> ConversationStore:
     return ConversationStore(state.store, request[PROJECT].id, request[PRINCIPAL])
 
 
+def _native(provider: ProviderConfig) -> bool:
+    """Whether a provider takes Responses calls natively (OpenAI's own)."""
+    return provider.kind == "openai" and provider.responses_path is not None
+
+
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     asked = parse_request(body)
     previous: StoredResponse | None = None
-    chat_body = asked.chat
-    if asked.previous_response_id is not None:
+    call = plan_chat(request, asked.chat)
+    providers = call.config.gateway.providers
+    native = all(_native(providers[t.provider]) for t in call.targets)
+    if asked.previous_response_id is not None and native:
+        # The provider keeps the conversation and replays it: the bound is the most a
+        # replay can be, the model's context window.
+        context = call.project.input_limits[call.alias][1]
+        if context is None:
+            raise ValidationFailed(
+                "previous_response_id on a route the provider serves natively replays turns "
+                "the gateway cannot see: it needs the model's context window "
+                "(prices.<model>.context_tokens) to bound them",
+                "previous_response_id",
+            )
+        call.input_bound = max(call.input_bound, context)
+    elif asked.previous_response_id is not None:
         previous = await _store(request).load(asked.previous_response_id)
         if previous is None:
             raise NotFound.detail(
                 f"response {asked.previous_response_id!r} not found (unknown, expired, or "
                 "created by another credential)"
             )
-        chat_body = continue_from(previous.turns, asked)
-    call = plan_chat(request, chat_body)
-    surface = ResponsesSurface(asked, new_response_id(), call.alias)
+        call = plan_chat(request, continue_from(previous.turns, asked))
+    surface = ResponsesSurface(asked, new_response_id(), call.alias, body if native else None)
     call.surface = surface.name
     response = await run_call(request, call, surface)
     if asked.store and surface.final is not None and surface.final.get("status") != "failed":

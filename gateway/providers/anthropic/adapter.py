@@ -43,6 +43,13 @@ class AnthropicProvider(HttpProvider):
         return anthropic_request.headers(self.config, request, stream)
 
     def payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
+        if request.operation == "messages":  # a Messages body, passed through natively
+            body = dict(request.body)
+            if stream:
+                body["stream"] = True
+            else:
+                body.pop("stream", None)
+            return body
         if request.operation != "chat":  # config load refuses embedding aliases here
             raise ValidationFailed("an anthropic provider serves no embeddings", "model")
         return anthropic_request.payload(request, self.config, stream)

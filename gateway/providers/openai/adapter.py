@@ -24,11 +24,16 @@ class OpenAIProvider(HttpProvider):
         super().__init__(name, config, session)
         self.url_template = openai_request.url_template(config)
         self.embeddings_template = openai_request.embeddings_url_template(config)
+        self.responses_template = openai_request.path_template(
+            config, config.responses_path or "/responses"
+        )
         self.params = config.query or None
 
     def url(self, request: UpstreamRequest) -> str:
         if request.operation == "embeddings":
             return openai_request.url(self.embeddings_template, request)
+        if request.operation == "responses":
+            return openai_request.url(self.responses_template, request)
         return openai_request.url(self.url_template, request)
 
     def headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:

@@ -14,6 +14,11 @@ def url_template(config: ProviderConfig) -> str:
     return config.base_url.rstrip("/") + "/" + config.chat_path.lstrip("/")
 
 
+def path_template(config: ProviderConfig, path: str) -> str:
+    """``base_url`` + ``path`` (may hold ``{model}``)."""
+    return config.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
 def embeddings_url_template(config: ProviderConfig) -> str:
     """``base_url`` + ``embeddings_path`` (may hold ``{model}`` too)."""
     return config.base_url.rstrip("/") + "/" + config.embeddings_path.lstrip("/")
