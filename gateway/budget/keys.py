@@ -28,6 +28,7 @@ tag from its ``rsv`` key (``common.lua``). Change both sides together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 
@@ -101,6 +102,7 @@ def window_ids(now_s: float) -> dict[str, str]:
     return {"day": day.strftime("d%Y%m%d"), "month": day.strftime("m%Y%m"), "lifetime": LIFETIME_ID}
 
 
+@functools.lru_cache(maxsize=64)  # a handful of window ids a day; strptime is slow
 def resets_at(window_id: str) -> str | None:
     """When the window named by ``window_id`` ends (ISO 8601, UTC); None: lifetime."""
     if window_id.startswith("d"):
