@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.breaker import CircuitBreaker
-from gateway.config import ProviderConfig, Route
+from gateway.config import Config, Project, ProviderConfig, Route
 from gateway.context import REQUEST_ID, REQUEST_STATE, CallContext, GatewayState
 from gateway.errors import (
     GatewayError,
@@ -81,16 +81,20 @@ def upstream_body(call: CallContext, provider: ProviderConfig) -> dict[str, Any]
 
 
 def _provider_key(route: Route, call: CallContext) -> str:
+    return provider_key(route, call.project, call.config)
+
+
+def provider_key(route: Route, project: Project, config: Config) -> str:
     """The key sent to the route's provider: the project's own (BYOK) if it names one,
     else the provider's; "" for a provider that takes none (no ``api_key_env``). A named
     variable that is unset or empty is a ProviderKeyMissing (503), before anything is
     sent: an empty key would reach the provider and come back as a rejected key."""
-    variable = call.project.file.provider_keys.get(route.provider)
+    variable = project.file.provider_keys.get(route.provider)
     if not variable:
-        variable = call.provider_config(route.provider).api_key_env
+        variable = config.gateway.providers[route.provider].api_key_env
         if not variable:
             return ""
-    key = call.config.secret(variable)
+    key = config.secret(variable)
     if not key:
         raise ProviderKeyMissing(route.provider, variable)
     return key

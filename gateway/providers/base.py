@@ -69,7 +69,7 @@ class UpstreamRequest:
     # same-format call passed through natively ("messages" to Anthropic, "responses" to
     # OpenAI), whose stream and answer the surface translates (native_stream, its
     # argument the provider key: no error code relayed may resemble it; native_answer).
-    operation: Literal["chat", "embeddings", "messages", "responses"] = "chat"
+    operation: Literal["chat", "embeddings", "messages", "responses", "count_tokens"] = "chat"
     native_stream: Callable[[str], StreamTranslator] | None = None
     native_answer: AnswerTranslator | None = None
 

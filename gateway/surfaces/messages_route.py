@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from gateway.config import ProviderConfig
-from gateway.context import PROJECT
+from gateway.config import ProviderConfig, Route
+from gateway.context import PROJECT, REQUEST_ID, REQUEST_STATE
 from gateway.errors import ValidationFailed
 from gateway.pipeline.hold import charge_requests
-from gateway.pipeline.request import plan_chat, read_json
-from gateway.proxy import run_call
+from gateway.pipeline.request import plan_alias, plan_chat, read_json
+from gateway.providers.base import UpstreamRequest
+from gateway.proxy import provider_key, run_call
 from gateway.surfaces.base import NativeCall
 from gateway.surfaces.messages import (
     MessagesRequest,
@@ -142,6 +143,36 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     return await run_call(request, call, surface)
 
 
+def _counted(answer: Any) -> tuple[dict[str, Any], Usage | None]:
+    count = answer.get("input_tokens") if isinstance(answer, dict) else None
+    if type(count) is not int or count < 0:
+        raise ValueError("not a token count")
+    return {"input_tokens": count}, None
+
+
+async def _count_upstream(
+    request: web.Request, asked: MessagesRequest, route: Route, provider: ProviderConfig
+) -> web.Response:
+    """An Anthropic route counts for itself (its tokenizer, not the gateway's bound)."""
+    state = request[REQUEST_STATE]
+    headers = {}
+    if asked.anthropic_version:
+        headers["anthropic-version"] = asked.anthropic_version
+    if asked.anthropic_beta:
+        headers["anthropic-beta"] = ",".join(asked.anthropic_beta)
+    upstream = UpstreamRequest(
+        body={**asked.body, "model": route.model},
+        api_key=provider_key(route, request[PROJECT], state.config),
+        timeouts=provider.timeouts,
+        request_id=request[REQUEST_ID],
+        extra_headers=headers,
+        operation="count_tokens",
+        native_answer=_counted,
+    )
+    counted, _ = await state.providers[route.provider].complete(upstream)
+    return web.json_response(counted)
+
+
 async def count_tokens(request: web.Request) -> web.Response:
     """An upper bound of the input tokens (marked as an estimate), never billed."""
     body = await read_json(request)
@@ -149,6 +180,11 @@ async def count_tokens(request: web.Request) -> web.Response:
     await charge_requests(request)  # rate limited like any request, never billed
     project = request[PROJECT]
     alias = asked.model or project.file.default_model
+    route = plan_alias(request, alias, "chat")[0]
+    config = request[REQUEST_STATE].config
+    provider = config.gateway.providers[route.provider]
+    if provider.kind == "anthropic":
+        return await _count_upstream(request, asked, route, provider)
     limits = project.input_limits.get(alias)
     if limits is None:
         image_bound, context_tokens = 48_169, None

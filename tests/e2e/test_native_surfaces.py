@@ -256,3 +256,27 @@ async def test_a_native_upstream_error_mid_stream_is_the_gateway_s_error_event(
     text = await resp.text()
     assert "event: error" in text
     assert creds.key not in text
+
+
+async def test_count_tokens_is_forwarded_to_an_anthropic_route(
+    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+) -> None:
+    """Anthropic counts with its own tokenizer: the gateway forwards the call (never
+    billed) instead of answering its upper bound."""
+    client, config, creds = await make(make_gateway, upstream, "anthropic")
+    upstream.script(Reply(json={"input_tokens": 42}))
+    api = anthropic.AsyncAnthropic(
+        base_url=str(client.make_url("/v1/projects/alpha")), api_key=creds.key, max_retries=0
+    )
+    try:
+        counted = await api.messages.count_tokens(
+            model="default", messages=[{"role": "user", "content": "Hello"}]
+        )
+    finally:
+        await api.close()
+    assert counted.input_tokens == 42
+    sent = upstream.last
+    assert sent.path.endswith("/messages/count_tokens")
+    assert sent.json()["model"] == "claude-haiku-4-5"
+    assert sent.headers["x-api-key"] != creds.key
+    assert (await used(redis, config)).get("u2", 0) == 0

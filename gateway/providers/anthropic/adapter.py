@@ -37,12 +37,16 @@ class AnthropicProvider(HttpProvider):
         self.messages_url = config.base_url.rstrip("/") + "/messages"
 
     def url(self, request: UpstreamRequest) -> str:
+        if request.operation == "count_tokens":
+            return self.messages_url + "/count_tokens"
         return self.messages_url
 
     def headers(self, request: UpstreamRequest, stream: bool) -> dict[str, str]:
         return anthropic_request.headers(self.config, request, stream)
 
     def payload(self, request: UpstreamRequest, stream: bool) -> dict[str, Any]:
+        if request.operation == "count_tokens":
+            return dict(request.body)
         if request.operation == "messages":  # a Messages body, passed through natively
             body = dict(request.body)
             if stream:
