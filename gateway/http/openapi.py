@@ -416,25 +416,49 @@ def _chat_schemas() -> dict[str, Schema]:
         },
         ("id", "type", "function"),
     )
-    message = _object(
-        {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-            "content": {
+    content: Schema = {"anyOf": [STRING, {"type": "array", "items": _ref("ChatContentPart")}]}
+    message = {
+        "oneOf": [
+            _object(
+                {
+                    "role": {"enum": ["system", "developer", "user"]},
+                    "content": content,
+                    "name": STRING,
+                },
+                ("role", "content"),
+            ),
+            {
+                **_object(
+                    {
+                        "role": {"const": "assistant"},
+                        "content": {"anyOf": [*content["anyOf"], {"type": "null"}]},
+                        "refusal": _nullable(STRING),
+                        "name": STRING,
+                        "tool_calls": {"type": "array", "items": tool_call},
+                        "function_call": ANY_OBJECT,
+                    },
+                    ("role",),
+                    description="`content` may be null or left out on a turn that only "
+                    "calls tools.",
+                ),
                 "anyOf": [
-                    STRING,
-                    {"type": "array", "items": _ref("ChatContentPart")},
-                    {"type": "null"},
+                    {"required": ["content"]},
+                    {"required": ["tool_calls"], "properties": {"tool_calls": {"minItems": 1}}},
+                    {"required": ["function_call"]},
                 ],
-                "description": "Required, except on an assistant turn that only calls tools "
-                "(null allowed for assistant and function roles).",
             },
-            "name": STRING,
-            "tool_calls": {"type": "array", "items": tool_call},
-            "tool_call_id": {"type": "string", "description": "Required on a `tool` message."},
-            "function_call": ANY_OBJECT,
-        },
-        ("role",),
-    )
+            _object(
+                {"role": {"const": "tool"}, "content": content, "tool_call_id": STRING},
+                ("role", "content", "tool_call_id"),
+            ),
+            _object(
+                {"role": {"const": "function"}, "content": _nullable(STRING), "name": STRING},
+                ("role", "content"),
+                description="Legacy function calling (refused on Anthropic routes).",
+            ),
+        ],
+        "description": "Audio (`audio`, `input_audio` parts) is refused (422).",
+    }
     function = _object(
         {"name": NONEMPTY, "description": STRING, "parameters": ANY_OBJECT, "strict": BOOLEAN},
         ("name",),
@@ -776,6 +800,17 @@ def _responses_schemas() -> dict[str, Schema]:
             "Stored prompts, conversations, logprobs, audio and file ids are refused (422).",
         ),
         "anyOf": [{"required": ["input"]}, {"required": ["previous_response_id"]}],
+        # A tool_choice that asks for a tool needs tools (422 otherwise).
+        "dependentSchemas": {
+            "tool_choice": {
+                "if": {
+                    "properties": {
+                        "tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}
+                    }
+                },
+                "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}},
+            }
+        },
     }
     output_text = _object(
         {
@@ -870,6 +905,14 @@ def _responses_schemas() -> dict[str, Schema]:
 
 # --------------------------------------------------------------------- messages bodies
 
+# A tool_choice that asks for a tool needs tools (422 otherwise).
+_NEEDS_TOOLS: Schema = {
+    "tool_choice": {
+        "if": {"properties": {"tool_choice": {"properties": {"type": {"enum": ["any", "tool"]}}}}},
+        "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}},
+    }
+}
+
 
 def _messages_schemas() -> dict[str, Schema]:
     cache_control = _object(
@@ -881,7 +924,7 @@ def _messages_schemas() -> dict[str, Schema]:
     text = _object(
         {
             "type": {"const": "text"},
-            "text": STRING,
+            "text": NONEMPTY,
             "cache_control": cache_control,
             "citations": {"type": ["array", "null"]},
         },
@@ -1000,9 +1043,10 @@ def _messages_schemas() -> dict[str, Schema]:
                     "role": {"const": "user"},
                     "content": {
                         "anyOf": [
-                            STRING,
+                            NONEMPTY,
                             {
                                 "type": "array",
+                                "minItems": 1,
                                 "items": {"oneOf": [text, image, document, tool_result]},
                             },
                         ]
@@ -1016,9 +1060,10 @@ def _messages_schemas() -> dict[str, Schema]:
                     "role": {"const": "assistant"},
                     "content": {
                         "anyOf": [
-                            STRING,
+                            NONEMPTY,
                             {
                                 "type": "array",
+                                "minItems": 1,
                                 "items": {"oneOf": [text, tool_use, thinking, redacted]},
                             },
                         ]
@@ -1027,7 +1072,8 @@ def _messages_schemas() -> dict[str, Schema]:
                 ("role", "content"),
                 closed=True,
             ),
-        ]
+        ],
+        "description": "Empty turns are accepted, but not a conversation with no content.",
     }
     tool = _object(
         {
@@ -1148,7 +1194,10 @@ def _messages_schemas() -> dict[str, Schema]:
         description="Anthropic's Messages create body, translated to chat completions. "
         "`mcp_servers` and `container` are refused (422).",
     )
+    create["dependentSchemas"] = _NEEDS_TOOLS
+
     count = _object(prompt, ("model", "messages"), closed=True)
+    count["dependentSchemas"] = _NEEDS_TOOLS
     block = {
         "oneOf": [
             _object({"type": {"const": "text"}, "text": STRING}, ("type", "text")),
@@ -1330,7 +1379,7 @@ def _other_schemas() -> dict[str, Schema]:
         "SessionTokenRequest": _object(
             {
                 "sub": {
-                    "type": "string",
+                    "type": ["string", "null"],
                     "minLength": 1,
                     "maxLength": 256,
                     "description": "The end user the token is for (its per-user caps apply).",
@@ -1401,6 +1450,156 @@ def _other_schemas() -> dict[str, Schema]:
     }
 
 
+# ------------------------------------------------------------------------------ streams
+
+
+def _json_data(schema: Schema) -> Schema:
+    """An SSE ``data`` field holding JSON."""
+    return {"type": "string", "contentMediaType": JSON, "contentSchema": schema}
+
+
+def _event(name: Schema, data: Schema) -> Schema:
+    return _object({"event": name, "data": data, "id": STRING}, ("event", "data"))
+
+
+def _typed_event(kind: str, fields: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    """An event whose name is its data's ``type``."""
+    return _event(
+        {"const": kind},
+        _json_data(_object({"type": {"const": kind}, **fields}, ("type", *required))),
+    )
+
+
+_RESPONSE_LIFECYCLE = (
+    "response.created",
+    "response.in_progress",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+)
+_RESPONSE_ITEM_EVENTS = (
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.refusal.delta",
+    "response.refusal.done",
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+)
+
+
+def _stream_schemas() -> dict[str, Schema]:
+    chunk = _object(
+        {
+            "id": STRING,
+            "object": {"const": "chat.completion.chunk"},
+            "created": INTEGER,
+            "model": {"type": "string", "description": "The alias asked for."},
+            "choices": {
+                "type": "array",
+                "items": _object(
+                    {"index": COUNT, "delta": ANY_OBJECT, "finish_reason": _nullable(STRING)},
+                    ("index",),
+                ),
+            },
+            "usage": _nullable({"anyOf": [_ref("KartaUsage"), _ref("OpenAIUsage")]}),
+        },
+        ("id", "object", "model", "choices"),
+    )
+    karta_error = _object(
+        {
+            "type": {"const": "error"},
+            "data": _object(
+                {"code": STRING, "provider": STRING, "message": STRING},
+                ("code", "provider", "message"),
+            ),
+            "error": _object(
+                {"message": STRING, "type": STRING, "code": STRING}, ("message", "type", "code")
+            ),
+        },
+        ("type", "data", "error"),
+    )
+    openai_error = _object(
+        {
+            "error": _object(
+                {"message": STRING, "type": STRING, "code": STRING, "provider": STRING},
+                ("message", "type", "code"),
+            )
+        },
+        ("error",),
+    )
+    sequenced = {"sequence_number": COUNT}
+    responses_events = [
+        _typed_event(
+            kind, {**sequenced, "response": _ref("Response")}, ("sequence_number", "response")
+        )
+        for kind in _RESPONSE_LIFECYCLE
+    ]
+    responses_events += [
+        _typed_event(
+            kind, {**sequenced, "output_index": COUNT}, ("sequence_number", "output_index")
+        )
+        for kind in _RESPONSE_ITEM_EVENTS
+    ]
+    responses_events.append(
+        _typed_event(
+            "error",
+            {**sequenced, "code": STRING, "message": STRING, "param": _nullable(STRING)},
+            ("sequence_number", "code", "message"),
+        )
+    )
+    index = {"index": COUNT}
+    messages_events = [
+        _typed_event("message_start", {"message": ANY_OBJECT}, ("message",)),
+        _typed_event(
+            "content_block_start",
+            {**index, "content_block": ANY_OBJECT},
+            ("index", "content_block"),
+        ),
+        _typed_event("content_block_delta", {**index, "delta": ANY_OBJECT}, ("index", "delta")),
+        _typed_event("content_block_stop", index, ("index",)),
+        _typed_event(
+            "message_delta",
+            {
+                "delta": _object(
+                    {"stop_reason": STRING, "stop_sequence": _nullable(STRING)}, ("stop_reason",)
+                ),
+                "usage": ANY_OBJECT,
+            },
+            ("delta", "usage"),
+        ),
+        _typed_event("message_stop", {}),
+        _typed_event("ping", {}),
+        _typed_event(
+            "error",
+            {"error": _object({"type": STRING, "message": STRING}, ("type", "message"))},
+            ("error",),
+        ),
+    ]
+    return {
+        "ChatCompletionChunk": chunk,
+        "ChatStreamEvent": {
+            "anyOf": [
+                _event({"enum": ["chunk", "message"]}, _json_data(_ref("ChatCompletionChunk"))),
+                _event({"enum": ["[DONE]", "message"]}, {"const": "[DONE]"}),
+                _event(
+                    {"enum": ["error", "message"]},
+                    _json_data({"anyOf": [karta_error, openai_error]}),
+                ),
+            ],
+            "description": "One event of a chat stream: `event: chunk` (karta) or a "
+            "data-only frame (openai: the event is `message`).",
+        },
+        "ResponsesStreamEvent": {"anyOf": responses_events},
+        "MessagesStreamEvent": {"anyOf": messages_events},
+    }
+
+
 # ------------------------------------------------------------------------------- paths
 
 _API_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -1425,8 +1624,10 @@ def _json(schema: Schema) -> dict[str, Any]:
     return {JSON: {"schema": schema}}
 
 
-def _stream(description: str) -> dict[str, Any]:
-    return {SSE: {"schema": {"type": "string", "description": description}}}
+def _stream(event: str, description: str) -> dict[str, Any]:
+    """A text/event-stream answer: ``schema`` describes each event (what OpenAPI 3.2
+    calls ``itemSchema``), its ``data`` JSON by ``contentSchema``."""
+    return {SSE: {"schema": {**_ref(event), "description": description}}}
 
 
 def _body(schema: str, required: bool = True) -> dict[str, Any]:
@@ -1484,11 +1685,12 @@ def _chat_paths() -> dict[str, Any]:
                 "schema": {"oneOf": [_ref("KartaChatCompletion"), _ref("OpenAIChatCompletion")]}
             },
             **_stream(
+                "ChatStreamEvent",
                 "karta profile: `event: chunk` frames of `chat.completion.chunk` objects, "
                 "then `event: [DONE]`; openai profile: data-only frames, then "
                 "`data: [DONE]`. The usage chunk comes last when "
                 "`stream_options.include_usage` asked for it. A failure after the first "
-                'byte is an `error` event (karta) or a `data: {"error": ...}` frame.'
+                'byte is an `error` event (karta) or a `data: {"error": ...}` frame.',
             ),
         },
         {**_BUDGET_HEADERS, **_REPLAY_HEADERS},
@@ -1509,17 +1711,31 @@ def _chat_paths() -> dict[str, Any]:
     }
 
 
+# A stored response is read back by its id (unless the request said store: false).
+_STORED_RESPONSE_LINK = {
+    "GetResponse": {
+        "operationId": "getResponse",
+        "parameters": {
+            "project_ref": "$request.path.project_ref",
+            "response_id": "$response.body#/id",
+        },
+        "description": "The stored response (with `store`, the default).",
+    }
+}
+
+
 def _responses_paths() -> dict[str, Any]:
     ok = _ok(
         "The response object (unary), or its event stream.",
         {
             **_json(_ref("Response")),
             **_stream(
+                "ResponsesStreamEvent",
                 "Responses events (`event: <type>` and `data: <json>`, numbered by "
                 "`sequence_number`): `response.created`, `response.in_progress`, output "
                 "items and their deltas, then `response.completed`, "
                 "`response.incomplete` (cut by max_output_tokens) or `response.failed` "
-                "followed by `error`."
+                "followed by `error`.",
             ),
         },
         {**_BUDGET_HEADERS, **_REPLAY_HEADERS},
@@ -1530,7 +1746,7 @@ def _responses_paths() -> dict[str, Any]:
                 "Create a response",
                 "createResponse",
                 "responses",
-                _spending("OpenAI", ok),
+                _spending("OpenAI", {**ok, "links": _STORED_RESPONSE_LINK}),
                 description="OpenAI's Responses API, on the chat pipeline; errors are "
                 "OpenAI's error object whatever the project's profile." + _SPEND_NOTE,
                 body=_body("ResponsesRequest"),
@@ -1567,9 +1783,10 @@ def _messages_paths() -> dict[str, Any]:
         {
             **_json(_ref("Message")),
             **_stream(
+                "MessagesStreamEvent",
                 "Anthropic's events: `message_start`, `content_block_start` / "
                 "`content_block_delta` / `content_block_stop`, `message_delta` (stop "
-                "reason, cumulative usage), `message_stop`; `error` on a failure."
+                "reason, cumulative usage), `message_stop`; `error` on a failure.",
             ),
         },
         {**_BUDGET_HEADERS, **_REPLAY_HEADERS},
@@ -1886,6 +2103,7 @@ def document() -> dict[str, Any]:
                 **_responses_schemas(),
                 **_messages_schemas(),
                 **_other_schemas(),
+                **_stream_schemas(),
             },
         },
     }
