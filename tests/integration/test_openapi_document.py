@@ -17,7 +17,8 @@ from referencing.jsonschema import DRAFT202012
 from gateway.config import Config
 from gateway.http.openapi import document
 from tests.conftest import GatewayFactory
-from tests.harness import Credentials, bearer, chat_body
+from tests.fakeupstream import FakeUpstream, Reply, openai_error
+from tests.harness import Credentials, bearer, chat_body, provider_entry
 
 Gateway = tuple[TestClient[Any, Any], Config, Credentials]
 _BASE = "urn:karta:openapi"
@@ -121,3 +122,58 @@ def test_a_body_off_the_document_is_caught() -> None:
     karta = _response_validator(f"{V1}/chat/completions", "post", 404)
     assert karta.is_valid({"detail": "project not found", "message": "project not found"})
     assert not karta.is_valid({"detail": "project not found"})
+
+
+async def test_upstream_and_limit_errors_match_the_document(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    """The statuses a fuzzer does not reach: the provider failing (502), rate limiting
+    (429) or rejecting its key (422), the provider key unset (503), a body over the
+    limit (413), in each route family's shape."""
+    keyless = {"routes": [{"provider": "nokey", "model": "gpt-4o-mini"}]}
+    client, _, creds = await make_gateway(
+        gateway={
+            "limits": {"max_body_bytes": 4000},
+            "providers": {
+                "nokey": {
+                    **provider_entry(upstream.base_url),
+                    "api_key_env": "KARTA_TEST_KEY_NEVER_SET",
+                }
+            },
+        },
+        projects={"keyless": {"models": {"default": keyless}}},
+    )
+    key = bearer(creds.key)
+    chat, messages = f"{V1}/chat/completions", f"{V1}/v1/messages"
+    anthropic_body = {
+        "model": "default",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    cases: list[tuple[str, str, dict[str, Any], Reply | None, int]] = [
+        # (path, project, body, the provider's reply, status)
+        (chat, "alpha", chat_body(), Reply(status=500, json=openai_error(500)), 502),
+        (chat, "beta", chat_body(), Reply(status=500, json=openai_error(500)), 502),
+        (messages, "alpha", anthropic_body, Reply(status=500, json=openai_error(500)), 502),
+        (chat, "alpha", chat_body(), Reply(status=429, json=openai_error(429)), 429),
+        (
+            f"{V1}/responses",
+            "alpha",
+            {"input": "Hi"},
+            Reply(status=429, json=openai_error(429)),
+            429,
+        ),
+        (chat, "alpha", chat_body(), Reply(status=401, json=openai_error(401)), 422),
+        (chat, "beta", chat_body(), Reply(status=401, json=openai_error(401)), 422),
+        (chat, "keyless", chat_body(), None, 503),
+        (chat, "alpha", chat_body("x" * 5000), None, 413),
+        (messages, "alpha", {**anthropic_body, "system": "x" * 5000}, None, 413),
+    ]
+    for path, project, body, reply, status in cases:
+        if reply is not None:
+            upstream.script(reply)
+        resp = await client.post(path.format(project_ref=project), json=body, headers=key)
+        assert resp.status == status, (path, project, await resp.text())
+        _check(path, "post", status, await resp.json())
+        if status == 503:
+            assert resp.headers["x-should-retry"] == "false"
