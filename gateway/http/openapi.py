@@ -541,6 +541,10 @@ def _chat_schemas() -> dict[str, Schema]:
                 "not": {"const": "priority"},
                 "description": "`priority` is refused (422): billed above the price table.",
             },
+            "audio": {
+                "type": "null",
+                "description": "Audio output is refused (422): audio tokens are priced apart.",
+            },
             "modalities": {
                 "type": "array",
                 "items": {"const": "text"},
@@ -1080,7 +1084,7 @@ def _messages_schemas() -> dict[str, Schema]:
             "type": {"const": "custom"},
             "name": STRING,
             "description": STRING,
-            "input_schema": {**_object({"type": {"const": "object"}}, ("type",))},
+            "input_schema": _object({"type": {"const": "object"}}, ("type",)),
             "cache_control": cache_control,
             "strict": BOOLEAN,
             "eager_input_streaming": BOOLEAN,
@@ -1810,7 +1814,7 @@ def _messages_paths() -> dict[str, Any]:
     count_ok = _ok(
         "An upper bound of the input tokens.",
         _json(_ref("CountTokens")),
-        {"X-Karta-Estimate": {**_header("XKartaEstimate")}},
+        {"X-Karta-Estimate": _header("XKartaEstimate")},
     )
     return {
         f"{V1}/v1/messages": {
@@ -1941,7 +1945,7 @@ def _control_plane_paths() -> dict[str, Any]:
 
 
 def _root_paths() -> dict[str, Any]:
-    gateway_401 = _errors("Gateway", 401, 403, 500)
+    operator_errors = _errors("Gateway", 400, 401, 403, 500)
     return {
         "/healthz": {
             "get": {
@@ -1981,7 +1985,7 @@ def _root_paths() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("Reloaded.", _json(_ref("Reloaded"))),
                     "422": _ok("The new config is invalid.", _json(_ref("ConfigInvalid"))),
-                    **gateway_401,
+                    **operator_errors,
                 },
             }
         },

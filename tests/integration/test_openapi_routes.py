@@ -1,6 +1,7 @@
 """GET /openapi.json documents exactly the routes create_app registers: a new route
 without its operation in gateway.http.openapi (or an operation left after its route
-went) fails here, naming it."""
+went) fails here, naming it; and each request body exactly the fields its route's
+validation accepts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from aiohttp import web
 from gateway.config import load_config
 from gateway.http.app import create_app
 from gateway.http.openapi import document
+from gateway.params import UNDERSTOOD
+from gateway.surfaces import embeddings, messages, responses_request
 from tests.harness import Credentials
 
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -101,3 +104,19 @@ def test_every_operation_is_complete() -> None:
                     # every answer, errors included, names its request
                     assert "$ref" in response or "X-Request-Id" in response["headers"], where
     assert len(ids) == len(set(ids))
+
+
+def test_request_bodies_list_the_fields_validation_accepts() -> None:
+    """A parameter added to (or dropped from) a route's validation is added to (or
+    dropped from) its request body here."""
+    schemas = document()["components"]["schemas"]
+    expected = {
+        "ChatCompletionRequest": UNDERSTOOD,
+        "ResponsesRequest": responses_request.ACCEPTED,
+        "MessagesRequest": messages.CREATE_FIELDS,
+        "CountTokensRequest": messages.COUNT_FIELDS,
+        "EmbeddingsRequest": embeddings.FIELDS,
+    }
+    for name, fields in expected.items():
+        assert set(schemas[name]["properties"]) == set(fields), name
+        assert schemas[name]["additionalProperties"] is False, name
