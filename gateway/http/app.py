@@ -1,6 +1,6 @@
 """The aiohttp application and its routes table.
 
-    root:  errors -> observe -> /healthz /readyz /admin/reload
+    root:  errors -> observe -> /healthz /readyz /admin/reload /openapi.json
     /v1:   auth -> in-flight caps -> chat_completions (the pipeline: gateway.pipeline)
                                      session-tokens, usage
     /v1/orgs:  control auth -> api-keys (gateway.control)
@@ -31,6 +31,7 @@ from gateway.http.middleware.errors import (
 )
 from gateway.http.middleware.inflight import inflight_middleware
 from gateway.http.middleware.observe import add_request_id, observe_middleware
+from gateway.http.openapi import openapi_json
 from gateway.http.probes import healthz, readyz
 from gateway.metrics import Metrics
 from gateway.pipeline.headroom import add_budget_headers
@@ -76,6 +77,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/admin/reload", admin_reload)
+    # The API's description (gateway.http.openapi): every route added here is in it.
+    app.router.add_get("/openapi.json", openapi_json)
 
     v1 = web.Application(middlewares=[auth_middleware, inflight_middleware])
     v1[CONTROL] = control
