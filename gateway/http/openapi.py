@@ -1938,10 +1938,152 @@ def _other_v1_paths() -> dict[str, Any]:
     }
 
 
+_NULLABLE_INT: Schema = {"type": ["integer", "null"]}
+_NULLABLE_STR: Schema = {"type": ["string", "null"]}
+_API_KEY: Schema = {
+    "type": "object",
+    "description": "A key as the control plane shows it (never its digest); `key`, the "
+    "plaintext, only in the answer that created it.",
+    "required": ["id", "object", "source", "read_only", "org", "name", "prefix", "scopes",
+                 "status"],
+    "properties": {
+        "id": STRING,
+        "object": {"const": "api_key"},
+        "source": {"enum": ["api", "yaml"]},
+        "read_only": BOOLEAN,
+        "org": STRING,
+        "name": STRING,
+        "prefix": STRING,
+        "scopes": {"type": "array", "items": {"enum": ["read", "write", "admin"]}},
+        "status": {"enum": ["active", "revoked", "expired"]},
+        "created_at": _NULLABLE_INT,
+        "expires_at": _NULLABLE_INT,
+        "revoked_at": _NULLABLE_INT,
+        "last_used_at": _NULLABLE_INT,
+        "rotated_from": _NULLABLE_STR,
+        "replaced_by": _NULLABLE_STR,
+        "key": _NULLABLE_STR,
+    },
+}  # fmt: skip
+_CREATE_KEY: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 128},
+        "scopes": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["read", "write", "admin"]},
+        },
+        "expires_in_seconds": {"type": "integer", "minimum": 60, "maximum": 315_360_000},
+        "expires_at": INTEGER,
+    },
+}
+_ROTATE_KEY: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"grace_seconds": {"type": "integer", "minimum": 0, "maximum": 604_800}},
+}
+
+
 def _control_plane_paths() -> dict[str, Any]:
-    """The management API (``/v1/orgs/{org}/...``): its operations go here as its
-    routes are added to create_app (the route test names any that is missing)."""
-    return {}
+    """The management API (``/v1/orgs/{org}/api-keys``, gateway.control): an org's
+    ``admin`` key manages its own org, the operator token any org."""
+    org = {"name": "org", "in": "path", "required": True, "schema": STRING}
+    key_id = {"name": "key_id", "in": "path", "required": True, "schema": STRING}
+    errors = _errors("Gateway", 400, 401, 403, 404, 409, 422, 500, 503)
+    security: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"operatorToken": []}]
+    one = _json(_API_KEY)
+    listed = _json(
+        {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _API_KEY},
+            },
+        }
+    )
+
+    # A key the config files define, or one already rotated, revoked or expired: the
+    # control plane's own conflict body (its code in `error`).
+    conflict = {
+        "description": "The key is managed in the config files, or cannot be rotated.",
+        "headers": dict(_COMMON_HEADERS),
+        "content": _json(
+            {
+                "oneOf": [
+                    _object({"error": STRING, "message": STRING}, ("error", "message")),
+                    _ref("KartaError"),
+                    _ref("OpenAIError"),
+                ]
+            }
+        ),
+    }
+
+    def op(op_id: str, summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "operationId": op_id,
+            "tags": ["control plane"],
+            "security": security,
+            "responses": {**answers, **errors, "409": conflict},
+            **more,
+        }
+
+    created = _ok("Created: the plaintext in `key`, this once.", one)
+    return {
+        "/v1/orgs/{org}/api-keys": {
+            "parameters": [org],
+            "post": op(
+                "createApiKey",
+                "Create an API key",
+                {"201": created},
+                parameters=[_IDEMPOTENCY],
+                requestBody={"required": True, "content": _json(_CREATE_KEY)},
+            ),
+            "get": op("listApiKeys", "List the org's keys", {"200": _ok("The keys.", listed)}),
+        },
+        "/v1/orgs/{org}/api-keys/{key_id}": {
+            "parameters": [org, key_id],
+            "get": op("getApiKey", "One key", {"200": _ok("The key.", one)}),
+        },
+        "/v1/orgs/{org}/api-keys/{key_id}/revoke": {
+            "parameters": [org, key_id],
+            "post": op(
+                "revokeApiKey",
+                "Revoke a key (every gateway process within a second)",
+                {"200": _ok("Revoked.", one)},
+                parameters=[_IDEMPOTENCY],
+                requestBody={
+                    "required": False,
+                    "content": _json({"type": "object", "maxProperties": 0}),
+                },
+            ),
+        },
+        "/v1/orgs/{org}/api-keys/{key_id}/rotate": {
+            "parameters": [org, key_id],
+            "post": op(
+                "rotateApiKey",
+                "Rotate a key (the old one works for its grace period)",
+                {
+                    "201": _ok(
+                        "The new key (`previous`: the old one).",
+                        _json(
+                            {
+                                **_API_KEY,
+                                "properties": {**_API_KEY["properties"], "previous": _API_KEY},
+                            }
+                        ),
+                    )
+                },
+                parameters=[_IDEMPOTENCY],
+                requestBody={"required": False, "content": _json(_ROTATE_KEY)},
+            ),
+        },
+    }
 
 
 def _root_paths() -> dict[str, Any]:

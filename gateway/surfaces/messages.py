@@ -642,6 +642,8 @@ def _output_config(value: Any, chat: dict[str, Any], t: _Translation) -> None:
     _only(config, frozenset({"effort", "format"}), "output_config")
     effort = config.get("effort")
     if effort is not None:
+        if not isinstance(effort, str):
+            raise _invalid("output_config.effort must be a string", "output_config.effort")
         if effort in _CHAT_EFFORTS:
             chat["reasoning_effort"] = effort
         elif effort in _NATIVE_EFFORTS:
@@ -750,7 +752,7 @@ def _translate(body: Any, headers: Mapping[str, str], *, counting: bool) -> Mess
         _metadata(body["metadata"], chat)
     tier = body.get("service_tier")
     if tier is not None:
-        if tier not in _SERVICE_TIERS:
+        if not isinstance(tier, str) or tier not in _SERVICE_TIERS:
             raise _invalid('service_tier must be "auto" or "standard_only"', "service_tier")
         chat["service_tier"] = _SERVICE_TIERS[tier]
     version, betas = _headers(headers)

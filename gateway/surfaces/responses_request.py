@@ -192,7 +192,7 @@ def _image_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     image: dict[str, Any] = {"url": url}
     detail = part.get("detail")
     if detail is not None:
-        if detail not in _IMAGE_DETAILS:
+        if not isinstance(detail, str) or detail not in _IMAGE_DETAILS:
             raise _fail(
                 f"{where}.detail must be one of {sorted(_IMAGE_DETAILS)}", f"{where}.detail"
             )
@@ -360,6 +360,8 @@ def _tools(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if not isinstance(tool, dict):
             raise _fail(f"{where} must be an object", where)
         kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise _fail(f"{where}.type must be a string", f"{where}.type")
         if kind in HOSTED_TOOLS:
             raise _fail(
                 f"{where}.type {kind!r} {PRICED_APART} (per call, per session or per "
@@ -404,6 +406,8 @@ def _tool_choice(value: Any) -> str | dict[str, Any] | None:
     if isinstance(value, dict) and value.get("type") == "function":
         name = _string(value.get("name"), "tool_choice.name", empty=False)
         return {"type": "function", "function": {"name": name}}
+    if isinstance(value, dict) and not isinstance(value.get("type"), str):
+        raise _fail("tool_choice.type must be a string", "tool_choice.type")
     if isinstance(value, dict) and value.get("type") in HOSTED_TOOLS:
         raise _fail(f"tool_choice.type {value['type']!r} {PRICED_APART}", "tool_choice.type")
     raise _fail(
