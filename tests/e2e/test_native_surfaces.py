@@ -143,7 +143,8 @@ async def test_a_recorded_thinking_and_tool_use_stream_is_relayed_whole(
     assert "thinking" in kinds
     assert "tool_use" in kinds
     thinking = next(b for b in final.content if b.type == "thinking")
-    assert thinking.signature  # type: ignore[union-attr]  # the signature survives
+    assert thinking.type == "thinking"
+    assert thinking.signature  # the signature survives
     state = await used(redis, config)
     assert state["u1"] == final.usage.output_tokens
     assert state["r2"] == 0

@@ -8,9 +8,10 @@ from gateway.providers.anthropic.response import anthropic_usage
 from gateway.usage import Usage, cost_nano, dearest_input_price, worst_cost_nano
 
 # claude-haiku-4-5: $1/M input, $5/M output, reads $0.10, 5-minute writes $1.25, 1-hour $2.
-HAIKU = PriceConfig(
-    input="1.00", output="5.00", cached_input="0.10", cache_write="1.25", cache_write_1h="2.00"
-)
+HAIKU = PriceConfig.model_validate(
+    {"input": "1.00", "output": "5.00", "cached_input": "0.10", "cache_write": "1.25",
+     "cache_write_1h": "2.00"}
+)  # fmt: skip
 
 
 def test_one_hour_writes_are_priced_at_their_own_price() -> None:
@@ -27,7 +28,7 @@ def test_one_hour_writes_are_priced_at_their_own_price() -> None:
 
 
 def test_without_a_1h_price_they_cost_the_cache_write_price() -> None:
-    price = PriceConfig(input="1.00", output="5.00", cache_write="1.25")
+    price = PriceConfig.model_validate({"input": "1.00", "output": "5.00", "cache_write": "1.25"})
     usage = Usage(
         input_tokens=100, cache_creation_input_tokens=100, cache_creation_1h_input_tokens=100
     )

@@ -68,7 +68,7 @@ def random_pieces(raw: bytes, rng: random.Random) -> list[bytes]:
 
 
 def chunks_of(events: list[StreamEvent]) -> list[dict[str, Any]]:
-    return [e if isinstance(e, dict) else e[0] for e in events if not isinstance(e, Usage)]
+    return [e if isinstance(e, dict) else e[0] for e in events if isinstance(e, dict | tuple)]
 
 
 def usages_of(events: list[StreamEvent]) -> list[Usage]:
