@@ -216,7 +216,12 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         for f in files:
             if "__pycache__" not in f:
                 assert not _dockerignore_excludes(patterns, f), f"{f} is excluded but COPY'd"
-    for private in (".venv/bin/python", ".git/HEAD", "tests/harness.py", "config/keys/k.yaml"):
+    for private in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/support/harness.py",
+        "config/keys/k.yaml",
+    ):
         assert _dockerignore_excludes(patterns, private), f"{private} would be sent"
 
 

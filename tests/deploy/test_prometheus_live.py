@@ -29,8 +29,9 @@ from prometheus_client import generate_latest
 
 from gateway.metrics import Metrics
 from tests.deploy.helpers import DEPLOY, ThreadedUpstream, require_binary
-from tests.fakeupstream import Reply, openai_error
-from tests.harness import Credentials, chat_body, free_port, write_config
+from tests.support.harness import Credentials, chat_body, write_config
+from tests.support.ports import free_port
+from tests.support.upstream import Reply, openai_error
 
 WORKERS = 2
 UNARY = 5  # requests to project alpha, answered 200

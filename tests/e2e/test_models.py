@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import bearer
+from tests.support.harness import bearer
 
 # The harness projects: alpha (karta profile) and beta (openai) have aliases
 # "default" (gpt-4o-mini) and "smart" (gpt-4o); "dormant" has no route.

@@ -7,59 +7,18 @@ with ``base_url=http://host/v1/projects/<slug>`` and a key or session token as a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
-from tests.fakeupstream import FakeUpstream, Reply, fixture, openai_stream
-from tests.harness import UNAUTHORIZED
+from tests.support.harness import UNAUTHORIZED, SdkFactory
+from tests.support.sdk import collect, text_of
+from tests.support.upstream import FakeUpstream, Reply, fixture, openai_stream
 
 PROFILES = [("alpha", "text_completion"), ("beta", "chat.completion")]
 PROJECT_IDS = ["karta", "openai"]
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of the UK?"}]
-
-SdkFactory = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def sdk() -> AsyncIterator[SdkFactory]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(
-        client: TestClient[Any, Any], api_key: str, project: str = "alpha"
-    ) -> openai.AsyncOpenAI:
-        sdk_client = openai.AsyncOpenAI(
-            base_url=str(client.make_url(f"/v1/projects/{project}")),
-            api_key=api_key,
-            max_retries=0,
-            timeout=15,
-        )
-        clients.append(sdk_client)
-        return sdk_client
-
-    yield make
-    for sdk_client in clients:
-        await sdk_client.close()
-
-
-async def _collect(stream: Any) -> list[Any]:
-    return [chunk async for chunk in stream]
-
-
-async def _drain(stream: Any, into: list[Any]) -> None:
-    """Iterate ``stream`` to the end, keeping every chunk (also when it raises)."""
-    async for chunk in stream:
-        into.append(chunk)
-
-
-def _text(chunks: list[Any]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-# --------------------------------------------------------------------------- unary
 
 
 @pytest.mark.parametrize(("project", "unary_object"), PROFILES, ids=PROJECT_IDS)
@@ -113,8 +72,8 @@ async def test_stream_with_include_usage(
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "Hello there"
+    chunks = await collect(stream)
+    assert text_of(chunks) == "Hello there"
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].id.startswith("chatcmpl_")
     assert {c.model for c in chunks} == {"default"}
@@ -140,8 +99,8 @@ async def test_stream_without_include_usage_has_no_usage_chunk(
     stream = await sdk(client, creds.key, project).chat.completions.create(
         model="default", messages=MESSAGES, stream=True
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "Hello there"
+    chunks = await collect(stream)
+    assert text_of(chunks) == "Hello there"
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
     # The gateway still asked the upstream for usage, and kept it to itself.
@@ -160,8 +119,8 @@ async def test_stream_recorded_openai_fixture(
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "The capital of the UK is London."
+    chunks = await collect(stream)
+    assert text_of(chunks) == "The capital of the UK is London."
     assert len(chunks) == 11
     usage = chunks[-1].usage
     assert usage is not None
@@ -249,7 +208,7 @@ async def test_midstream_provider_error_event_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
     # The provider's text is never relayed (it can quote the key): its code is.
     assert info.value.message == "the provider reported an error (tool_use_failed)"
@@ -269,10 +228,10 @@ async def test_upstream_connection_cut_midstream_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
     assert len(received) == 2  # the role chunk and "The" arrived whole before the cut
-    assert _text(received) == "The"
+    assert text_of(received) == "The"
     assert all(c.usage is None for c in received)  # no usage chunk after a failure
 
 
@@ -290,9 +249,9 @@ async def test_upstream_stream_ending_early_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
-    assert _text(received) == "The capital"
+    assert text_of(received) == "The capital"
 
 
 # --------------------------------------------------------------------------- HTTP errors

@@ -12,10 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.sse import SSEParser
-from tests.fakeupstream import FakeUpstream, Reply
-from tests.fuzz.test_request_fuzz import body_like
-from tests.fuzz.test_upstream_fuzz import chunk_like, json_values
-from tests.harness import bearer
+from tests.support.harness import bearer
+from tests.support.strategies import body_like, chunk_like, json_values
+from tests.support.upstream import FakeUpstream, Reply
 
 VALID = b'{"messages": [{"role": "user", "content": "hi"}], "stream": false}'
 STREAM = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}'

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.fakeupstream import FakeUpstream, Reply, openai_stream
-from tests.harness import bearer, chat_body, tag
+from tests.support.harness import bearer, chat_body
+from tests.support.redis import tag
+from tests.support.upstream import FakeUpstream, Reply, openai_stream
 
 URL = "/v1/projects/alpha/chat/completions"
 

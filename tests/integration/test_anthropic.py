@@ -11,22 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
 import gateway.sse
 from gateway.config import ProviderConfig, Timeouts
 from gateway.providers.anthropic import AnthropicProvider, AnthropicStreamTranslator
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.transport import HttpChunkStream
-from gateway.sse import SSEEvent, SSEParser
 from gateway.usage import Usage, input_token_bound
-from tests.fakeupstream import (
+from tests.support.billing import dimensions, report_row, usage_settled
+from tests.support.harness import (
+    PROVIDER_KEY,
+    Credentials,
+    Gateway,
+    SdkFactory,
+    bearer,
+    chat_body,
+    chat_url,
+)
+from tests.support.sdk import collect, text_of
+from tests.support.sse import parse_sse
+from tests.support.upstream import (
     FakeUpstream,
     Reply,
     anthropic_error,
@@ -34,7 +43,6 @@ from tests.fakeupstream import (
     anthropic_stream,
     fixture,
 )
-from tests.harness import PROVIDER_KEY, Credentials, bearer, chat_body
 
 CLAUDE = "claude-sonnet-4-5"
 KARTA, OPENAI_PROFILE = "claude", "claude-oai"  # project slugs, one per wire profile
@@ -80,8 +88,6 @@ STRICT_WEATHER_TOOL: Any = {
     },
 }
 
-Gateway = tuple[TestClient[Any, Any], Any, Credentials]
-
 
 def overrides(upstream: FakeUpstream, attempts: int = 1) -> dict[str, Any]:
     """make_gateway() arguments: an ``anthropic`` provider and projects routed to it."""
@@ -112,74 +118,10 @@ async def claude(make_gateway: Any, upstream: FakeUpstream) -> Gateway:
     return client, config, creds
 
 
-SdkFactory = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def sdk() -> AsyncIterator[SdkFactory]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(
-        client: TestClient[Any, Any], api_key: str, project: str = KARTA
-    ) -> openai.AsyncOpenAI:
-        api = openai.AsyncOpenAI(
-            base_url=str(client.make_url(f"/v1/projects/{project}")),
-            api_key=api_key,
-            max_retries=0,
-            timeout=15,
-        )
-        clients.append(api)
-        return api
-
-    yield make
-    for api in clients:
-        await api.close()
-
-
-def chat_url(project: str = KARTA) -> str:
-    return f"/v1/projects/{project}/chat/completions"
-
-
-def parse_sse(raw: bytes) -> list[SSEEvent]:
-    parser = SSEParser()
-    return parser.feed(raw) + parser.close()
-
-
 def with_error_before(raw: bytes, marker: bytes, frame: bytes = OVERLOADED) -> bytes:
     """``raw`` with ``frame`` inserted before the event that contains ``marker``."""
     cut = raw.rindex(b"event:", 0, raw.index(marker))
     return raw[:cut] + frame + raw[cut:]
-
-
-async def collect(stream: Any, into: list[Any] | None = None) -> list[Any]:
-    chunks = into if into is not None else []
-    async for chunk in stream:
-        chunks.append(chunk)
-    return chunks
-
-
-def text_of(chunks: list[Any]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-async def settled(client: Any, creds: Credentials, project: str = KARTA) -> dict[str, int]:
-    """The project's used counters (month window) once nothing is reserved any more."""
-    async with asyncio.timeout(5):
-        while True:
-            resp = await client.get(f"/v1/projects/{project}/usage", headers=bearer(creds.key))
-            assert resp.status == 200, await resp.text()
-            report = await resp.json()
-            [month] = [
-                c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
-            ]
-            dims = month["dimensions"]
-            if not any(d["reserved"] for d in dims.values()):
-                return {name: d["used"] for name, d in dims.items()}
-            await asyncio.sleep(0.02)
-
-
-def used(i: int, o: int, cost: int) -> dict[str, int]:
-    return {"input_tokens": i, "output_tokens": o, "total_tokens": i + o, "cost_nano_usd": cost}
 
 
 # --------------------------------------------------------------------------- SDK: streams
@@ -207,7 +149,7 @@ async def test_sdk_stream_of_the_recorded_text_fixture(
     # message_delta's output_tokens is cumulative: 5, not message_start's 1 + 5.
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (20, 5, 25)
     assert all(c.usage is None for c in chunks[:-1])
-    assert await settled(client, creds, project) == used(20, 5, 20 * IN + 5 * OUT)
+    assert await usage_settled(client, creds.key, project) == dimensions(20, 5, 20 * IN + 5 * OUT)
 
 
 @pytest.mark.parametrize("project", PROJECTS, ids=["karta", "openai"])
@@ -241,7 +183,9 @@ async def test_sdk_stream_of_the_recorded_tool_use_fixture(
     usage = chunks[-1].usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (377, 65, 442)
-    assert await settled(client, creds, project) == used(377, 65, 377 * IN + 65 * OUT)
+    assert await usage_settled(client, creds.key, project) == dimensions(
+        377, 65, 377 * IN + 65 * OUT
+    )
     sent = upstream.last.json()
     assert sent["tools"] == [
         {
@@ -283,13 +227,13 @@ async def test_sdk_stream_without_include_usage_still_settles(
 ) -> None:
     client, _, creds = claude
     upstream.script(Reply(sse=fixture(TEXT_FIXTURE)))
-    stream = await sdk(client, creds.key).chat.completions.create(
+    stream = await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default", messages=MESSAGES, stream=True
     )
     chunks = await collect(stream)
     assert text_of(chunks) == "2"
     assert all(c.choices and c.usage is None for c in chunks)  # kept by the gateway
-    assert await settled(client, creds) == used(20, 5, 20 * IN + 5 * OUT)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(20, 5, 20 * IN + 5 * OUT)
 
 
 # --------------------------------------------------------------------------- SDK: unary
@@ -317,7 +261,7 @@ async def test_sdk_unary(
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (11, 3)
     assert completion.usage.total_tokens == 14
-    assert await settled(client, creds, project) == used(11, 3, 11 * IN + 3 * OUT)
+    assert await usage_settled(client, creds.key, project) == dimensions(11, 3, 11 * IN + 3 * OUT)
 
 
 CITY_FORMAT = {
@@ -344,7 +288,7 @@ async def test_sdk_json_mode_unary_and_stream(
         {"type": "tool_use", "id": TOOL_ID, "name": "json_answer", "input": {"location": "Paris"}}
     ]
     upstream.script(Reply(json=message))
-    api = sdk(client, creds.key)
+    api = sdk(client, creds.key, KARTA)
     ask = [{"role": "user", "content": "Which city? Answer in JSON."}]
     completion = await api.chat.completions.create(
         model="default", messages=ask, response_format=CITY_FORMAT
@@ -377,9 +321,7 @@ async def _reserved_input(client: Any, creds: Credentials) -> int:
         while True:
             resp = await client.get(f"/v1/projects/{KARTA}/usage", headers=bearer(creds.key))
             report = await resp.json()
-            [month] = [
-                c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
-            ]
+            month = report_row(report, "project", "month")
             held = int(month["dimensions"]["input_tokens"]["reserved"])
             if held:
                 return held
@@ -403,7 +345,7 @@ async def test_the_reservation_covers_anthropics_tool_prompt(
     client, config, creds = claude
     body = chat_body(**extra)
     upstream.script(Reply(json=anthropic_message("{}", CLAUDE), delay_before_headers=0.5))
-    call = asyncio.create_task(client.post(chat_url(), json=body, headers=bearer(creds.key)))
+    call = asyncio.create_task(client.post(chat_url(KARTA), json=body, headers=bearer(creds.key)))
     try:
         bound = input_token_bound(body, config.gateway.limits.image_token_bound)
         assert await _reserved_input(client, creds) == bound + overhead
@@ -416,7 +358,7 @@ async def test_json_mode_with_tools_is_refused_before_any_call(
 ) -> None:
     client, _, creds = claude
     resp = await client.post(
-        chat_url(),
+        chat_url(KARTA),
         json=chat_body(response_format={"type": "json_object"}, tools=[WEATHER_TOOL]),
         headers=bearer(creds.key),
     )
@@ -432,7 +374,7 @@ async def test_sdk_unary_tool_use(claude: Gateway, upstream: FakeUpstream, sdk: 
         {"type": "tool_use", "id": TOOL_ID, "name": "get_weather", "input": {"location": "Paris"}}
     )
     upstream.script(Reply(json=message))
-    completion = await sdk(client, creds.key).chat.completions.create(
+    completion = await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default",
         messages=[{"role": "user", "content": "Weather in Paris?"}],
         tools=[WEATHER_TOOL],
@@ -452,7 +394,7 @@ async def test_sdk_tool_round_trip_is_sent_as_tool_use_and_tool_result(
     claude: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = claude
-    await sdk(client, creds.key).chat.completions.create(
+    await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default",
         messages=[
             {"role": "user", "content": "Weather in Paris?"},
@@ -513,7 +455,7 @@ async def test_what_anthropic_receives(
         "stream": stream,
     }
     resp = await client.post(
-        chat_url(),
+        chat_url(KARTA),
         json=body,
         headers={**bearer(creds.key), "Cookie": "session=client-cookie"},
     )
@@ -553,7 +495,7 @@ async def test_system_cache_control_reaches_anthropic(
     manual = "A long operating manual. " * 20
     part = {"type": "text", "text": manual, "cache_control": {"type": "ephemeral"}}
     messages: Any = [{"role": "system", "content": [part]}, {"role": "user", "content": "Hi"}]
-    await sdk(client, creds.key).chat.completions.create(model="default", messages=messages)
+    await sdk(client, creds.key, KARTA).chat.completions.create(model="default", messages=messages)
     assert upstream.last.json()["system"] == [part]
 
 
@@ -562,7 +504,7 @@ async def test_max_tokens_below_the_ceiling_is_kept(
 ) -> None:
     client, _, creds = claude
     resp = await client.post(
-        chat_url(), json=chat_body(max_completion_tokens=12), headers=bearer(creds.key)
+        chat_url(KARTA), json=chat_body(max_completion_tokens=12), headers=bearer(creds.key)
     )
     assert resp.status == 200, await resp.text()
     assert upstream.last.json()["max_tokens"] == 12
@@ -572,13 +514,13 @@ async def test_unsupported_n_is_422_and_nothing_is_sent(
     claude: Gateway, upstream: FakeUpstream
 ) -> None:
     client, _, creds = claude
-    resp = await client.post(chat_url(), json=chat_body(n=2), headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=chat_body(n=2), headers=bearer(creds.key))
     assert resp.status == 422
     body = await resp.json()
     assert body["error"] == "validation_failed"
     assert body["param"] == "n"
     assert upstream.requests == []
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 LEGACY_CALL = {"name": "get_weather", "arguments": TOOL_ARGS}
@@ -611,14 +553,14 @@ async def test_what_anthropic_cannot_honour_is_422_and_nothing_is_sent(
     """Refused naming the field, before any upstream call, and nothing is billed."""
     client, _, creds = claude
     resp = await client.post(
-        chat_url(), json=chat_body(stream=stream, **extra), headers=bearer(creds.key)
+        chat_url(KARTA), json=chat_body(stream=stream, **extra), headers=bearer(creds.key)
     )
     assert resp.status == 422, await resp.text()
     body = await resp.json()
     assert body["error"] == "validation_failed"
     assert body["param"] == param
     assert upstream.requests == []
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 # --------------------------------------------------------------------------- budgets
@@ -642,7 +584,7 @@ async def test_settled_budget_prices_cache_writes_and_reads_separately(
     body = chat_body(stream=stream)
     if stream:
         body["stream_options"] = {"include_usage": True}
-    resp = await client.post(chat_url(), json=body, headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=body, headers=bearer(creds.key))
     assert resp.status == 200, await resp.text()
     if stream:
         events = parse_sse(await resp.read())
@@ -658,7 +600,7 @@ async def test_settled_budget_prices_cache_writes_and_reads_separately(
     }
     cost = 50 * IN + 3000 * READ + 1000 * WRITE + 70 * OUT
     assert cost == 5_850_000
-    assert await settled(client, creds) == used(4050, 70, cost)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(4050, 70, cost)
 
 
 # --------------------------------------------------------------------------- failures mid-stream
@@ -681,7 +623,7 @@ async def test_midstream_overloaded_error_raises_api_error_in_the_sdk(
     assert text_of(received) == "I"  # what came before the error frame was relayed
     assert all(c.usage is None for c in received)
     # No usage arrived: the unknown output is billed at the reserved ceiling.
-    assert (await settled(client, creds, project))["output_tokens"] == CEILING
+    assert (await usage_settled(client, creds.key, project))["output_tokens"] == CEILING
 
 
 async def test_midstream_overloaded_error_event_on_the_wire(
@@ -689,7 +631,9 @@ async def test_midstream_overloaded_error_event_on_the_wire(
 ) -> None:
     client, _, creds = claude
     upstream.script(Reply(sse=with_error_before(fixture(TOOL_FIXTURE), b'"partial_json":"ar"')))
-    resp = await client.post(chat_url(), json=chat_body(stream=True), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=True), headers=bearer(creds.key)
+    )
     assert resp.status == 200
     events = parse_sse(await resp.read())
     assert all(e.event == "chunk" for e in events[:-1])
@@ -718,11 +662,13 @@ async def test_overloaded_right_after_message_start_is_502_before_any_byte(
     client, _, creds = claude
     raw = with_error_before(fixture(TEXT_FIXTURE), b"event: content_block_start")
     upstream.script(Reply(sse=raw))
-    resp = await client.post(chat_url(), json=chat_body(stream=True), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=True), headers=bearer(creds.key)
+    )
     assert resp.status == 502
     assert resp.content_type == "application/json"
     # The provider declined before generating anything: nothing is billed.
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 async def test_overloaded_right_after_message_start_is_retried(
@@ -731,13 +677,13 @@ async def test_overloaded_right_after_message_start_is_retried(
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     raw = with_error_before(fixture(TEXT_FIXTURE), b"event: content_block_start")
     upstream.script(Reply(sse=raw), Reply(sse=fixture(TEXT_FIXTURE)))
-    stream = await sdk(client, creds.key).chat.completions.create(
+    stream = await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = await collect(stream)
     assert text_of(chunks) == "2"
     assert len(upstream.requests) == 2
-    assert await settled(client, creds) == used(20, 5, 20 * IN + 5 * OUT)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(20, 5, 20 * IN + 5 * OUT)
 
 
 async def test_stream_cut_before_message_delta_raises_api_error(
@@ -746,14 +692,14 @@ async def test_stream_cut_before_message_delta_raises_api_error(
     client, _, creds = claude
     raw = fixture(TEXT_FIXTURE)
     upstream.script(Reply(sse=raw[: raw.index(b"event: message_delta")]))
-    stream = await sdk(client, creds.key).chat.completions.create(
+    stream = await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default", messages=MESSAGES, stream=True
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError):
         await collect(stream, received)
     assert text_of(received) == "2"
-    assert (await settled(client, creds))["output_tokens"] == CEILING
+    assert (await usage_settled(client, creds.key, KARTA))["output_tokens"] == CEILING
 
 
 # --------------------------------------------------------------------------- errors before the stream
@@ -769,24 +715,26 @@ async def test_401_from_anthropic_is_422_byok_key_rejected(
             json=anthropic_error("authentication_error", f"invalid x-api-key {PROVIDER_KEY}"),
         )
     )
-    resp = await client.post(chat_url(), json=chat_body(), headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 422
     text = await resp.text()
     assert PROVIDER_KEY not in text
     body = json.loads(text)
     assert body["error"] == "byok_key_rejected"
     assert body["provider"] == "claude"
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_529_overloaded_is_502(claude: Gateway, upstream: FakeUpstream, stream: bool) -> None:
     client, _, creds = claude
     upstream.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")))
-    resp = await client.post(chat_url(), json=chat_body(stream=stream), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=stream), headers=bearer(creds.key)
+    )
     assert resp.status == 502
     assert "detail" in await resp.json()
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 async def test_529_is_retried_when_attempts_allow(
@@ -794,7 +742,7 @@ async def test_529_is_retried_when_attempts_allow(
 ) -> None:
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     upstream.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")))
-    completion = await sdk(client, creds.key).chat.completions.create(
+    completion = await sdk(client, creds.key, KARTA).chat.completions.create(
         model="default", messages=MESSAGES
     )
     assert completion.choices[0].message.content == "Hello there"
@@ -812,7 +760,7 @@ async def test_429_from_anthropic_keeps_retry_after(
             headers={"retry-after": "3"},
         )
     )
-    resp = await client.post(chat_url(), json=chat_body(), headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "3"
 
@@ -827,7 +775,7 @@ async def test_400_from_anthropic_is_422_with_its_code(
             json=anthropic_error("invalid_request_error", "messages.0.content: Field required"),
         )
     )
-    resp = await client.post(chat_url(), json=chat_body(), headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 422
     body = await resp.json()
     assert body["error"] == "validation_failed"
@@ -839,7 +787,7 @@ async def test_sdk_sees_the_status_errors(
     claude: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = claude
-    api = sdk(client, creds.key)
+    api = sdk(client, creds.key, KARTA)
     upstream.script(Reply(status=401, json=anthropic_error("authentication_error", "invalid")))
     with pytest.raises(openai.UnprocessableEntityError):
         await api.chat.completions.create(model="default", messages=MESSAGES)
@@ -860,11 +808,15 @@ async def test_an_error_sent_with_a_200_is_retried_and_billed_at_nothing(
     generated, so nothing is billed, and another attempt serves the request."""
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     upstream.script(Reply(json=anthropic_error("overloaded_error", "Overloaded")))
-    resp = await client.post(chat_url(), json=chat_body(stream=stream), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=stream), headers=bearer(creds.key)
+    )
     assert resp.status == 200, await resp.text()
     await resp.read()
     assert len(upstream.requests) == 2
-    assert await settled(client, creds) == used(11, 3, 11 * IN + 3 * OUT)  # the second only
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(
+        11, 3, 11 * IN + 3 * OUT
+    )  # the second only
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
@@ -874,12 +826,14 @@ async def test_an_authentication_error_sent_with_a_200_is_422_byok_key_rejected(
     client, _, creds = claude
     error = anthropic_error("authentication_error", f"invalid x-api-key {PROVIDER_KEY}")
     upstream.script(Reply(json=error))
-    resp = await client.post(chat_url(), json=chat_body(stream=stream), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=stream), headers=bearer(creds.key)
+    )
     text = await resp.text()
     assert resp.status == 422, text
     assert PROVIDER_KEY not in text
     assert json.loads(text)["error"] == "byok_key_rejected"
-    assert await settled(client, creds) == used(0, 0, 0)
+    assert await usage_settled(client, creds.key, KARTA) == dimensions(0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -894,10 +848,10 @@ async def test_an_unreadable_unary_200_is_billed_and_not_retried(
     answer: the worst case is billed, and a retry would pay for it twice."""
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     upstream.script(Reply(body=body, content_type="application/json"))
-    resp = await client.post(chat_url(), json=chat_body(), headers=bearer(creds.key))
+    resp = await client.post(chat_url(KARTA), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 502, await resp.text()
     assert len(upstream.requests) == 1
-    assert (await settled(client, creds))["output_tokens"] == CEILING
+    assert (await usage_settled(client, creds.key, KARTA))["output_tokens"] == CEILING
 
 
 async def test_an_event_over_the_size_cap_ends_the_stream(
@@ -911,7 +865,9 @@ async def test_an_event_over_the_size_cap_ends_the_stream(
     head = raw[: raw.index(b"event: content_block_delta", raw.index(b"Hel"))]
     sse = head + b'event: content_block_delta\ndata: {"type": "' + b"a" * 200_000
     upstream.script(Reply(sse=sse, slice_size=16 * 1024, hang_after_bytes=len(sse)))
-    resp = await client.post(chat_url(), json=chat_body(stream=True), headers=bearer(creds.key))
+    resp = await client.post(
+        chat_url(KARTA), json=chat_body(stream=True), headers=bearer(creds.key)
+    )
     assert resp.status == 200
     events = parse_sse(await resp.read())
     assert events[-1].event == "error"
@@ -920,7 +876,7 @@ async def test_an_event_over_the_size_cap_ends_the_stream(
     assert "over 65536 bytes" in error["data"]["message"]
     chunks = [json.loads(e.data) for e in events[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hel"
-    assert (await settled(client, creds))["output_tokens"] == CEILING
+    assert (await usage_settled(client, creds.key, KARTA))["output_tokens"] == CEILING
     await upstream.wait_disconnect()
 
 

@@ -20,24 +20,20 @@ from typing import Any
 import jwt
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.credentials import generate_key
 from gateway.serve.lifecycle import reload_config
-from tests.harness import (
-    BYOK_KEY,
+from tests.support.harness import (
     PROVIDER_KEY,
     SESSION_SECRET,
     UNAUTHORIZED,
     Credentials,
+    assert_clean,
     bearer,
     chat_body,
-    scrape,
+    chat_url,
 )
-
-
-def chat_url(project: str) -> str:
-    return f"/v1/projects/{project}/chat/completions"
+from tests.support.metrics import by_label, scrape
 
 
 def _b64(raw: bytes) -> str:
@@ -83,18 +79,7 @@ def revoke_on_disk(creds: Credentials) -> None:
 
 
 async def auth_failures(client: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(await scrape(client)):
-        for sample in family.samples:
-            if sample.name == "gateway_auth_failures_total":
-                out[sample.labels["reason"]] = sample.value
-    return out
-
-
-def assert_clean(text: str, creds: Credentials) -> None:
-    for secret in (PROVIDER_KEY, BYOK_KEY, SESSION_SECRET, creds.key, creds.revoked_key):
-        assert secret not in text
-    assert "Traceback" not in text
+    return by_label(await scrape(client), "gateway_auth_failures_total", "reason")
 
 
 async def assert_unauthorized(resp: Any, creds: Credentials) -> None:

@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError
 
 from gateway.autopipeline import AutoPipeline, pack_command
 from gateway.serve.resources import redis_client
-from tests.harness import free_port
+from tests.support.ports import free_port
 
 ECHO = "return ARGV[1]"
 SLOW = (

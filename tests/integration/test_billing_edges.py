@@ -16,53 +16,19 @@ import json
 import logging
 import socket
 import time
-from typing import Any
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
-from gateway.config import Config
 from gateway.context import STATE
-from tests.fakeupstream import Reply, openai_completion
-from tests.harness import bearer, chat_body, metric, wait_released, window_ids
+from tests.support.billing import used
+from tests.support.harness import bearer, chat_body
+from tests.support.metrics import metric
+from tests.support.redis import settled
+from tests.support.upstream import Reply, choice, chunk, openai_completion, sse
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
-
-
-def cost(i: int, o: int) -> int:
-    return i * 150 + o * 600
-
-
-def used(i: int, o: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": cost(i, o), "r0": 0, "r1": 0, "r2": 0, "r3": 0}
-
-
-async def settled(redis: Redis, config: Config, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
-    """The project's lifetime counter once nothing is held on it any more."""
-    key = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
-    return await wait_released(redis, key, timeout)
-
-
-def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-up",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": choices,
-        "usage": usage,
-    }
-
-
-def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "finish_reason": finish}
-
-
-def sse(*chunks: dict[str, Any], done: bool = False) -> bytes:
-    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    return body + (b"data: [DONE]\n\n" if done else b"")
 
 
 def running(completion_tokens: int, prompt_tokens: int = 20) -> dict[str, int]:
@@ -125,12 +91,20 @@ async def test_stream_cut_after_one_of_two_choices_finished_bills_the_remainder(
     finish, so its unknown remainder is billed at the reservation (2 x 100)."""
     client, config, creds = await make_gateway()
     head = sse(
-        chunk([choice(0, {"role": "assistant", "content": ""}), choice(1, {"role": "assistant"})]),
-        chunk([choice(0, {"content": "Hi"})]),
-        chunk([choice(0, {}, "stop")]),
-        chunk([choice(1, {"content": "abc"})]),
+        chunk(
+            choices=[
+                choice({"role": "assistant", "content": ""}),
+                choice({"role": "assistant"}, index=1),
+            ]
+        ),
+        chunk({"content": "Hi"}),
+        chunk({}, "stop"),
+        chunk({"content": "abc"}, index=1),
     )
-    tail = sse(chunk([choice(1, {"content": "d" * 50}, "length")]), chunk([], running(200)))
+    tail = sse(
+        chunk({"content": "d" * 50}, "length", index=1),
+        chunk(choices=[], usage=running(200)),
+    )
     upstream.script(Reply(sse=head + tail + b"data: [DONE]\n\n", cut_after_bytes=len(head)))
     body = chat_body(stream=True, n=2, max_tokens=100)
     resp = await client.post(URL, json=body, headers=bearer(creds.key))
@@ -152,9 +126,14 @@ async def test_stream_of_two_choices_both_finished_without_usage_bills_the_ceili
     unseen), so the output is billed at the reservation (2 x 100)."""
     client, config, creds = await make_gateway()
     raw = sse(
-        chunk([choice(0, {"role": "assistant", "content": "Hi"}), choice(1, {"content": "abc"})]),
-        chunk([choice(0, {}, "stop")]),
-        chunk([choice(1, {"content": "defg"}, "stop")]),
+        chunk(
+            choices=[
+                choice({"role": "assistant", "content": "Hi"}),
+                choice({"content": "abc"}, index=1),
+            ]
+        ),
+        chunk({}, "stop"),
+        chunk({"content": "defg"}, "stop", index=1),
         done=True,
     )
     upstream.script(Reply(sse=raw))
@@ -180,13 +159,10 @@ async def test_stream_cut_after_running_usage_bills_the_reservation(
     reservation, and never less than that count (input 50 > the bound of 33)."""
     client, config, creds = await make_gateway()
     head = sse(
-        chunk([choice(0, {"role": "assistant", "content": ""})], running(0, prompt_tokens)),
-        *(
-            chunk([choice(0, {"content": f"w{i} "})], running(i + 1, prompt_tokens))
-            for i in range(3)
-        ),
+        chunk({"role": "assistant", "content": ""}, usage=running(0, prompt_tokens)),
+        *(chunk({"content": f"w{i} "}, usage=running(i + 1, prompt_tokens)) for i in range(3)),
     )
-    tail = sse(chunk([choice(0, {"content": "more"}, "stop")], running(90, prompt_tokens)))
+    tail = sse(chunk({"content": "more"}, "stop", usage=running(90, prompt_tokens)))
     upstream.script(Reply(sse=head + tail + b"data: [DONE]\n\n", cut_after_bytes=len(head)))
     body = chat_body(stream=True, stream_options={"continuous_usage_stats": True})
     resp = await client.post(URL, json=body, headers=bearer(creds.key))
@@ -204,10 +180,10 @@ async def test_stream_with_running_usage_that_finishes_bills_the_final_usage(
 ) -> None:
     client, config, creds = await make_gateway()
     raw = sse(
-        chunk([choice(0, {"role": "assistant", "content": ""})], running(0)),
-        *(chunk([choice(0, {"content": f"w{i} "})], running(i + 1)) for i in range(3)),
-        chunk([choice(0, {}, "stop")], running(3)),
-        chunk([], running(3)),
+        chunk({"role": "assistant", "content": ""}, usage=running(0)),
+        *(chunk({"content": f"w{i} "}, usage=running(i + 1)) for i in range(3)),
+        chunk({}, "stop", usage=running(3)),
+        chunk(choices=[], usage=running(3)),
         done=True,
     )
     upstream.script(Reply(sse=raw))
@@ -238,7 +214,7 @@ async def test_client_that_stops_reading_is_dropped_after_the_idle_timeout(
     client, config, creds = await make_gateway(gateway={"providers": {"upstream": provider}})
     # Far more than every buffer between the upstream and the client holds (24 MB), in
     # fewer deltas than the output ceiling (the relay would cut past it); never ends.
-    piece = chunk([choice(0, {"content": "x" * 400_000})])
+    piece = chunk({"content": "x" * 400_000})
     raw = sse(*([piece] * 60))
     upstream.script(Reply(sse=raw, slice_size=65536, hang_after_bytes=len(raw)))
 

@@ -10,7 +10,6 @@ tokens, costing 33 * 150 + 100 * 600 = 64_950 nano-USD at gpt-4o-mini prices
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,97 +18,34 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from redis.asyncio import Redis
 
 from gateway.budget import keys
-from gateway.config import Config, load_config
+from gateway.config import load_config
 from gateway.credentials import generate_key
 from gateway.http.app import create_app
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
-from tests.harness import (
+from tests.support.billing import NOTHING, cost, held, used
+from tests.support.harness import (
     STORE_TIMEOUT_FAST,
     bearer,
     chat_body,
-    counter,
-    data_frames,
-    metric,
-    wait_released,
-    window_ids,
+    upstream_override,
     write_config,
+)
+from tests.support.metrics import metric
+from tests.support.redis import counter, project_key, project_keys, wait_released, window_ids
+from tests.support.sse import data_frames, read_data_frames
+from tests.support.upstream import (
+    Reply,
+    openai_completion,
+    openai_error,
+    openai_stream,
+    slow_stream,
 )
 
 URL = "/v1/projects/alpha/chat/completions"
-IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # nano-USD per token (gpt-4o-mini)
 INPUT_BOUND, CEILING = 33, 100
-WORST_COST = INPUT_BOUND * IN_PRICE + CEILING * OUT_PRICE  # 64_950
-
-
-def cost(i: int, o: int, cached: int = 0) -> int:
-    return (i - cached) * IN_PRICE + cached * CACHED_PRICE + o * OUT_PRICE
-
-
-def used(i: int, o: int, c: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
-
-
-def held(i: int, o: int, c: int) -> dict[str, int]:
-    return {"u0": 0, "u1": 0, "u2": 0, "u3": 0, "r0": i, "r1": o, "r2": i + o, "r3": c}
-
-
-NOTHING = used(0, 0, 0)
+WORST_COST = cost(INPUT_BOUND, CEILING)  # 64_950
 WORST_USED = used(INPUT_BOUND, CEILING, WORST_COST)
-
-
-async def windows(redis: Redis) -> tuple[str, str]:
-    """The day and month window ids on Redis server time (the scripts' clock)."""
-    ids = await window_ids(redis)
-    return ids["day"], ids["month"]
-
-
-def ckey(config: Config, suffix: str, window_id: str, project_id: str = "prj_alpha") -> str:
-    return keys.counter_key(
-        keys.tag(config.gateway.redis.key_prefix, project_id), suffix, window_id
-    )
-
-
-async def project_keys(redis: Redis, config: Config, project_id: str = "prj_alpha") -> list[str]:
-    day, month = await windows(redis)
-    return [ckey(config, "p", w, project_id) for w in (day, month, "all")]
-
-
-async def read_data_frames(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    """Read ``count`` SSE data frames from a live response."""
-    frames: list[dict[str, Any]] = []
-    while len(frames) < count:
-        line = await resp.content.readline()
-        assert line, "the stream ended early"
-        if line.startswith(b"data: "):
-            frames.append(json.loads(line[len(b"data: ") :]))
-    return frames
-
-
-def slow_stream(pieces: int = 80) -> Reply:
-    """A long, slow stream: ~0.14 s per chunk, with usage at the very end."""
-    words = [f"w{i:03d} " for i in range(pieces)]
-    return Reply(
-        sse=openai_stream(words, prompt_tokens=20, completion_tokens=pieces * 2),
-        slice_size=40,
-        delay_between_slices=0.02,
-    )
-
-
-def provider_override(upstream: FakeUpstream, **timeouts: float) -> dict[str, Any]:
-    limits = {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts}
-    return {
-        "providers": {
-            "upstream": {
-                "kind": "openai",
-                "base_url": upstream.base_url,
-                "api_key_env": "TEST_PROVIDER_KEY",
-                "timeouts": limits,
-            }
-        }
-    }
 
 
 # ----------------------------------------------------------------------------- settled usage
@@ -234,7 +170,7 @@ async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None
             }
         }
     )
-    day, _ = await windows(redis)
+    day = (await window_ids(redis))["day"]
     one, two = creds.session(sub="user-1"), creds.session(sub="user-2")
     resp = await client.post(URL, json=chat_body(), headers=bearer(one))
     assert resp.status == 200
@@ -269,7 +205,7 @@ async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None
     assert len(upstream.requests) == 3
 
     def user_key(sub: str) -> str:
-        return ckey(config, keys.user_part(sub), day)
+        return project_key(config, day, part=keys.user_part(sub))
 
     assert await counter(redis, user_key("user-1")) == used(11, 3, cost(11, 3))
     assert await counter(redis, user_key("user-2")) == used(11, 3, cost(11, 3))
@@ -306,7 +242,7 @@ async def test_per_key_caps_are_separate(
     )
     config = load_config(creds.config_dir, creds.env)
     client = await aiohttp_client(create_app(config, redis_url))
-    _, month = await windows(redis)
+    month = (await window_ids(redis))["month"]
 
     assert (await client.post(URL, json=chat_body(), headers=bearer(creds.key))).status == 200
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
@@ -324,9 +260,13 @@ async def test_per_key_caps_are_separate(
     assert (await client.post(URL, json=chat_body(), headers=bearer(second.secret))).status == 200
     assert (await client.post(URL, json=chat_body(), headers=bearer(creds.session()))).status == 200
     assert len(upstream.requests) == 3
-    assert await counter(redis, ckey(config, "k:key_main", month)) == used(11, 3, cost(11, 3))
-    assert await counter(redis, ckey(config, "k:key_second", month)) == used(11, 3, cost(11, 3))
-    assert await counter(redis, ckey(config, "p", month)) == used(33, 9, 3 * cost(11, 3))
+    assert await counter(redis, project_key(config, month, part="k:key_main")) == used(
+        11, 3, cost(11, 3)
+    )
+    assert await counter(redis, project_key(config, month, part="k:key_second")) == used(
+        11, 3, cost(11, 3)
+    )
+    assert await counter(redis, project_key(config, month)) == used(33, 9, 3 * cost(11, 3))
 
 
 # ----------------------------------------------------------------------------- 402
@@ -384,7 +324,7 @@ async def test_upstream_error_before_first_byte_bills_nothing(
 @pytest.mark.parametrize("chunks", [0, 1, 3])
 async def test_client_disconnect_mid_stream(make_gateway, upstream, redis, chunks) -> None:
     client, config, creds = await make_gateway()
-    upstream.script(slow_stream())
+    upstream.script(slow_stream(80, delay=0.02, slice_size=40, completion_tokens=160))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
     frames = await read_data_frames(resp, chunks)
@@ -458,7 +398,9 @@ async def test_upstream_cut_mid_stream(make_gateway, upstream, redis) -> None:
 
 
 async def test_upstream_idle_timeout_mid_stream(make_gateway, upstream, redis) -> None:
-    client, config, creds = await make_gateway(gateway=provider_override(upstream, idle=0.3))
+    client, config, creds = await make_gateway(
+        gateway=upstream_override(upstream.base_url, idle=0.3)
+    )
     raw = openai_stream([f"p{i:02d} " for i in range(20)], prompt_tokens=20, completion_tokens=40)
     events = raw.split(b"\n\n")
     stall = sum(len(e) + 2 for e in events[:3])  # role chunk + 2 pieces, then silence
@@ -485,7 +427,9 @@ async def test_unary_body_lost_mid_way_bills_the_worst_case(
 ) -> None:
     """The provider was already sending its completed answer: it billed the request, we
     never saw the usage, so the reservation is billed in full."""
-    client, config, creds = await make_gateway(gateway=provider_override(upstream, idle=0.3))
+    client, config, creds = await make_gateway(
+        gateway=upstream_override(upstream.base_url, idle=0.3)
+    )
     completion = openai_completion(prompt_tokens=20, completion_tokens=40)
     if failure == "cut":
         upstream.script(Reply(json=completion, cut_after_bytes=60))

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,31 +32,11 @@ from gateway.budget import (
 from gateway.config import PriceConfig, Project, load_config
 from gateway.errors import budget_exhausted_body
 from gateway.usage import Usage, cost_nano
-from tests.harness import counter, free_port, write_config
-
-# gpt-4o-mini in the harness: 0.15 / 0.60 USD per million tokens.
-MINI = PriceConfig(input="0.15", output="0.60", cached_input="0.075")
-
-
-def ms(iso: str) -> int:
-    """A UTC ISO timestamp (milliseconds allowed) as epoch milliseconds."""
-    return round(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-T_JUNE = ms("2026-06-15T12:00:00")
-
-
-def amounts(input_tokens: int, output_tokens: int) -> Amounts:
-    return Amounts(input_tokens, output_tokens, cost_nano(Usage(input_tokens, output_tokens), MINI))
-
-
-def used(i: int, o: int, cost: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": cost, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
-
-
-def held(i: int, o: int, cost: int, *, u: tuple[int, int, int] = (0, 0, 0)) -> dict[str, int]:
-    ui, uo, uc = u
-    return {"u0": ui, "u1": uo, "u2": ui + uo, "u3": uc, "r0": i, "r1": o, "r2": i + o, "r3": cost}
+from tests.support.billing import MINI_CONFIG, amounts, held, used
+from tests.support.clock import T_JUNE, ms
+from tests.support.harness import StoreFactory, write_config
+from tests.support.ports import free_port
+from tests.support.redis import counter
 
 
 async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
@@ -73,23 +51,6 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
         else:
             out[key.decode()] = kind
     return out
-
-
-StoreFactory = Callable[..., BudgetStore]
-
-
-@pytest.fixture
-async def make_store(redis_url: str) -> AsyncIterator[StoreFactory]:
-    clients: list[Redis] = []
-
-    def factory(*, ttl_s: int = 60, timeout_s: float = 0.5, url: str | None = None) -> BudgetStore:
-        client = Redis.from_url(url or redis_url)
-        clients.append(client)
-        return BudgetStore(client, "t" + uuid.uuid4().hex[:12], timeout_s, ttl_s)
-
-    yield factory
-    for client in clients:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -726,15 +687,18 @@ async def test_limits_that_do_not_divide_a_minute_are_off_by_microseconds_only(
 
 
 def test_cost_nano_exact_integer_math_rounded_up() -> None:
-    assert MINI.input == 150_000_000
-    assert MINI.output == 600_000_000
-    assert MINI.cached_input == 75_000_000
-    assert cost_nano(Usage(1, 0), MINI) == 150
-    assert cost_nano(Usage(0, 1), MINI) == 600
-    assert cost_nano(Usage(1_000_000, 1_000_000), MINI) == 750_000_000
+    assert MINI_CONFIG.input == 150_000_000
+    assert MINI_CONFIG.output == 600_000_000
+    assert MINI_CONFIG.cached_input == 75_000_000
+    assert cost_nano(Usage(1, 0), MINI_CONFIG) == 150
+    assert cost_nano(Usage(0, 1), MINI_CONFIG) == 600
+    assert cost_nano(Usage(1_000_000, 1_000_000), MINI_CONFIG) == 750_000_000
     # Cached input at its own price; cached beyond the input is clamped to the input.
-    assert cost_nano(Usage(30, 57, cached_input_tokens=16), MINI) == 14 * 150 + 16 * 75 + 57 * 600
-    assert cost_nano(Usage(3, 0, cached_input_tokens=9), MINI) == 3 * 75
+    assert (
+        cost_nano(Usage(30, 57, cached_input_tokens=16), MINI_CONFIG)
+        == 14 * 150 + 16 * 75 + 57 * 600
+    )
+    assert cost_nano(Usage(3, 0, cached_input_tokens=9), MINI_CONFIG) == 3 * 75
     # Fractional nano-USD are rounded up, once, on the whole amount.
     odd = PriceConfig(input="0.123456789", output="1.000000001", cached_input="0.000000001")
     assert (odd.input, odd.output, odd.cached_input) == (123_456_789, 1_000_000_001, 1)

@@ -14,7 +14,8 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.credentials import verify_session_token
 from gateway.serve.env import SUPERVISOR_PID_ENV
-from tests.harness import SESSION_SECRET, Credentials, free_port, write_config
+from tests.support.harness import SESSION_SECRET, Credentials, write_config
+from tests.support.ports import free_port
 
 
 @pytest.fixture

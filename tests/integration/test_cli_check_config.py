@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from tests.harness import write_config
-from tests.process import gateway_cli
+from tests.support.harness import write_config
+from tests.support.process import gateway_cli
 
 
 def _edit(path: Path, change: Any) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
-from tests.harness import Credentials, write_config
-from tests.process import gateway_cli
+from tests.support.harness import Credentials, write_config
+from tests.support.process import gateway_cli
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Credentials, free_port, write_config
+from tests.support.harness import Credentials, write_config
+from tests.support.ports import free_port
 
 # Listens on 127.0.0.1:<argv[1]> (SO_REUSEPORT when argv[2] is "1", as a gateway's
 # workers do) until killed.

@@ -16,9 +16,12 @@ from redis.asyncio import Redis
 
 from gateway.serve.embedded_redis import LOCK_NAME, EmbeddedRedis
 from gateway.usage_cli import dollars, redact
-from tests.fakeupstream import FakeUpstream
-from tests.harness import Credentials, bearer, chat_body, free_port, tag, window_ids, write_config
-from tests.process import GatewayProcess, gateway_cli, key_prefix
+from tests.support.billing import report_row
+from tests.support.harness import Credentials, bearer, chat_body, key_prefix, write_config
+from tests.support.ports import free_port
+from tests.support.process import GatewayProcess, gateway_cli
+from tests.support.redis import tag, window_ids
+from tests.support.upstream import FakeUpstream
 
 COLUMNS = ("scope", "window", "dimension", "used", "reserved", "cap", "left", "resets at")
 NUMERIC = {"used", "reserved", "cap", "left"}
@@ -100,9 +103,7 @@ async def test_the_table_shows_dollars_in_aligned_columns_and_json_stays_nano(
     done = _usage(creds, "--project", "alpha", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    month_row = next(
-        c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
-    )
+    month_row = report_row(report, "project", "month")
     assert month_row["dimensions"]["cost_nano_usd"]["used"] == 1_234_000
     assert month_row["dimensions"]["total_tokens"] == {
         "used": 1500,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +29,11 @@ from gateway.budget import Amounts, BudgetStore, org_counters, project_counters
 from gateway.config import load_config, org_caps
 from gateway.http.app import create_app
 from gateway.serve.embedded_redis import find_redis_server
-from tests.fakeupstream import (
+from tests.support.billing import cost, used
+from tests.support.harness import bearer, chat_body, edit_gateway_yaml, write_config
+from tests.support.ports import free_port
+from tests.support.redis import counter, parse_event, ping, tag, window_ids
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
@@ -39,23 +42,10 @@ from tests.fakeupstream import (
     openai_completion,
     openai_stream,
 )
-from tests.harness import (
-    bearer,
-    chat_body,
-    counter,
-    free_port,
-    parse_event,
-    tag,
-    window_ids,
-    write_config,
-)
-from tests.process import edit_gateway_yaml
 
-IN_PRICE, OUT_PRICE = 150, 600
 WORST = 133
 SMALL = 14
-SMALL_COST = 11 * IN_PRICE + 3 * OUT_PRICE  # 3_450
-ZERO_HELD = {"r0": 0, "r1": 0, "r2": 0, "r3": 0}
+SMALL_COST = cost(11, 3)  # 3_450
 
 
 def url(project: str = "alpha") -> str:
@@ -74,15 +64,6 @@ class Cluster:
     def port_of(self, key: str) -> int:
         slot = key_slot(key.encode())
         return next(port for lo, hi, port in self.slots if lo <= slot <= hi)
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _free_ports(count: int) -> list[int]:
@@ -124,7 +105,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 )
             )  # fmt: skip
         deadline = time.monotonic() + 10
-        while not all(_ping(p) for p in ports):
+        while not all(ping(p) for p in ports):
             assert time.monotonic() < deadline, "cluster nodes did not start"
             assert all(p.poll() is None for p in procs), "a cluster node exited"
             time.sleep(0.05)
@@ -207,10 +188,6 @@ def gateway_on(
     return factory
 
 
-def used(i: int, o: int, c: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": c, **ZERO_HELD}
-
-
 # Three projects whose tags hash to the three masters' slot ranges (with the usual even
 # split of 16384 slots), and org acme's tag on yet another slot.
 PROJECTS = {"alpha": "prj_alpha", "beta": "prj_beta", "delta": "prj_delta"}
@@ -264,7 +241,7 @@ async def test_settle_equals_the_reported_usage(gateway_on, upstream, rc) -> Non
     assert resp.status == 200
     await resp.read()
     ids = await window_ids(rc)
-    expected = used(55, 97, 55 * IN_PRICE + 97 * OUT_PRICE)
+    expected = used(55, 97, cost(55, 97))
     for window_id in ids.values():
         assert await counter(rc, f"{tag(prefix, 'prj_delta')}p:{window_id}") == expected
     assert await rc.hlen(tag(prefix, "prj_delta") + "rsv") == 0
@@ -322,7 +299,7 @@ async def test_concurrent_requests_cannot_overshoot(gateway_on, upstream, rc) ->
     state = await counter(rc, f"{tag(prefix, 'prj_delta')}p:{ids['month']}")
     i = sum(fake.reported[t][0] for t in admitted)
     o = sum(fake.reported[t][1] for t in admitted)
-    assert state == used(i, o, i * IN_PRICE + o * OUT_PRICE)
+    assert state == used(i, o, cost(i, o))
     assert state["u2"] <= cap
     assert await rc.hlen(tag(prefix, "prj_delta") + "rsv") == 0
 
@@ -473,7 +450,7 @@ async def test_ledger_event(gateway_on, upstream, rc) -> None:
     assert event["request_id"] == resp.headers["X-Request-Id"]
     assert (event["project"], event["org"], event["key_id"]) == ("delta", "acme", "key_main")
     assert (int(event["input_tokens"]), int(event["output_tokens"])) == (30, 57)
-    assert int(event["cost_nano_usd"]) == 30 * IN_PRICE + 57 * OUT_PRICE
+    assert int(event["cost_nano_usd"]) == cost(30, 57)
     assert event["settled"] == "1"
 
 
@@ -489,7 +466,7 @@ async def test_expired_holds_are_charged_on_both_nodes(cluster: Cluster, gateway
     prefix = config.gateway.redis.key_prefix
     project = config.projects["delta"]
     store = BudgetStore(rc, prefix, 1.0, 1)
-    worst = Amounts(33, 100, 33 * IN_PRICE + 100 * OUT_PRICE)
+    worst = Amounts(33, 100, cost(33, 100))
     holds = []
     for i in range(40):
         holds.append(

@@ -26,17 +26,18 @@ from redis.asyncio import Redis
 
 from gateway.budget import Amounts, BudgetExceeded, BudgetStore, project_counters
 from gateway.config import Config, load_config
-from tests.fakeupstream import (
+from tests.support.billing import cost, used
+from tests.support.harness import bearer, chat_body, write_config
+from tests.support.redis import counter, window_key
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
     UsagePerRequest,
     default_reply,
 )
-from tests.harness import bearer, chat_body, counter, project_key, window_ids, write_config
 
 URL = "/v1/projects/alpha/chat/completions"
-IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 INPUT_BOUND = 16 + 8 + 4 + len("req-00")
 CEILING = 100
 WORST = INPUT_BOUND + CEILING  # 134
@@ -52,18 +53,14 @@ def budgets() -> dict[str, Any]:
     return {"alpha": {"budgets": {"project": {"month": {"total_tokens": CAP}}}}}
 
 
-async def month_key(redis: Redis, prefix: str) -> str:
-    return project_key(prefix, (await window_ids(redis))["month"])
-
-
 class Ledger(UsagePerRequest):
     """Per-request usage (see UsagePerRequest), and the counters it should add up to."""
 
     def totals(self, texts: set[str]) -> dict[str, int]:
         i = sum(self.reported[t][0] for t in texts)
         o = sum(self.reported[t][1] for t in texts)
-        c = sum(p * IN_PRICE + q * OUT_PRICE for p, q in (self.reported[t] for t in texts))
-        return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
+        c = sum(cost(p, q) for p, q in (self.reported[t] for t in texts))
+        return used(i, o, c)
 
 
 async def _one(client: Any, key: str, n: int) -> tuple[str, int, Any]:
@@ -144,7 +141,7 @@ async def test_sixty_concurrent_requests_cannot_overshoot(make_gateway, upstream
     ledger = Ledger()
     upstream.default = ledger
     client, config, creds = await make_gateway(projects=budgets(), gateway=SLOW_OK)
-    key = await month_key(redis, config.gateway.redis.key_prefix)
+    key = await window_key(redis, config, "month")
     async with Sampler(redis, key) as sampler:
         results = await asyncio.gather(*(_one(client, creds.key, n) for n in range(REQUESTS)))
     admitted = check_answers(results, ledger)
@@ -168,7 +165,7 @@ async def test_two_gateways_sharing_redis_cannot_overshoot_together(
     two, config_two, creds_two = await make_gateway(projects=budgets(), gateway=shared)
     prefix = config_one.gateway.redis.key_prefix
     assert config_two.gateway.redis.key_prefix == prefix
-    key = await month_key(redis, prefix)
+    key = await window_key(redis, prefix, "month")
     async with Sampler(redis, key) as sampler:
         results = await asyncio.gather(
             *(
@@ -209,7 +206,7 @@ async def test_store_admits_exactly_what_fits_under_contention(
     config: Config = load_config(creds.config_dir, creds.env)
     project = config.projects["alpha"]
     counters = project_counters(project, "key_main", None)
-    worst = Amounts(33, 100, 33 * IN_PRICE + 100 * OUT_PRICE)
+    worst = Amounts(33, 100, cost(33, 100))
 
     async def attempt(n: int) -> Any:
         store = stores[n % len(stores)]
@@ -230,7 +227,7 @@ async def test_store_admits_exactly_what_fits_under_contention(
         "r0": 7 * 33, "r1": 7 * 100, "r2": 7 * 133, "r3": 7 * worst.cost_nano,
     }  # fmt: skip
 
-    actual = Amounts(11, 3, 11 * IN_PRICE + 3 * OUT_PRICE)
+    actual = Amounts(11, 3, cost(11, 3))
     settled = await asyncio.gather(
         *(stores[i % len(stores)].settle(r, actual) for i, r in enumerate(held))
     )
@@ -254,7 +251,7 @@ async def test_same_client_request_id_does_not_leak_reservations(
 
     upstream.default = slow
     headers = {**bearer(creds.key), "X-Request-Id": "same-request-id-0001"}
-    key = await month_key(redis, config.gateway.redis.key_prefix)
+    key = await window_key(redis, config, "month")
     results = await asyncio.gather(
         *(client.post(URL, json=chat_body(stream=n % 2 == 1), headers=headers) for n in range(6))
     )
@@ -262,6 +259,6 @@ async def test_same_client_request_id_does_not_leak_reservations(
         assert resp.status == 200
         await resp.read()
     assert await counter(redis, key) == {
-        "u0": 6 * 11, "u1": 6 * 3, "u2": 6 * 14, "u3": 6 * (11 * IN_PRICE + 3 * OUT_PRICE),
+        "u0": 6 * 11, "u1": 6 * 3, "u2": 6 * 14, "u3": 6 * (cost(11, 3)),
         "r0": 0, "r1": 0, "r2": 0, "r3": 0,
     }  # fmt: skip

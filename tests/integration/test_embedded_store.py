@@ -12,9 +12,10 @@ import aiohttp
 import psutil
 
 from gateway.serve.embedded_redis import EmbeddedRedis, find_redis_server
-from tests.fakeupstream import FakeUpstream
-from tests.harness import bearer, chat_body, write_config
-from tests.process import GatewayProcess
+from tests.support.billing import report_row
+from tests.support.harness import bearer, chat_body, write_config
+from tests.support.process import GatewayProcess
+from tests.support.upstream import FakeUpstream
 
 URL = "/v1/projects/alpha/chat/completions"
 
@@ -33,9 +34,7 @@ async def _used_total(gateway: GatewayProcess, key: str) -> int:
     ):
         assert resp.status == 200, await resp.text()
         report = await resp.json()
-    month = next(
-        c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
-    )
+    month = report_row(report, "project", "month")
     return int(month["dimensions"]["total_tokens"]["used"])
 
 

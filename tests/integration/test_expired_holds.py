@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.budget import (
-    Amounts,
     BudgetExceeded,
     BudgetStore,
     Refusal,
@@ -33,30 +30,19 @@ from gateway.budget import (
     project_counters,
 )
 from gateway.config import BudgetScope, Config, OrgConfig, Project, load_config, org_caps
-from gateway.usage import Usage, cost_nano
 from gateway.usage_report import usage_report
-from tests.fakeupstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
-from tests.harness import (
-    bearer,
-    chat_body,
-    counter,
-    metric,
-    parse_event,
-    tag,
-    window_ids,
-    write_config,
-)
-from tests.integration.test_budget_store import MINI, T_JUNE, held, used
-from tests.process import GatewayProcess, key_prefix
+from tests.support.billing import amounts, cost, held, report_row, used
+from tests.support.clock import T_JUNE
+from tests.support.harness import bearer, chat_body, key_prefix, write_config
+from tests.support.metrics import gauge, metric
+from tests.support.process import GatewayProcess
+from tests.support.redis import counter, parse_event, tag, window_ids
+from tests.support.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
 
 W_IN, W_OUT = 33, 100  # chat_body("Hello"): input bound 33, max_output_tokens 100
 W = W_IN + W_OUT
-W_COST = W_IN * 150 + W_OUT * 600  # 64_950 nano-USD
+W_COST = cost(W_IN, W_OUT)  # 64_950 nano-USD
 EVENTS = 1000  # ledger bound of the store-level tests
-
-
-def amounts(input_tokens: int, output_tokens: int) -> Amounts:
-    return Amounts(input_tokens, output_tokens, cost_nano(Usage(input_tokens, output_tokens), MINI))
 
 
 def event(request_id: str) -> dict[str, Any]:
@@ -65,20 +51,6 @@ def event(request_id: str) -> dict[str, Any]:
 
 async def ledger(redis: Any, tag_: str) -> list[tuple[str, dict[str, Any]]]:
     return [(i.decode(), parse_event(e)) for i, e in await redis.xrange(tag_ + "ledger")]
-
-
-@pytest.fixture
-async def make_store(redis_url: str) -> AsyncIterator[Callable[..., BudgetStore]]:
-    clients: list[Redis] = []
-
-    def factory(*, ttl_s: int = 1, prefix: str | None = None) -> BudgetStore:
-        client = Redis.from_url(redis_url)
-        clients.append(client)
-        return BudgetStore(client, prefix or "t" + uuid.uuid4().hex[:12], 0.5, ttl_s)
-
-    yield factory
-    for client in clients:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -367,32 +339,6 @@ IN_FLIGHT = 50
 TTL = 14
 
 
-@pytest.fixture
-async def processes() -> AsyncIterator[list[GatewayProcess]]:
-    procs: list[GatewayProcess] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.kill()
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def gauge(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    raise AssertionError(f"no sample {name} {labels}")
-
-
 async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_case(
     tmp_path: Path, upstream: FakeUpstream, redis_url: str, redis: Redis,
     processes: list[GatewayProcess],
@@ -473,9 +419,7 @@ async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_ca
         async with http.get(survivor.url("/v1/projects/alpha/usage"), headers=bearer(creds.key)) as resp:  # fmt: skip
             assert resp.status == 200
             report = await resp.json()
-        month = next(
-            c for c in report["counters"] if c["scope"] == "project" and c["window"] == "month"
-        )
+        month = report_row(report, "project", "month")
         assert {d: (v["used"], v["reserved"]) for d, v in month["dimensions"].items()} == {
             "input_tokens": (IN_FLIGHT * W_IN, 0),
             "output_tokens": (IN_FLIGHT * W_OUT, 0),

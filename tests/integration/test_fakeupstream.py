@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.fakeupstream import (
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
@@ -19,16 +19,6 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 @pytest.fixture

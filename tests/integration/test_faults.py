@@ -1,6 +1,6 @@
 """Faults: client disconnects, upstream failures, a gateway crash, a Redis outage.
 
-Gateways run as real ``gateway serve`` subprocesses (tests/process.py) against a real
+Gateways run as real ``gateway serve`` subprocesses (tests/support/process.py) against a real
 Redis; the fake upstream runs in the test's event loop, reached over TCP. Numbers:
 ``chat_body(text)`` with one user message has an input bound of 16 + 8 + 4 + len(text)
 tokens; the harness projects have ``max_output_tokens: 100``.
@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +24,31 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.budget import keys
-from tests.fakeupstream import (
+from tests.support.billing import cost
+from tests.support.harness import (
+    STORE_TIMEOUT_FAST,
+    Credentials,
+    bearer,
+    chat_body,
+    key_prefix,
+    provider_entry,
+    write_config,
+)
+from tests.support.metrics import scrape
+from tests.support.redis import FIELDS, RedisServer, counter, parse_event, window_ids
+from tests.support.sse import read_chunks
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
     default_reply,
     openai_error,
     openai_stream,
+    slow_stream,
 )
-from tests.harness import (
-    FIELDS,
-    STORE_TIMEOUT_FAST,
-    Credentials,
-    RedisServer,
-    bearer,
-    chat_body,
-    counter,
-    parse_event,
-    scrape,
-    window_ids,
-    write_config,
-)
-from tests.process import GatewayProcess, key_prefix
+from tests.support.wait import wait_for
 
 URL = "/v1/projects/alpha/chat/completions"
-IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 CEILING = 100
 # Each test's end users get their own counter, so every request's hold can be read apart.
 PER_USER_BUDGETS = {
@@ -64,7 +64,7 @@ def bound(text: str) -> int:
 
 def worst(text: str) -> tuple[int, int, int, int]:
     i = bound(text)
-    return i, CEILING, i + CEILING, i * IN_PRICE + CEILING * OUT_PRICE
+    return i, CEILING, i + CEILING, cost(i, CEILING)
 
 
 def record_figures(section: str, figures: dict[str, Any]) -> None:
@@ -91,75 +91,11 @@ def user_key(tag_: str, sub: str, window_id: str) -> str:
     return keys.counter_key(tag_, keys.user_part(sub), window_id)
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[bool]],
-    timeout: float = 5.0,  # noqa: ASYNC109
-    what: str = "condition",
-    interval: float = 0.02,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def provider(upstream: FakeUpstream, **timeouts: float) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": upstream.base_url,
-        "api_key_env": "TEST_PROVIDER_KEY",
-        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10, **timeouts},
-    }
-
-
-def slow_stream(pieces: int = 60, slice_size: int = 100, delay: float = 0.05) -> Reply:
-    """About one content chunk every 0.1 s; usage only at the very end."""
-    words = [f"w{i:03d} " for i in range(pieces)]
-    sse = openai_stream(words, prompt_tokens=20, completion_tokens=pieces)
-    return Reply(sse=sse, slice_size=slice_size, delay_between_slices=delay)
-
-
-async def read_chunks(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    """Read ``count`` content chunks (data frames with choices) of a live SSE response."""
-    chunks: list[dict[str, Any]] = []
-    while len(chunks) < count:
-        line = await resp.content.readline()
-        assert line, "the stream ended early"
-        if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
-            frame = json.loads(line[len(b"data: ") :])
-            if frame.get("choices"):
-                chunks.append(frame)
-    return chunks
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
-    """Start ``gateway serve`` subprocesses; every process group is killed at teardown."""
-    started: list[GatewayProcess] = []
-
-    async def factory(creds: Credentials, workers: int = 1) -> GatewayProcess:
-        proc = GatewayProcess(creds, tmp_path / f"gateway-{len(started)}.log", workers)
-        started.append(proc)
-        await proc.start(timeout=30)
-        return proc
-
-    yield factory
-    for proc in started:
-        proc.kill()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
-
-
 # ============================================================================== disconnects
 
 
 async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_output(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http
+    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
 ) -> None:
     """Four streams, cut by the client after 0, 1, 3 and 10 chunks, each by its own end
     user (own counter). The reservation is released and the output billed is at least
@@ -179,7 +115,7 @@ async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_
 
     async def cut_after(k: int) -> tuple[int, str]:
         auth = bearer(creds.session(sub=f"cut-{k}"))
-        resp = await http.post(
+        resp = await http_pool.post(
             gateway.url(URL), json=chat_body(f"cut {k}", stream=True), headers=auth
         )
         assert resp.status == 200
@@ -254,7 +190,7 @@ def _failing_upstream(rec: Recorded) -> Reply:
 
 
 async def test_upstream_failures_settle_or_release_every_reservation(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http
+    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
 ) -> None:
     creds = write_config(
         tmp_path / "cfg",
@@ -262,7 +198,9 @@ async def test_upstream_failures_settle_or_release_every_reservation(
         redis_url,
         projects={"alpha": {"budgets": PER_USER_BUDGETS}},
         gateway={
-            "providers": {"upstream": provider(upstream, first_byte=1, idle=1, total=3)},
+            "providers": {
+                "upstream": provider_entry(upstream.base_url, first_byte=1, idle=1, total=3)
+            },
             "resilience": {"breaker": {"failure_threshold": 100}},
         },
     )
@@ -274,7 +212,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
     async def run(name: str) -> tuple[str, int, str]:
         stream = SCENARIOS[name][0]
         auth = bearer(creds.session(sub=name))
-        async with http.post(
+        async with http_pool.post(
             gateway.url(URL), json=chat_body(name, stream=stream), headers=auth
         ) as resp:
             async with asyncio.timeout(10):
@@ -318,7 +256,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
 
 
 async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_charged(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http
+    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
 ) -> None:
     """SIGKILL a gateway with three streams in flight: their worst cases stay held (a
     request that fits only without them gets 402, the body saying reserved) until
@@ -336,7 +274,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_cha
         gateway={
             "limits": {"reservation_ttl_seconds": ttl},
             # The victim is killed well before a stream could time out.
-            "providers": {"upstream": provider(upstream, total=4, idle=1)},
+            "providers": {"upstream": provider_entry(upstream.base_url, total=4, idle=1)},
         },
     )
     victim, survivor = await asyncio.gather(spawn(creds), spawn(creds))
@@ -345,7 +283,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_cha
 
     def replies(rec: Recorded) -> Reply:
         if rec.json().get("stream"):
-            return slow_stream(pieces=200)  # ~20 s: outlives the test
+            return slow_stream(200)  # ~20 s: outlives the test
         return default_reply(rec)  # the probes: 11 + 3 tokens
 
     upstream.default = replies
@@ -353,7 +291,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_cha
     async def stream() -> None:
         # Cut by the crash: before the headers (no chunk yet) or in the middle of the body.
         with pytest.raises((aiohttp.ClientError, asyncio.IncompleteReadError)):  # noqa: PT012
-            async with http.post(
+            async with http_pool.post(
                 victim.url(URL), json=chat_body(text, stream=True), headers=bearer(creds.key)
             ) as resp:
                 assert resp.status == 200
@@ -375,7 +313,9 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_cha
     charged_at = None
     last_refusal: dict[str, Any] = {}
     while time.monotonic() < t_held + ttl + 10:
-        resp = await http.post(survivor.url(URL), json=chat_body(text), headers=bearer(creds.key))
+        resp = await http_pool.post(
+            survivor.url(URL), json=chat_body(text), headers=bearer(creds.key)
+        )
         body = await resp.json()
         assert resp.status == 402, body
         if body["used"] > 0:
@@ -455,7 +395,7 @@ class Load:
 
 @pytest.mark.parametrize("failure", ["stopped", "hanging"])
 async def test_redis_outage_fails_fast_and_recovers_without_a_restart(
-    tmp_path, upstream: FakeUpstream, spawn, http, failure: str
+    tmp_path, upstream: FakeUpstream, spawn, http_pool, failure: str
 ) -> None:
     """A private persistent Redis (AOF, fsync always) is stopped (SIGTERM) or frozen
     (SIGSTOP) under load: every request answers 503 + Retry-After in under a second,
@@ -466,7 +406,7 @@ async def test_redis_outage_fails_fast_and_recovers_without_a_restart(
     assert server.dir.is_dir()
     assert os.access(server.dir, os.W_OK)
     try:
-        await _outage(tmp_path, upstream, spawn, http, failure, server)
+        await _outage(tmp_path, upstream, spawn, http_pool, failure, server)
     finally:
         if server.proc is not None and failure == "hanging":
             server.proc.send_signal(signal.SIGCONT)
@@ -477,7 +417,7 @@ async def _outage(
     tmp_path: Path,
     upstream: FakeUpstream,
     spawn: Any,
-    http: aiohttp.ClientSession,
+    http_pool: aiohttp.ClientSession,
     failure: str,
     server: RedisServer,
 ) -> None:
@@ -499,7 +439,9 @@ async def _outage(
     upstream.default = slowish
     redis = Redis.from_url(server.url, socket_timeout=2)
     for stream in (False, True, False):
-        async with http.post(gateway.url(URL), json=chat_body(stream=stream), headers=auth) as r:
+        async with http_pool.post(
+            gateway.url(URL), json=chat_body(stream=stream), headers=auth
+        ) as r:
             assert r.status == 200
             await r.read()
     before = await counter(redis, month_key)
@@ -507,7 +449,7 @@ async def _outage(
     assert held_amount(before) == 0
     await redis.aclose()
 
-    load = Load(http, gateway.url(URL), auth)
+    load = Load(http_pool, gateway.url(URL), auth)
     load.start(clients=8)
     await asyncio.sleep(0.5)
     assert server.proc is not None
@@ -520,7 +462,9 @@ async def _outage(
     await asyncio.sleep(0.3)
 
     started = time.monotonic()
-    async with http.get(gateway.url("/readyz"), timeout=aiohttp.ClientTimeout(total=5)) as resp:
+    async with http_pool.get(
+        gateway.url("/readyz"), timeout=aiohttp.ClientTimeout(total=5)
+    ) as resp:
         readyz_status, readyz_body = resp.status, await resp.json()
     readyz_seconds = time.monotonic() - started
     await asyncio.sleep(1.7)
@@ -538,7 +482,7 @@ async def _outage(
     t_up = time.monotonic()
     recovered_at = None
     while time.monotonic() < t_up + 10:
-        async with http.post(gateway.url(URL), json=chat_body("back"), headers=auth) as resp:
+        async with http_pool.post(gateway.url(URL), json=chat_body("back"), headers=auth) as resp:
             await resp.read()
             if resp.status == 200:
                 recovered_at = time.monotonic()
@@ -595,7 +539,7 @@ async def _outage(
     assert readyz_body["checks"]["budget_store"] == "unreachable"
     assert readyz_seconds < 1.0
     assert recovered_at is not None, "the gateway did not recover after Redis came back"
-    async with http.get(gateway.url("/readyz")) as resp:
+    async with http_pool.get(gateway.url("/readyz")) as resp:
         assert resp.status == 200
     # The usage settled before the outage survived it (AOF; or memory, when frozen).
     for d in range(4):

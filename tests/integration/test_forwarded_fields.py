@@ -22,9 +22,17 @@ from redis.asyncio import Redis
 
 from gateway.config import ConfigError, load_config
 from gateway.params import OUTPUT_LENGTH
-from tests.fakeupstream import FakeUpstream, Recorded, Reply, anthropic_message, openai_completion
-from tests.harness import bearer, chat_body, metric, wait_released, window_ids, write_config
-from tests.process import GatewayProcess
+from tests.support.harness import bearer, chat_body, write_config
+from tests.support.metrics import metric
+from tests.support.process import GatewayProcess
+from tests.support.redis import settled
+from tests.support.upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    anthropic_message,
+    openai_completion,
+)
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
@@ -44,11 +52,6 @@ def llama_server(rec: Recorded) -> Reply:
         or 16
     )
     return Reply(json=openai_completion("w " * wanted, prompt_tokens=11, completion_tokens=wanted))
-
-
-async def lifetime(redis: Redis, prefix: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
-    key = f"{prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
-    return await wait_released(redis, key, timeout)
 
 
 # --------------------------------------------------------------------- the n_predict attack
@@ -90,7 +93,7 @@ async def test_twenty_parallel_n_predict_requests_cannot_pass_the_cap(
         assert all(r.json()["max_completion_tokens"] == CEILING for r in upstream.requests)
         assert all("n_predict" not in r.json() for r in upstream.requests)
         prefix = load_config(creds.config_dir, creds.env).gateway.redis.key_prefix
-        state = await lifetime(redis, prefix)
+        state = await settled(redis, prefix)
         assert state["u1"] == 20 * CEILING  # each answer at most the clamp: 2,000 tokens
         assert state["u2"] <= 20_000
     finally:
@@ -125,7 +128,7 @@ async def test_output_length_fields_are_refused_naming_them(
     assert f"{name!r}" in body["message"]
     assert "answer's length" in body["message"]
     assert not upstream.requests
-    assert (await lifetime(redis, config.gateway.redis.key_prefix))["u2"] == 0
+    assert (await settled(redis, config))["u2"] == 0
 
 
 async def test_unknown_fields_are_refused_naming_each(
@@ -340,7 +343,7 @@ async def test_a_stream_past_the_output_ceiling_is_cut_there(
     assert "[DONE]" not in text
     await upstream.wait_disconnect()
     assert not upstream.last.completed
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert (state["u0"], state["u1"]) == (INPUT_BOUND, CEILING + 1)
     assert (
         await metric(
@@ -371,7 +374,7 @@ async def test_a_running_count_past_the_ceiling_cuts_the_stream(
     text = await resp.text()
     assert text.count("many words") == 30  # the first delta (60 tokens) only
     assert "output_limit" in text
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert state["u1"] == 120  # the count that passed the ceiling
 
 
@@ -382,7 +385,7 @@ async def test_a_unary_answer_past_the_ceiling_is_billed_its_reported_truth(
     upstream.script(Reply(json=openai_completion("w " * 3000, completion_tokens=3000)))
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 200
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert state["u1"] == 3000
 
 
@@ -415,7 +418,7 @@ async def test_a_client_gone_between_finish_and_usage_is_billed_the_ceiling(
         seen = b""
         while b'"finish_reason":"stop"' not in seen:
             seen += await resp.content.readany()
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert (state["u0"], state["u1"]) == (INPUT_BOUND, CEILING)
 
 
@@ -439,7 +442,7 @@ async def test_an_early_usage_chunk_does_not_end_the_estimate(
         seen = b""
         while b"t4 " not in seen:
             seen += await resp.content.readany()
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert (state["u0"], state["u1"]) == (INPUT_BOUND, CEILING)
 
 
@@ -461,5 +464,5 @@ async def test_a_usage_on_the_last_finish_chunk_is_final(
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
     await resp.read()
-    state = await lifetime(redis, config.gateway.redis.key_prefix)
+    state = await settled(redis, config)
     assert (state["u0"], state["u1"]) == (11, 7)

@@ -12,23 +12,15 @@ from typing import Any
 
 import pytest
 
-from gateway.sse import SSEEvent, SSEParser
-from tests.fakeupstream import Reply, fixture, openai_completion, openai_stream
-from tests.harness import BYOK_KEY, PROVIDER_KEY, Credentials, bearer, chat_body
+from gateway.sse import SSEEvent
+from tests.support.harness import BYOK_KEY, PROVIDER_KEY, Credentials, bearer, chat_body, chat_url
+from tests.support.sse import content_of, parse_sse
+from tests.support.upstream import Reply, fixture, openai_completion, openai_stream
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
 TEXT_FIXTURE = "openai_chat_text_include_usage.sse"
 TOOL_FIXTURE = "openai_chat_tool_call_include_usage.sse"
 GROQ_FIXTURE = "openai_compat_groq_midstream_error_event.sse"
-
-
-def chat_url(project: str) -> str:
-    return f"/v1/projects/{project}/chat/completions"
-
-
-def parse_sse(raw: bytes) -> list[SSEEvent]:
-    parser = SSEParser()
-    return parser.feed(raw) + parser.close()
 
 
 async def post(client: Any, creds: Credentials, body: dict[str, Any], project: str = "alpha"):
@@ -87,12 +79,6 @@ def upstream_chunks(name: str) -> list[dict[str, Any]]:
         for e in parse_sse(fixture(name))
         if e.event is None and e.data != b"[DONE]"
     ]
-
-
-def content_of(chunks: list[dict[str, Any]]) -> str:
-    return "".join(
-        choice["delta"].get("content") or "" for chunk in chunks for choice in chunk["choices"]
-    )
 
 
 # --------------------------------------------------------------------------- the request upstream

@@ -13,22 +13,17 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from gateway.config import Config, load_config
-from tests.fakeupstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
-from tests.harness import bearer, chat_body, wait_released, window_ids, write_config
-from tests.process import GatewayProcess
+from gateway.config import load_config
+from tests.support.harness import bearer, chat_body, write_config
+from tests.support.process import GatewayProcess
+from tests.support.redis import settled
+from tests.support.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
 
 URL = "/v1/projects/alpha/chat/completions"
 
 
 def keyed(key: str, token: str) -> dict[str, str]:
     return {**bearer(token), "Idempotency-Key": key}
-
-
-async def lifetime(redis: Redis, config: Config) -> dict[str, int]:
-    prefix = config.gateway.redis.key_prefix
-    key = f"{prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
-    return await wait_released(redis, key)
 
 
 async def test_concurrent_retries_across_two_gateways_reach_the_upstream_once(
@@ -65,7 +60,7 @@ async def test_concurrent_retries_across_two_gateways_reach_the_upstream_once(
                 if status == 409:
                     assert "in flight" in answer["detail"]
             (first,) = [answer for status, answer, _ in results if status == 200]
-            billed = await lifetime(redis, config)
+            billed = await settled(redis, config)
             assert billed["u2"] > 0
             for i in range(2):  # replayed by either gateway
                 status, answer, headers = await ask(i)
@@ -73,7 +68,7 @@ async def test_concurrent_retries_across_two_gateways_reach_the_upstream_once(
                 assert answer == first
                 assert headers["Idempotent-Replayed"] == "true"
         assert len(upstream.requests) == 1
-        assert await lifetime(redis, config) == billed
+        assert await settled(redis, config) == billed
     finally:
         for g in gateways:
             g.kill()

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,18 @@ from gateway.config import load_config, org_caps
 from gateway.credentials import generate_key
 from gateway.http.app import create_app
 from gateway.usage import Usage, cost_nano
-from tests.fakeupstream import (
+from tests.support.billing import cost
+from tests.support.clock import ms
+from tests.support.harness import add_api_key, bearer, chat_body, edit_gateway_yaml, write_config
+from tests.support.redis import (
+    RedisServer,
+    counter,
+    ledger_events,
+    parse_event_text,
+    tag,
+    window_ids,
+)
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
@@ -41,73 +52,16 @@ from tests.fakeupstream import (
     openai_completion,
     openai_error,
     openai_stream,
+    slow_stream,
 )
-from tests.harness import (
-    RedisServer,
-    bearer,
-    chat_body,
-    counter,
-    tag,
-    window_ids,
-    write_config,
-)
-from tests.process import add_api_key, edit_gateway_yaml
+from tests.support.wait import wait_for
 
 URL = "/v1/projects/alpha/chat/completions"
-IN_PRICE, OUT_PRICE, CACHED_PRICE = 150, 600, 75  # gpt-4o-mini, nano-USD per token
 INPUT_BOUND, CEILING = 33, 100
 WORST = INPUT_BOUND + CEILING  # 133
-WORST_COST = INPUT_BOUND * IN_PRICE + CEILING * OUT_PRICE  # 64_950
+WORST_COST = cost(INPUT_BOUND, CEILING)  # 64_950
 SMALL = 11 + 3  # the fake's default usage
-SMALL_COST = 11 * IN_PRICE + 3 * OUT_PRICE  # 3_450
-
-
-def cost(i: int, o: int, cached: int = 0) -> int:
-    return (i - cached) * IN_PRICE + cached * CACHED_PRICE + o * OUT_PRICE
-
-
-def flat(value: Any) -> str:
-    """A ledger event value as text: None -> "", booleans -> "1"/"0"."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_event(fields: dict[bytes, bytes]) -> dict[str, str]:
-    """One stream entry: the usage event (JSON in field "event") and the settle's
-    "settled" flag, every value as text (also reads flat field/value entries)."""
-    if b"event" in fields:
-        event = {k: flat(v) for k, v in json.loads(fields[b"event"]).items()}
-        event.update({k.decode(): flat(v) for k, v in fields.items() if k != b"event"})
-        return event
-    return {k.decode(): flat(v) for k, v in fields.items()}
-
-
-async def ledger_events(redis: Redis, prefix: str, project_id: str = "prj_alpha") -> list[dict]:
-    entries = await redis.xrange(tag(prefix, project_id) + "ledger")
-    return [parse_event(fields) for _id, fields in entries]
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def slow_stream(pieces: int = 60, delay: float = 0.05, **usage: int) -> Reply:
-    words = [f"w{i:03d} " for i in range(pieces)]
-    sse = openai_stream(
-        words,
-        prompt_tokens=usage.get("prompt_tokens", 20),
-        completion_tokens=usage.get("completion_tokens", pieces),
-    )
-    return Reply(sse=sse, slice_size=40, delay_between_slices=delay)
+SMALL_COST = cost(11, 3)  # 3_450
 
 
 def error_event_stream() -> bytes:
@@ -216,7 +170,7 @@ async def test_ledger_has_exactly_one_event_per_admitted_request(
     assert status == 200
     assert "event: error" in text
     # 7. the client disconnects mid-stream.
-    upstream.script(slow_stream())
+    upstream.script(slow_stream(60, slice_size=40))
     resp = await client.post(
         URL, json=chat_body(stream=True), headers={**key_auth, "X-Request-Id": rid("gone")}
     )
@@ -243,11 +197,11 @@ async def test_ledger_has_exactly_one_event_per_admitted_request(
         return str(e["client_request_id"] or e["request_id"])
 
     async def all_settled() -> bool:
-        return {named(e) for e in await ledger_events(redis, prefix)} >= admitted
+        return {named(e) for e in await ledger_events(redis, prefix, as_text=True)} >= admitted
 
-    await wait_until(all_settled, what="the ledger events of every admitted request")
+    await wait_for(all_settled, what="the ledger events of every admitted request")
     await asyncio.sleep(0.2)  # a duplicate event would show up by now
-    events = await ledger_events(redis, prefix)
+    events = await ledger_events(redis, prefix, as_text=True)
     ids = [named(e) for e in events]
     assert sorted(ids) == sorted(admitted), ids  # exactly one each; none for the 402
     by_id = {named(e): e for e in events}
@@ -363,7 +317,7 @@ async def test_ledger_max_events_bounds_the_stream(make_gateway, upstream, redis
             state = await counter(redis, f"{tag(prefix)}p:all")
             assert state["u2"] == sent * SMALL
             newest = await redis.xrevrange(tag(prefix) + "ledger", count=1)
-            assert float(parse_event(newest[0][1])["ts"]) > time.time() - 30
+            assert float(parse_event_text(newest[0][1])["ts"]) > time.time() - 30
         finally:
             await redis.aclose()
     finally:
@@ -593,10 +547,6 @@ async def test_project_refusal_undoes_the_org_reservation(build, upstream, redis
 # ============================================================================== windows
 
 
-def ms(iso: str) -> int:
-    return round(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
-
-
 async def test_month_end_request_settled_after_midnight_stays_in_the_old_windows(
     tmp_path: Path, redis_url: str, redis: Redis
 ) -> None:
@@ -697,7 +647,7 @@ async def test_usage_endpoint_and_cli_report_the_counters(
     assert (await client.post(URL, json=chat_body(), headers=key_auth)).status == 200
     assert (await client.post(URL, json=chat_body(), headers=user_auth)).status == 200
     # One request in flight, so that "reserved" is not zero.
-    upstream.script(slow_stream(pieces=40))
+    upstream.script(slow_stream(40, slice_size=40))
     held = await client.post(URL, json=chat_body(stream=True), headers=key_auth)
     assert held.status == 200
     ids = await window_ids(redis)
@@ -705,7 +655,7 @@ async def test_usage_endpoint_and_cli_report_the_counters(
     async def reserving() -> bool:
         return (await counter(redis, f"{tag(prefix)}p:{ids['month']}"))["r2"] == WORST
 
-    await wait_until(reserving, what="the stream's reservation")
+    await wait_for(reserving, what="the stream's reservation")
 
     async def report(auth: dict[str, str]) -> dict[str, Any]:
         resp = await client.get("/v1/projects/alpha/usage", headers=auth)
@@ -799,7 +749,7 @@ async def test_usage_endpoint_and_cli_report_the_counters(
     async def released() -> bool:
         return (await counter(redis, f"{tag(prefix)}p:{ids['month']}"))["r2"] == 0
 
-    await wait_until(released, what="the dropped stream's settlement")
+    await wait_for(released, what="the dropped stream's settlement")
     after = await report(key_auth)
     month = next(r for r in after["counters"] if (r["scope"], r["window"]) == ("project", "month"))
     assert month["dimensions"]["total_tokens"] == {

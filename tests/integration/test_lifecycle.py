@@ -1,6 +1,6 @@
 """Process lifecycle of ``gateway serve``: graceful shutdown, reloads, workers.
 
-Every test runs the real command in a subprocess (tests/process.py) against a real
+Every test runs the real command in a subprocess (tests/support/process.py) against a real
 Redis and the fake upstream, which runs in the test's event loop and is reached by
 the gateway over TCP.
 """
@@ -9,132 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream, Reply, openai_stream
-from tests.harness import (
+from tests.support.harness import (
     OPERATOR_TOKEN,
     PROVIDER_KEY,
     UNAUTHORIZED,
     Credentials,
+    MakeCreds,
+    add_api_key,
     bearer,
     chat_body,
-    write_config,
-)
-from tests.process import (
-    GatewayProcess,
-    add_api_key,
     edit_gateway_yaml,
-    month_counter,
-    open_reservations,
-    refused,
-    sse_frames,
 )
+from tests.support.metrics import families, sample_sum
+from tests.support.process import GatewayProcess, Spawn, refused
+from tests.support.redis import month_counter, open_reservations, settled
+from tests.support.sse import content_of, json_frames, sse_frames
+from tests.support.upstream import FakeUpstream, stream_over, words
 
 CHAT = "/v1/projects/{}/chat/completions"
 CEILING = 100  # harness: every project has max_output_tokens 100
 PROMPT_TOKENS = 20
-
-MakeCreds = Callable[..., Credentials]
-Spawn = Callable[..., Awaitable[GatewayProcess]]
-
-
-def slow_stream(seconds: float, pieces: int = 20) -> Reply:
-    """An OpenAI stream of ``pieces`` words spread over about ``seconds``."""
-    sse = openai_stream(
-        [f"w{i:02d} " for i in range(pieces)],
-        prompt_tokens=PROMPT_TOKENS,
-        completion_tokens=pieces,
-    )
-    slice_size = 97
-    slices = math.ceil(len(sse) / slice_size)
-    return Reply(sse=sse, slice_size=slice_size, delay_between_slices=seconds / slices)
-
-
-def words(pieces: int) -> str:
-    return "".join(f"w{i:02d} " for i in range(pieces))
-
-
-def content_of(frames: list[tuple[str | None, str]]) -> str:
-    out = []
-    for _, data in frames:
-        if data.startswith("{"):
-            for choice in json.loads(data).get("choices") or ():
-                out.append(choice.get("delta", {}).get("content") or "")
-    return "".join(out)
-
-
-@pytest.fixture
-def make_creds(tmp_path: Path, upstream: FakeUpstream, redis_url: str) -> MakeCreds:
-    counter = 0
-
-    def factory(limits: dict[str, Any] | None = None, **overrides: Any) -> Credentials:
-        nonlocal counter
-        counter += 1
-        gateway = dict(overrides.pop("gateway", {}))
-        # write_config merges one level deep: limits replaces the harness's section whole.
-        gateway["limits"] = {"reservation_ttl_seconds": 60, **(limits or {})}
-        return write_config(
-            tmp_path / f"config{counter}",
-            upstream.base_url,
-            redis_url,
-            gateway=gateway,
-            **overrides,
-        )
-
-    return factory
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    procs: list[GatewayProcess] = []
-
-    async def factory(creds: Credentials, workers: int = 1) -> GatewayProcess:
-        gw = GatewayProcess(creds, tmp_path / f"gateway{len(procs)}.log", workers)
-        procs.append(gw)
-        await gw.start()
-        return gw
-
-    try:
-        yield factory
-    finally:
-        for gw in procs:
-            gw.kill()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client opening a new connection per request (as independent clients would)."""
-    timeout = aiohttp.ClientTimeout(total=15)
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        yield session
-
-
-async def wait_settled(redis: Redis, creds: Credentials, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
-    """The month counter once nothing is reserved on it any more."""
-    # A deadline, not asyncio.timeout: a cancellation can be swallowed inside redis-py
-    # on Python 3.11, and the loop would then never end.
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await month_counter(redis, creds)
-        if not any(state[f"r{d}"] for d in range(4)) and state["u2"]:
-            return state
-        assert time.monotonic() < deadline, f"still reserved after {timeout} s: {state}"
-        await asyncio.sleep(0.05)
 
 
 async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
@@ -159,7 +63,7 @@ async def test_sigterm_drains_then_finishes_the_stream_in_flight(
     async with http.get(gw.url("/readyz")) as ready:
         assert ready.status == 200, await ready.text()
 
-    upstream.script(slow_stream(2.0))
+    upstream.script(stream_over(2.0))
     async with http.post(
         gw.url(CHAT.format("alpha")), json=chat_body(stream=True), headers=bearer(creds.key)
     ) as resp:
@@ -201,7 +105,7 @@ async def test_sigterm_drains_then_finishes_the_stream_in_flight(
     frames = sse_frames(first.decode() + rest)
     assert frames[-1] == ("[DONE]", "[DONE]"), frames[-3:]
     assert all(event != "error" for event, _ in frames), frames
-    assert content_of(frames) == words(20)
+    assert content_of(json_frames(frames)) == "".join(words(20, width=2))
 
     assert await gw.wait_exit(10) == 0
     counter = await month_counter(redis, creds)
@@ -224,7 +128,7 @@ async def test_stream_past_the_grace_period_ends_with_a_shutdown_error_event(
 ) -> None:
     creds = make_creds(limits={"drain_seconds": 0, "shutdown_grace_seconds": 1})
     gw = await spawn(creds)
-    upstream.script(slow_stream(10.0))
+    upstream.script(stream_over(10.0))
     async with http.post(
         gw.url(CHAT.format("alpha")), json=chat_body(stream=True), headers=bearer(creds.key)
     ) as resp:
@@ -296,7 +200,7 @@ def is_msg(text: str) -> Callable[[dict[str, Any]], bool]:
 async def test_sighup_reload_applies_rejects_and_spares_streams(
     make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
 ) -> None:
-    creds = make_creds()
+    creds = make_creds(limits={})
     gw = await spawn(creds)
     delta_token = creds.session("delta", project_id="prj_delta")
     alpha, delta = gw.url(CHAT.format("alpha")), gw.url(CHAT.format("delta"))
@@ -342,7 +246,7 @@ async def test_sighup_reload_applies_rejects_and_spares_streams(
     set_revoked(creds, creds.key_id, True)
     write_project(creds, "alpha", "prj_alpha", enabled=False)
     alpha_token = creds.session("alpha")
-    upstream.script(slow_stream(1.5))
+    upstream.script(stream_over(1.5))
     before = await month_counter(redis, creds)
     async with http.post(alpha, json=chat_body(stream=True), headers=bearer(alpha_token)) as resp:
         assert resp.status == 200, await resp.text()
@@ -354,10 +258,10 @@ async def test_sighup_reload_applies_rejects_and_spares_streams(
     frames = sse_frames(first.decode() + rest)
     assert frames[-1] == ("[DONE]", "[DONE]"), frames[-3:]
     assert all(event != "error" for event, _ in frames), frames
-    assert content_of(frames) == words(20)
+    assert content_of(json_frames(frames)) == "".join(words(20, width=2))
     resp = await http.post(alpha, json=chat_body(), headers=bearer(alpha_token))
     assert resp.status == 409, await resp.text()
-    after = await wait_settled(redis, creds)
+    after = await settled(redis, creds, "month", until_used=True)
     assert after["u1"] - before["u1"] == 20, (before, after)
     assert after["u0"] - before["u0"] == PROMPT_TOKENS, (before, after)
     assert await open_reservations(redis, creds) == 0
@@ -369,7 +273,7 @@ async def test_sighup_reload_applies_rejects_and_spares_streams(
 async def test_admin_reload_endpoint(
     make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
 ) -> None:
-    creds = make_creds()
+    creds = make_creds(limits={})
     admin = generate_key()
     add_api_key(creds, "key_admin", admin.prefix, admin.sha256, ["admin"])
     gw = await spawn(creds)
@@ -426,19 +330,13 @@ async def test_admin_reload_endpoint(
 async def requests_total(http: aiohttp.ClientSession, gw: GatewayProcess) -> float:
     async with http.get(gw.metrics_url) as resp:
         assert resp.status == 200
-        text = await resp.text()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "gateway_requests_total":
-                total += sample.value
-    return total
+        return sample_sum(await resp.text(), "gateway_requests_total")
 
 
 async def test_workers_share_the_port_restart_and_add_up_metrics(
     make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
 ) -> None:
-    creds = make_creds()
+    creds = make_creds(limits={})
     gw = await spawn(creds, workers=2)
     alpha = gw.url(CHAT.format("alpha"))
     workers = await gw.wait_workers_listening(2)
@@ -446,7 +344,7 @@ async def test_workers_share_the_port_restart_and_add_up_metrics(
     # Before anything moved, every family is announced all the same (HELP and TYPE),
     # as a single process shows them: dashboards and alerts find their metrics.
     async with http.get(gw.metrics_url) as resp:
-        fresh = {f.name for f in text_string_to_metric_families(await resp.text())}
+        fresh = families(await resp.text())
     for name in ("gateway_budget_rejections", "gateway_upstream_errors", "gateway_tokens"):
         assert name in fresh, sorted(fresh)
 

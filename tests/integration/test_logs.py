@@ -22,8 +22,7 @@ import aiohttp
 import pytest
 
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream, Reply, openai_error, openai_stream
-from tests.harness import (
+from tests.support.harness import (
     BYOK_KEY,
     PROVIDER_KEY,
     SESSION_SECRET,
@@ -32,7 +31,9 @@ from tests.harness import (
     chat_body,
     write_config,
 )
-from tests.process import GatewayProcess, sse_frames
+from tests.support.process import GatewayProcess
+from tests.support.sse import sse_frames
+from tests.support.upstream import FakeUpstream, Reply, openai_error, openai_stream
 
 CHAT = "/v1/projects/{}/chat/completions"
 BODY_SECRET = "sk-proj-FAKEBODYSECRET-5f1e2d3c4b5a69788796a5b4"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import write_config
-from tests.process import GatewayProcess
+from tests.support.harness import write_config
+from tests.support.process import GatewayProcess
 
 PLACEHOLDER = "change-me-to-at-least-32-random-characters"  # deploy/.env.example's
 

@@ -1,6 +1,6 @@
 """What ``gateway serve`` leaves behind when it dies or is stopped in odd ways.
 
-Real ``gateway serve`` subprocesses (tests/process.py), most on the embedded
+Real ``gateway serve`` subprocesses (tests/support/process.py), most on the embedded
 redis-server: nothing may outlive the gateway (SIGKILL, SIGTERM at start), one data
 directory serves one gateway at a time, and a signal to the whole process group
 (Ctrl-C, systemd's KillMode=control-group) still lets requests in flight settle.
@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.serve.embedded_redis import EmbeddedRedis, find_redis_server
-from tests.fakeupstream import FakeUpstream, Reply, openai_stream
-from tests.harness import Credentials, bearer, chat_body, month_counter, write_config
-from tests.process import GatewayProcess, refused
+from tests.support.harness import Credentials, bearer, chat_body, write_config
+from tests.support.metrics import sample_sum
+from tests.support.process import GatewayProcess, refused
+from tests.support.redis import month_counter
+from tests.support.upstream import FakeUpstream, stream_over
 
 CHAT = "/v1/projects/alpha/chat/completions"
 PREFIX = "ps"
@@ -94,16 +94,6 @@ def leftovers(tmp_path: Path) -> Iterator[list[psutil.Process]]:
             proc.kill()
 
 
-@pytest.fixture
-async def gateways() -> AsyncIterator[list[GatewayProcess]]:
-    procs: list[GatewayProcess] = []
-    try:
-        yield procs
-    finally:
-        for gw in procs:
-            gw.kill()
-
-
 async def chat_ok(gw: GatewayProcess, creds: Credentials) -> None:
     async with (
         aiohttp.ClientSession() as s,
@@ -119,7 +109,7 @@ async def chat_ok(gw: GatewayProcess, creds: Credentials) -> None:
 async def test_sigkill_of_the_gateway_takes_its_workers_and_redis_along(
     tmp_path: Path,
     upstream: FakeUpstream,
-    gateways: list[GatewayProcess],
+    processes: list[GatewayProcess],
     leftovers: list[psutil.Process],
     workers: int,
 ) -> None:
@@ -128,7 +118,7 @@ async def test_sigkill_of_the_gateway_takes_its_workers_and_redis_along(
     restarted gateway shared it, SO_REUSEPORT) with budgets in a second Redis."""
     creds = embedded_creds(tmp_path, upstream)
     gw = GatewayProcess(creds, tmp_path / "first.log", workers)
-    gateways.append(gw)
+    processes.append(gw)
     await gw.start(timeout=30)
     family = descendants(gw.pid)
     leftovers.extend(family)
@@ -144,7 +134,7 @@ async def test_sigkill_of_the_gateway_takes_its_workers_and_redis_along(
     # A gateway started at once on the same data directory gets it (and the budgets).
     gw2 = GatewayProcess(creds, tmp_path / "second.log")
     gw2.port = gw.port
-    gateways.append(gw2)
+    processes.append(gw2)
     await gw2.start(timeout=30)
     leftovers.extend(descendants(gw2.pid))
     await chat_ok(gw2, creds)
@@ -157,21 +147,21 @@ async def test_sigkill_of_the_gateway_takes_its_workers_and_redis_along(
 async def test_a_second_gateway_on_the_same_data_dir_refuses_to_start(
     tmp_path: Path,
     upstream: FakeUpstream,
-    gateways: list[GatewayProcess],
+    processes: list[GatewayProcess],
     leftovers: list[psutil.Process],
 ) -> None:
     """It used to start a second redis-server on the same AOF (budgets split between
     them), and stopping either unlinked the socket the other one answered on."""
     creds = embedded_creds(tmp_path, upstream)
     first = GatewayProcess(creds, tmp_path / "first.log")
-    gateways.append(first)
+    processes.append(first)
     await first.start(timeout=30)
     leftovers.extend(descendants(first.pid))
     servers = redis_servers(tmp_path / "data")
     assert len(servers) == 1
 
     second = GatewayProcess(creds, tmp_path / "second.log")
-    gateways.append(second)
+    processes.append(second)
     second.launch()
     code = await second.wait_exit(25)
     leftovers.extend(descendants(second.pid))
@@ -221,14 +211,6 @@ def test_embedded_redis_never_unlinks_a_socket_a_live_server_answers_on(tmp_path
 # ---------------------------------------------------------------- signals to the process group
 
 
-def slow_stream(seconds: float, pieces: int = 20) -> Reply:
-    sse = openai_stream(
-        [f"w{i:02d} " for i in range(pieces)], prompt_tokens=20, completion_tokens=pieces
-    )
-    slices = math.ceil(len(sse) / 97)
-    return Reply(sse=sse, slice_size=97, delay_between_slices=seconds / slices)
-
-
 @pytest.mark.parametrize(
     ("signum", "workers"),
     [
@@ -239,7 +221,7 @@ def slow_stream(seconds: float, pieces: int = 20) -> Reply:
 async def test_a_signal_to_the_process_group_lets_requests_in_flight_settle(
     tmp_path: Path,
     upstream: FakeUpstream,
-    gateways: list[GatewayProcess],
+    processes: list[GatewayProcess],
     leftovers: list[psutil.Process],
     signum: int,
     workers: int,
@@ -249,11 +231,11 @@ async def test_a_signal_to_the_process_group_lets_requests_in_flight_settle(
     stream in flight could not settle ("usage not recorded")."""
     creds = embedded_creds(tmp_path, upstream, drain_seconds=0, shutdown_grace_seconds=15)
     gw = GatewayProcess(creds, tmp_path / "gateway.log", workers)
-    gateways.append(gw)
+    processes.append(gw)
     await gw.start(timeout=30)
     leftovers.extend(descendants(gw.pid))
 
-    upstream.script(slow_stream(2.0))
+    upstream.script(stream_over(2.0))
     timeout = aiohttp.ClientTimeout(total=20)
     async with (
         aiohttp.ClientSession(timeout=timeout) as s,
@@ -289,7 +271,7 @@ async def test_a_signal_to_the_process_group_lets_requests_in_flight_settle(
 async def test_sigterm_while_starting_stops_the_embedded_redis(
     tmp_path: Path,
     upstream: FakeUpstream,
-    gateways: list[GatewayProcess],
+    processes: list[GatewayProcess],
     leftovers: list[psutil.Process],
     workers: int,
 ) -> None:
@@ -298,7 +280,7 @@ async def test_sigterm_while_starting_stops_the_embedded_redis(
     leave redis-server (and workers) running."""
     creds = embedded_creds(tmp_path, upstream)
     gw = GatewayProcess(creds, tmp_path / "gateway.log", workers)
-    gateways.append(gw)
+    processes.append(gw)
     gw.launch()
     sock = tmp_path / "data" / "redis.sock"
     deadline = time.monotonic() + 20
@@ -325,21 +307,14 @@ async def test_sigterm_while_starting_stops_the_embedded_redis(
 
 
 async def gateway_requests(gw: GatewayProcess) -> float:
-    async with aiohttp.ClientSession() as s, s.get(gw.metrics_url) as resp:
-        text = await resp.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "gateway_requests_total"
-    )
+    return sample_sum(await gw.metrics(), "gateway_requests_total")
 
 
 async def test_a_single_process_gateway_ignores_an_inherited_multiproc_dir(
     tmp_path: Path,
     upstream: FakeUpstream,
     redis_url: str,
-    gateways: list[GatewayProcess],
+    processes: list[GatewayProcess],
 ) -> None:
     """PROMETHEUS_MULTIPROC_DIR in the environment: a single process used to write its
     values there and never clear them, so the next run started with the last run's."""
@@ -349,7 +324,7 @@ async def test_a_single_process_gateway_ignores_an_inherited_multiproc_dir(
     creds.env["PROMETHEUS_MULTIPROC_DIR"] = str(inherited)
     for run in (1, 2):
         gw = GatewayProcess(creds, tmp_path / f"run{run}.log")
-        gateways.append(gw)
+        processes.append(gw)
         await gw.start(timeout=30)
         assert await gateway_requests(gw) == 0  # a fresh process starts from zero
         await chat_ok(gw, creds)

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakeupstream import FakeUpstream
-from tests.harness import (
+from tests.support.harness import (
     PROVIDER_KEY,
     Credentials,
     bearer,
@@ -21,7 +19,9 @@ from tests.harness import (
     provider_entry,
     write_config,
 )
-from tests.process import GatewayProcess
+from tests.support.metrics import sample_sum
+from tests.support.process import GatewayProcess
+from tests.support.upstream import FakeUpstream
 
 CHAT = "/v1/projects/{}/chat/completions"
 
@@ -39,13 +39,7 @@ def _key_warnings(gateway: GatewayProcess) -> list[dict[str, Any]]:
 
 async def _retries(http: aiohttp.ClientSession, gateway: GatewayProcess) -> float:
     async with http.get(gateway.metrics_url) as resp:
-        text = await resp.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "gateway_upstream_retries_total"
-    )
+        return sample_sum(await resp.text(), "gateway_upstream_retries_total")
 
 
 async def test_an_unset_provider_key_is_a_503_naming_it_and_one_warning_at_start(

@@ -14,28 +14,17 @@ from typing import Any
 
 import pytest
 
-from tests.fakeupstream import Reply, openai_completion, openai_stream
-from tests.harness import (
-    PROVIDER_KEY,
-    bearer,
-    chat_body,
-    data_frames,
-    metric,
-    month_counter,
-)
+from tests.support.billing import cost, used
+from tests.support.harness import PROVIDER_KEY, bearer, chat_body, provider_entry
+from tests.support.metrics import metric
+from tests.support.redis import month_counter
+from tests.support.sse import data_frames
+from tests.support.upstream import Reply, chunk, openai_completion, openai_stream, sse
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
 AZURE_PATH = "/openai/deployments/{model}/chat/completions"
 API_VERSION = "2024-10-21"
-
-
-def cost(i: int, o: int) -> int:
-    return i * 150 + o * 600
-
-
-def used(i: int, o: int, c: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
 
 
 def chunk_frames(frames: list[Any]) -> list[dict[str, Any]]:
@@ -53,45 +42,8 @@ def has_key(value: Any, key: str) -> bool:
     return False
 
 
-def sse(*chunks: dict[str, Any], done: bool = True) -> bytes:
-    body = b"".join(
-        b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n" for c in chunks
-    )
-    return body + (b"data: [DONE]\n\n" if done else b"")
-
-
-def chunk(
-    delta: dict[str, Any] | None = None, finish: str | None = None, **top: Any
-) -> dict[str, Any]:
-    """A chat.completion.chunk with one choice (``delta=None``: ``choices: []``)."""
-    choices = (
-        []
-        if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-    )
-    return {
-        "id": "chatcmpl-up-123",
-        "object": "chat.completion.chunk",
-        "created": 1_771_434_740,
-        "model": "openai/gpt-oss-120b",
-        "system_fingerprint": "fp_e8236260a9",
-        "choices": choices,
-        **top,
-    }
-
-
 def quirky_provider(base_url: str, **quirks: Any) -> dict[str, Any]:
-    return {
-        "providers": {
-            "upstream": {
-                "kind": "openai",
-                "base_url": base_url,
-                "api_key_env": "TEST_PROVIDER_KEY",
-                "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10},
-                **quirks,
-            }
-        }
-    }
+    return {"providers": {"upstream": {**provider_entry(base_url), **quirks}}}
 
 
 # ----------------------------------------------------------------------------- Azure-style
@@ -244,6 +196,7 @@ def groq_stream() -> bytes:
             x_groq={"id": "req_01khrvt2r6e9", "usage": GROQ_USAGE},
             usage=GROQ_USAGE,
         ),
+        done=True,
     )
 
 
@@ -298,8 +251,9 @@ def usage_then_moderation() -> bytes:
         chunk({"role": "assistant", "content": ""}, usage=None),
         chunk({"content": "Hi!"}, usage=None),
         chunk({}, "stop", usage=None),
-        chunk(None, usage=usage),
-        chunk(None, usage=None, moderation=MODERATION),
+        chunk(choices=[], usage=usage),
+        chunk(choices=[], usage=None, moderation=MODERATION),
+        done=True,
     )
 
 
@@ -387,12 +341,12 @@ async def test_a_null_error_member_on_every_chunk_is_no_error(make_gateway, upst
         chunk({"role": "assistant", "content": "Hi"}, error=None),
         chunk({}, "stop", error=None),
         chunk(
-            None,
+            choices=[],
             error=None,
             usage={"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32},
         ),
     ]
-    upstream.script(Reply(sse=sse(*sent)))
+    upstream.script(Reply(sse=sse(*sent, done=True)))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
     chunks = chunk_frames(data_frames(await resp.text()))
@@ -414,9 +368,9 @@ async def test_non_standard_fields_pass_through_untouched(make_gateway, upstream
         chunk({"reasoning": " need", "channel": "analysis"}),
         chunk({"content": "Answer", "channel": "final", "annotations": [{"type": "x"}]}),
         chunk({}, "stop", x_groq={"id": "req_01khrvt2r6e9"}),
-        chunk(None, usage={"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}),
+        chunk(choices=[], usage={"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}),
     ]
-    upstream.script(Reply(sse=sse(*sent)))
+    upstream.script(Reply(sse=sse(*sent, done=True)))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
     chunks = chunk_frames(data_frames(await resp.text()))

@@ -35,9 +35,18 @@ from redis.asyncio import Redis
 
 from gateway.budget import keys
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream, Recorded, Reply, openai_completion, openai_stream
-from tests.harness import Credentials, bearer, tag, window_ids, write_config
-from tests.process import GatewayProcess, add_api_key, edit_gateway_yaml, key_prefix
+from tests.support.billing import cost, used
+from tests.support.harness import (
+    Credentials,
+    add_api_key,
+    bearer,
+    edit_gateway_yaml,
+    key_prefix,
+    write_config,
+)
+from tests.support.process import GatewayProcess
+from tests.support.redis import counter, tag, window_ids
+from tests.support.upstream import FakeUpstream, Recorded, Reply, openai_completion, openai_stream
 
 FIGURES = Path("/tmp/gateway-race-figures.json")
 URL = "/v1/projects/alpha/chat/completions"
@@ -45,7 +54,6 @@ BURST = 320  # sent at once: at least 300 concurrent requests
 TRICKLE = 160  # then spread over two seconds, so that settled usage reaches the caps
 REQUESTS = BURST + TRICKLE
 USERS = 5
-IN_PRICE, OUT_PRICE = 150, 600  # gpt-4o-mini, nano-USD per token
 CEILING = 100  # the harness projects' max_output_tokens
 DIMS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd")
 WINDOW_NAMES = ("day", "month", "lifetime")
@@ -110,7 +118,7 @@ class Plan:
             "input_tokens": i,
             "output_tokens": o,
             "total_tokens": i + o,
-            "cost_usd": i * IN_PRICE + o * OUT_PRICE,
+            "cost_usd": cost(i, o),
         }
 
     def body(self) -> dict[str, Any]:
@@ -240,12 +248,6 @@ def counter_keys(prefix: str, ids: dict[str, str]) -> dict[tuple[str, str, str],
     return out
 
 
-async def read_counter(redis: Redis, key: str) -> dict[str, int]:
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f"{p}{d}": got.get(f"{p}{d}", 0) for p in "ur" for d in range(4)}
-
-
 class Sampler:
     """Peak used + reserved of a few counters, read in a loop while the race runs."""
 
@@ -354,7 +356,7 @@ async def _race(
     # (streams): wait until nothing is held, then read the final counters.
     deadline = time.monotonic() + 10
     while True:
-        finals = {name: await read_counter(redis, key) for name, key in counters.items()}
+        finals = {name: await counter(redis, key) for name, key in counters.items()}
         if all(not any(c[f"r{d}"] for d in range(4)) for c in finals.values()):
             break
         if time.monotonic() > deadline:
@@ -465,16 +467,7 @@ async def _race(
     def totals(selected: list[Outcome]) -> dict[str, int]:
         i = sum(fake.reported[o.plan.n][0] for o in selected)
         out = sum(fake.reported[o.plan.n][1] for o in selected)
-        return {
-            "u0": i,
-            "u1": out,
-            "u2": i + out,
-            "u3": i * IN_PRICE + out * OUT_PRICE,
-            "r0": 0,
-            "r1": 0,
-            "r2": 0,
-            "r3": 0,
-        }
+        return used(i, out)
 
     for (scope, who, _window), state in finals.items():
         if scope in ("org", "project"):

@@ -2,9 +2,6 @@
 restart), readiness that means writable, budget gauges that follow the config, and
 unary calls cut at the end of the shutdown grace period with their usage settled."""
 
-# The lifecycle tests' fixtures are imported below and used as parameters (F811).
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -21,18 +18,14 @@ from redis.asyncio import Redis
 
 from gateway.context import STATE
 from gateway.serve.lifecycle import reload_config
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion
-from tests.harness import OPERATOR_TOKEN, RedisServer, bearer, chat_body, scrape
-from tests.integration.test_lifecycle import (  # noqa: F401 (fixtures)
-    CEILING,
-    CHAT,
-    MakeCreds,
-    Spawn,
-    http,
-    make_creds,
-    spawn,
-)
-from tests.process import edit_gateway_yaml, month_counter, open_reservations
+from tests.support.harness import OPERATOR_TOKEN, MakeCreds, bearer, chat_body, edit_gateway_yaml
+from tests.support.metrics import scrape
+from tests.support.process import Spawn
+from tests.support.redis import RedisServer, month_counter, open_reservations
+from tests.support.upstream import FakeUpstream, Reply, openai_completion
+
+CHAT = "/v1/projects/{}/chat/completions"
+CEILING = 100  # harness: every project has max_output_tokens 100
 
 
 async def test_admin_reload_reaches_every_worker(
@@ -43,7 +36,7 @@ async def test_admin_reload_reaches_every_worker(
 ) -> None:
     """With --workers 2 the reload answered by one worker reached only that worker: a
     revoked key went on working on the other. Now every worker reloads."""
-    creds = make_creds()
+    creds = make_creds(limits={})
     gw = await spawn(creds, workers=2)
     url = gw.url(CHAT.format("alpha"))
 
@@ -203,7 +196,7 @@ async def test_workers_serve_on_while_one_cannot_restart(
     """A worker dies, and the config on disk was broken since the last reload: its
     replacement cannot start. The other worker serves on (restarts are paced); the
     supervisor stops only when no worker serves."""
-    creds = make_creds()
+    creds = make_creds(limits={})
     gw = await spawn(creds, workers=2)
     workers = await gw.wait_workers_listening(2)
     edit_gateway_yaml(creds, lambda data: data.update(bogus_setting=True))

@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import yaml
 
-from gateway.config import Config
 from gateway.context import STATE
 from gateway.serve.lifecycle import reload_config
-from tests.fakeupstream import (
+from tests.support.billing import FOUR_O, NOTHING, Price, cost, used
+from tests.support.harness import bearer, chat_body, provider_entry
+from tests.support.metrics import metric
+from tests.support.ports import free_port
+from tests.support.redis import counter, month_counter
+from tests.support.sse import content_of, data_frames
+from tests.support.upstream import (
     FakeUpstream,
     Recorded,
     Reply,
@@ -29,48 +33,15 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import (
-    bearer,
-    chat_body,
-    counter,
-    data_frames,
-    free_port,
-    metric,
-    month_counter,
-    project_key,
-)
 
 URL = "/v1/projects/alpha/chat/completions"
-MINI = (150, 600)  # gpt-4o-mini, nano-USD per input / output token
-FOUR_O = (2_500, 10_000)  # gpt-4o
 INPUT_BOUND, CEILING = 33, 100
-
-
-def cost(i: int, o: int, price: tuple[int, int] = MINI) -> int:
-    return i * price[0] + o * price[1]
-
-
-def used(i: int, o: int, c: int) -> dict[str, int]:
-    return {"u0": i, "u1": o, "u2": i + o, "u3": c, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
-
-
-NOTHING = used(0, 0, 0)
 DEFAULT_USED = used(11, 3, cost(11, 3))  # the fake's default reply, at gpt-4o-mini prices
 WORST_MINI = cost(INPUT_BOUND, CEILING)  # 64_950
-WORST_4O = cost(INPUT_BOUND, CEILING, FOUR_O)  # 1_082_500
+WORST_4O = cost(INPUT_BOUND, CEILING, price=FOUR_O)  # 1_082_500
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def provider(base_url: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": base_url,
-        "api_key_env": "TEST_PROVIDER_KEY",
-        "timeouts": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10},
-        **extra,
-    }
 
 
 def resilience(
@@ -110,18 +81,6 @@ def routes(*targets: tuple[str, str] | tuple[str, str, int]) -> dict[str, Any]:
     return {"models": {"default": {"routes": out}}}
 
 
-def month_key(config: Config, month: str, project_id: str = "prj_alpha") -> str:
-    return project_key(config.gateway.redis.key_prefix, month, project_id)
-
-
-def content_of(frames: list[Any]) -> str:
-    return "".join(
-        (f["choices"][0].get("delta") or {}).get("content") or ""
-        for f in frames
-        if isinstance(f, dict) and f.get("choices")
-    )
-
-
 def timed(reply: Reply, arrivals: list[float]) -> Any:
     """A responder that records when its request arrived (monotonic clock)."""
 
@@ -134,16 +93,6 @@ def timed(reply: Reply, arrivals: list[float]) -> Any:
 
 def server_error(status: int = 500) -> Reply:
     return Reply(status=status, json=openai_error(status))
-
-
-@pytest.fixture
-async def second() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 async def post(client: Any, key: str, stream: bool = False, **extra: Any) -> Any:
@@ -213,7 +162,7 @@ async def test_a_stream_error_frame_before_the_first_chunk_is_retried_and_not_bi
 async def test_connect_errors_are_retried_then_fall_back(
     make_gateway, upstream, redis, stream
 ) -> None:
-    dead = provider(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
+    dead = provider_entry(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
     client, config, creds = await make_gateway(
         gateway={"providers": {"dead": dead}, "resilience": resilience(attempts=2)},
         projects={"alpha": routes(("dead", "gpt-4o-mini"), ("upstream", "gpt-4o-mini"))},
@@ -237,7 +186,7 @@ async def test_connect_errors_are_retried_then_fall_back(
 @pytest.mark.parametrize("stream", [False, True])
 async def test_fallback_to_the_next_target(make_gateway, upstream, second, redis, stream) -> None:
     client, config, creds = await make_gateway(
-        gateway={"providers": {"second": provider(second.base_url)}},
+        gateway={"providers": {"second": provider_entry(second.base_url)}},
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
     )
     upstream.script(server_error(503))
@@ -274,7 +223,7 @@ async def test_every_target_failing_returns_the_last_error(
     make_gateway, upstream, second, redis
 ) -> None:
     client, config, creds = await make_gateway(
-        gateway={"providers": {"second": provider(second.base_url)}},
+        gateway={"providers": {"second": provider_entry(second.base_url)}},
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
     )
     upstream.script(server_error(500))
@@ -291,7 +240,7 @@ async def test_every_target_failing_returns_the_last_error(
 
 def pricier_fallback(second: FakeUpstream, cap_usd: str, **caps: Any) -> dict[str, Any]:
     return {
-        "gateway": {"providers": {"second": provider(second.base_url)}},
+        "gateway": {"providers": {"second": provider_entry(second.base_url)}},
         "projects": {
             "alpha": {
                 **routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o")),
@@ -349,9 +298,9 @@ async def test_fallback_to_a_pricier_model_with_room_bills_its_prices(
     assert len(second.requests) == 1
     assert second.last.json()["model"] == "gpt-4o"
     assert await month_counter(redis, config.gateway.redis.key_prefix) == used(
-        20, 30, cost(20, 30, FOUR_O)
+        20, 30, cost(20, 30, price=FOUR_O)
     )
-    assert cost(20, 30, FOUR_O) == 350_000
+    assert cost(20, 30, price=FOUR_O) == 350_000
     assert await metric(client, "gateway_cost_usd_total", project="alpha") == pytest.approx(
         350_000 / 1e9
     )
@@ -364,7 +313,7 @@ async def test_fallback_to_a_pricier_model_rechecks_the_org_cost_cap(
     to the pricier model's worst case too, or be refused."""
     client, config, creds = await make_gateway(
         gateway={
-            "providers": {"second": provider(second.base_url)},
+            "providers": {"second": provider_entry(second.base_url)},
             # Replaces org acme (and its API keys): session tokens authenticate here.
             "orgs": {"acme": {"budgets": {"month": {"cost_usd": "0.001"}}}},
         },
@@ -384,7 +333,7 @@ async def test_a_second_fallback_holds_its_whole_worst_case_with_org_caps(
     """Each fallback holds the difference on the project and on the org: the next
     fallback must count what one scope holds, not both (it under-reserved by one
     difference per scope, so a concurrent request could take room it did not have)."""
-    mid = (1_000, 4_000)
+    mid = Price(1_000, 4_000)
     client, config, creds = await make_gateway(
         gateway={
             "orgs": {"acme": {"budgets": {"month": {"cost_usd": "1000"}}}},
@@ -412,12 +361,12 @@ async def test_a_second_fallback_holds_its_whole_worst_case_with_org_caps(
     month = time.strftime("m%Y%m", time.gmtime(seconds))
     project_hold = await counter(redis, f"{prefix}:{{prj:prj_alpha}}:p:{month}")
     org_hold = await counter(redis, f"{prefix}:{{org:acme}}:o:{month}")
-    assert cost(INPUT_BOUND, CEILING, mid) > WORST_MINI
+    assert cost(INPUT_BOUND, CEILING, price=mid) > WORST_MINI
     assert project_hold["r3"] == WORST_4O  # was WORST_4O - (mid - mini difference)
     assert org_hold["r3"] == WORST_4O
     resp = await answer
     assert resp.status == 200, await resp.text()
-    assert await month_counter(redis, prefix) == used(20, 30, cost(20, 30, FOUR_O))
+    assert await month_counter(redis, prefix) == used(20, 30, cost(20, 30, price=FOUR_O))
 
 
 async def test_a_reload_during_a_retry_keeps_the_requests_routes(make_gateway, upstream) -> None:
@@ -450,7 +399,7 @@ def short_holds(upstream: FakeUpstream) -> dict[str, Any]:
     timeouts = {"connect": 2, "first_byte": 3, "idle": 2, "total": 3}
     return {
         "limits": {"reservation_ttl_seconds": 10},
-        "providers": {"upstream": provider(upstream.base_url, timeouts=timeouts)},
+        "providers": {"upstream": provider_entry(upstream.base_url, **timeouts)},
         "resilience": resilience(attempts=2),
     }
 
@@ -535,7 +484,7 @@ async def test_retry_after_above_the_max_is_relayed_without_retrying(
 async def test_retry_after_above_the_max_falls_back(make_gateway, upstream, second, redis) -> None:
     client, config, creds = await make_gateway(
         gateway={
-            "providers": {"second": provider(second.base_url)},
+            "providers": {"second": provider_entry(second.base_url)},
             "resilience": resilience(attempts=3, retry_after_max=2),
         },
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
@@ -647,7 +596,7 @@ async def test_a_failed_probe_reopens_the_breaker(make_gateway, upstream) -> Non
 async def test_an_open_target_is_skipped_for_the_fallback(make_gateway, upstream, second) -> None:
     client, _, creds = await make_gateway(
         gateway={
-            "providers": {"second": provider(second.base_url)},
+            "providers": {"second": provider_entry(second.base_url)},
             "resilience": resilience(threshold=2, cooldown=30.0),
         },
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
@@ -719,7 +668,7 @@ async def test_a_failure_after_the_first_byte_does_not_fall_back(
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={
-            "providers": {"second": provider(second.base_url)},
+            "providers": {"second": provider_entry(second.base_url)},
             "resilience": resilience(attempts=2),
         },
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
@@ -753,7 +702,7 @@ async def test_non_retryable_errors_are_not_retried(
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={
-            "providers": {"second": provider(second.base_url)},
+            "providers": {"second": provider_entry(second.base_url)},
             "resilience": resilience(attempts=3),
         },
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
@@ -774,7 +723,7 @@ async def test_non_retryable_errors_are_not_retried(
 
 async def test_weighted_routes_share_the_traffic(make_gateway, upstream, second, redis) -> None:
     client, config, creds = await make_gateway(
-        gateway={"providers": {"second": provider(second.base_url)}},
+        gateway={"providers": {"second": provider_entry(second.base_url)}},
         projects={"alpha": routes(("upstream", "gpt-4o-mini", 1), ("second", "gpt-4o-mini", 3))},
     )
     client.server.app[STATE].rng = random.Random(1234)

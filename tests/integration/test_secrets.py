@@ -15,7 +15,6 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,17 @@ import pytest
 from gateway.cli import main
 from gateway.logs import JsonFormatter
 from gateway.serve.lifecycle import reload_config
-from tests.fakeupstream import (
+from tests.support.harness import (
+    PROVIDER_KEY,
+    bearer,
+    chat_body,
+    edit_gateway_yaml,
+    provider_entry,
+    write_config,
+)
+from tests.support.process import GatewayProcess
+from tests.support.redis import ledger_events
+from tests.support.upstream import (
     FakeUpstream,
     Reply,
     anthropic_error,
@@ -34,29 +43,8 @@ from tests.fakeupstream import (
     openai_error,
     openai_stream,
 )
-from tests.harness import (
-    PROVIDER_KEY,
-    bearer,
-    chat_body,
-    parse_event,
-    provider_entry,
-    tag,
-    write_config,
-)
-from tests.process import GatewayProcess, edit_gateway_yaml
 
 URL = "/v1/projects/alpha/chat/completions"
-
-
-@pytest.fixture
-async def elsewhere() -> AsyncIterator[FakeUpstream]:
-    """A second origin: where a hostile upstream redirects to. It records what it got."""
-    fake = FakeUpstream()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 def provider_of(kind: str, base_url: str) -> dict[str, Any]:
@@ -97,16 +85,16 @@ def assert_no_key(text: str) -> None:
 @pytest.mark.parametrize("kind", ["openai", "azure", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_redirect_is_a_502_and_never_followed(
-    make_gateway: Any, upstream: FakeUpstream, elsewhere: FakeUpstream, kind: str, stream: bool
+    make_gateway: Any, upstream: FakeUpstream, second: FakeUpstream, kind: str, stream: bool
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of(kind, upstream.base_url), 2))
-    target = elsewhere.base_url + ("/messages" if kind == "anthropic" else "/chat/completions")
+    target = second.base_url + ("/messages" if kind == "anthropic" else "/chat/completions")
     upstream.script(*[Reply(status=307, headers={"Location": target})] * 2)
     resp = await client.post(URL, json=chat_body(stream=stream), headers=bearer(creds.key))
     text = await resp.text()
     assert resp.status == 502, text
     assert resp.content_type == "application/json"
-    assert elsewhere.requests == [], [r.headers for r in elsewhere.requests]
+    assert second.requests == [], [r.headers for r in second.requests]
     assert_no_key(text)
     assert target not in text
     assert "Location" not in resp.headers
@@ -116,13 +104,13 @@ async def test_a_redirect_is_a_502_and_never_followed(
 
 @pytest.mark.parametrize("status", [301, 302, 303, 308, 300, 304])
 async def test_every_3xx_is_a_502(
-    make_gateway: Any, upstream: FakeUpstream, elsewhere: FakeUpstream, status: int
+    make_gateway: Any, upstream: FakeUpstream, second: FakeUpstream, status: int
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of("azure", upstream.base_url)))
-    upstream.script(Reply(status=status, headers={"Location": elsewhere.base_url + "/x"}))
+    upstream.script(Reply(status=status, headers={"Location": second.base_url + "/x"}))
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 502, await resp.text()
-    assert elsewhere.requests == []
+    assert second.requests == []
 
 
 # ------------------------------------------------------------ malformed HTTP requests
@@ -425,11 +413,6 @@ async def test_a_retry_after_that_is_no_integer_is_not_waited_on(
 
 
 # ------------------------------------------------------------------ request ids
-
-
-async def ledger_events(redis: Any, prefix: str) -> list[dict[str, Any]]:
-    entries = await redis.xrange(tag(prefix) + "ledger")
-    return [parse_event(fields) for _id, fields in entries]
 
 
 async def wait_events(redis: Any, prefix: str, count: int) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.harness import bearer, chat_body
+from tests.support.harness import bearer, chat_body
 
 
 async def test_unary_roundtrip(gateway, upstream) -> None:

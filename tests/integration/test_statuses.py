@@ -17,38 +17,21 @@ import pytest
 
 from gateway.credentials import generate_key
 from gateway.usage import input_token_bound
-from tests.fakeupstream import Reply, openai_completion, openai_error, openai_stream
-from tests.harness import (
-    BYOK_KEY,
+from tests.support.harness import (
     PROVIDER_KEY,
     STORE_TIMEOUT_FAST,
     UNAUTHORIZED,
     Credentials,
+    assert_clean,
     bearer,
     chat_body,
-    free_port,
+    chat_url,
     provider_entry,
 )
+from tests.support.ports import free_port
+from tests.support.upstream import Reply, openai_completion, openai_error, openai_stream
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
-
-
-def chat_url(project: str) -> str:
-    return f"/v1/projects/{project}/chat/completions"
-
-
-def assert_clean(text: str, creds: Credentials) -> None:
-    """No provider key, client key or stack trace in a response body."""
-    for secret in (
-        PROVIDER_KEY,
-        BYOK_KEY,
-        creds.key,
-        creds.read_key,
-        creds.revoked_key,
-        creds.other_org_key,
-    ):
-        assert secret not in text
-    assert "Traceback" not in text
 
 
 async def error_json(resp: Any, status: int, creds: Credentials) -> dict[str, Any]:

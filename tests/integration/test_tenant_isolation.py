@@ -1,6 +1,6 @@
 """One tenant cannot hurt another: what one org's caller can see, change or exhaust.
 
-Every test runs ``gateway serve`` as a real subprocess (tests/process.py) against the
+Every test runs ``gateway serve`` as a real subprocess (tests/support/process.py) against the
 test Redis and the fake upstream over TCP, and attacks it the way a hostile tenant
 would: with its own valid credentials, over the API port.
 """
@@ -12,7 +12,7 @@ import dataclasses
 import gzip
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,74 +20,26 @@ import aiohttp
 import psutil
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import STATE
 from gateway.credentials import generate_key
-from tests.fakeupstream import FakeUpstream, Recorded, Reply, default_reply, openai_error
-from tests.harness import (
+from tests.support.harness import (
     BYOK_KEY,
     OPERATOR_TOKEN,
     PROVIDER_KEY,
     Credentials,
+    MakeCreds,
     bearer,
     chat_body,
+    edit_gateway_yaml,
     provider_entry,
-    write_config,
 )
-from tests.process import GatewayProcess, edit_gateway_yaml
+from tests.support.metrics import families, sample_sum
+from tests.support.process import Spawn
+from tests.support.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_error
 
 CHAT = "/v1/projects/{}/chat/completions"
 METRICS_TOKEN = "metrics-scrape-token-" + "m" * 24
-
-MakeCreds = Callable[..., Credentials]
-Spawn = Callable[..., Awaitable[GatewayProcess]]
-
-
-@pytest.fixture
-def make_creds(tmp_path: Path, upstream: FakeUpstream, redis_url: str) -> MakeCreds:
-    counter = 0
-
-    def factory(env: dict[str, str] | None = None, **overrides: Any) -> Credentials:
-        nonlocal counter
-        counter += 1
-        creds = write_config(
-            tmp_path / f"config{counter}", upstream.base_url, redis_url, **overrides
-        )
-        creds.env.update(env or {})
-        return creds
-
-    return factory
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    procs: list[GatewayProcess] = []
-
-    async def factory(creds: Credentials, workers: int = 1) -> GatewayProcess:
-        gw = GatewayProcess(creds, tmp_path / f"gateway{len(procs)}.log", workers)
-        procs.append(gw)
-        await gw.start()
-        return gw
-
-    try:
-        yield factory
-    finally:
-        for gw in procs:
-            gw.kill()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=15)
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        yield session
-
-
-def families(text: str) -> set[str]:
-    return {f.name for f in text_string_to_metric_families(text)}
-
 
 # ------------------------------------------------------------------------------ /metrics
 
@@ -154,12 +106,7 @@ async def test_with_workers_one_process_binds_the_metrics_listener(
     assert len(binders) == 1, binders
     async with http.get(gw.metrics_url) as resp:
         text = await resp.text()
-    total = sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "gateway_requests_total"
-    )
+    total = sample_sum(text, "gateway_requests_total")
     assert total == 6  # every worker's requests, summed by the one that serves metrics
 
 

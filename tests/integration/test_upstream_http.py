@@ -23,8 +23,18 @@ import pytest
 
 import gateway.providers.transport
 import gateway.sse
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_error, openai_stream
-from tests.harness import PROVIDER_KEY, bearer, chat_body, free_port, metric, provider_entry
+from tests.support.harness import PROVIDER_KEY, bearer, chat_body, provider_entry
+from tests.support.metrics import metric
+from tests.support.ports import free_port
+from tests.support.upstream import (
+    FakeUpstream,
+    Reply,
+    chunk,
+    openai_completion,
+    openai_error,
+    openai_stream,
+    sse,
+)
 
 URL = "/v1/projects/alpha/chat/completions"
 
@@ -55,17 +65,6 @@ def error_events(raw: bytes) -> list[dict[str, Any]]:
         if frame.startswith(b"event: error\n"):
             out.append(json.loads(frame.split(b"data: ", 1)[1]))
     return out
-
-
-def sse_chunk(content: str, finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
-    }
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 RawReply = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -222,7 +221,7 @@ async def test_garbled_chunked_encoding_mid_stream_ends_after_idle(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        first = sse_chunk("hello")
+        first = sse(chunk("hello"))
         writer.write(b"%x\r\n" % len(first) + first + b"\r\n")
         await writer.drain()
         await asyncio.sleep(0.1)
@@ -453,8 +452,8 @@ async def test_a_stream_event_over_the_size_cap_ends_the_stream(
         endless = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"a" * 200_000
     else:
         endless = (b"data: " + b"a" * 1000 + b"\n") * 200
-    sse = sse_chunk("hello") + endless
-    upstream.script(Reply(sse=sse, slice_size=16 * 1024, hang_after_bytes=len(sse)))
+    body = sse(chunk("hello")) + endless
+    upstream.script(Reply(sse=body, slice_size=16 * 1024, hang_after_bytes=len(body)))
     started = time.monotonic()
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.cli import main as cli_main
 from gateway.config import Cap, ConfigError, InputLimits, load_config, usd_to_nano
-from tests.harness import Credentials, write_config
+from tests.support.harness import Credentials, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 # write_config only writes these URLs into YAML; nothing connects to them here.

@@ -14,6 +14,7 @@ from gateway.providers.base import StreamEvent
 from gateway.proxy import _Relay
 from gateway.usage import Usage
 from gateway.wire import PROFILES
+from tests.support.upstream import chunk
 
 CEILING = 100
 
@@ -27,15 +28,6 @@ def relay() -> _Relay:
         output_ceiling=CEILING,
     )
     return _Relay(call, "chatcmpl_test", PROFILES["openai"])  # type: ignore[arg-type]
-
-
-def chunk(content: str | None = None, finish: str | None = None) -> dict[str, Any]:
-    delta = {} if content is None else {"content": content}
-    return {
-        "id": "up",
-        "created": 1,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
 
 
 def relayed(data: bytes) -> list[dict[str, Any]]:

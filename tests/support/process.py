@@ -17,20 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
-import yaml
-from redis.asyncio import Redis
 
-from gateway.config import load_config
-from tests import harness
-from tests.harness import Credentials, free_port
+from tests.support.harness import Credentials
+from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class GatewayProcess:
@@ -183,6 +180,12 @@ class GatewayProcess:
                 )
             await asyncio.sleep(0.05)
 
+    async def metrics(self) -> str:
+        """The text its metrics listener serves."""
+        async with aiohttp.ClientSession() as s, s.get(self.metrics_url) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
+
     # -- logs -------------------------------------------------------------------------------
 
     def log_text(self) -> str:
@@ -237,62 +240,6 @@ def gateway_cli(
     )
 
 
-# ---------------------------------------------------------------------------- config edits
-
-
-def edit_gateway_yaml(creds: Credentials, change: Callable[[dict[str, Any]], None]) -> None:
-    """Rewrite gateway.yaml after ``change`` mutated its parsed content."""
-    path = creds.config_dir / "gateway.yaml"
-    data = yaml.safe_load(path.read_text())
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def add_api_key(
-    creds: Credentials, key_id: str, prefix: str, digest: str, scopes: list[str]
-) -> None:
-    def change(data: dict[str, Any]) -> None:
-        data["orgs"]["acme"]["api_keys"].append(
-            {"id": key_id, "prefix": prefix, "sha256": digest, "scopes": scopes}
-        )
-
-    edit_gateway_yaml(creds, change)
-
-
-# ---------------------------------------------------------------------------- SSE and Redis
-
-
-def sse_frames(text: str) -> list[tuple[str | None, str]]:
-    """(event name, data) of every SSE frame of a response body."""
-    frames: list[tuple[str | None, str]] = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        event: str | None = None
-        data: list[str] = []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                event = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].strip())
-        if event is not None or data:
-            frames.append((event, "\n".join(data)))
-    return frames
-
-
-def key_prefix(creds: Credentials) -> str:
-    return load_config(creds.config_dir, creds.env).gateway.redis.key_prefix
-
-
-async def month_counter(
-    redis: Redis, creds: Credentials, project_id: str = "prj_alpha"
-) -> dict[str, int]:
-    """The project's counter of the current UTC month (Redis server time): u0..u3, r0..r3."""
-    return await harness.month_counter(redis, key_prefix(creds), project_id)
-
-
-async def open_reservations(redis: Redis, creds: Credentials, project_id: str = "prj_alpha") -> int:
-    return int(await redis.hlen(harness.held_records(key_prefix(creds), project_id)))
-
-
 async def refused(port: int) -> bool:
     """True when a new TCP connection to the gateway's port is refused."""
     try:
@@ -301,3 +248,7 @@ async def refused(port: int) -> bool:
         return True
     writer.close()
     return False
+
+
+# ``spawn(creds, workers=1)``: a started ``gateway serve``, killed at the test's teardown.
+Spawn = Callable[..., Awaitable[GatewayProcess]]

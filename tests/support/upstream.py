@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json as _json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,13 +47,19 @@ __all__ = [
     "anthropic_error",
     "anthropic_message",
     "anthropic_stream",
+    "choice",
+    "chunk",
     "fixture",
     "openai_completion",
     "openai_error",
     "openai_stream",
+    "slow_stream",
+    "sse",
+    "stream_over",
+    "words",
 ]
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
 DEFAULT_ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
 _CREATED = 1_700_000_000
@@ -377,6 +384,87 @@ def anthropic_error(type_: str = "overloaded_error", message: str = "Overloaded"
 def fixture(name: str) -> bytes:
     """Raw bytes of ``tests/data/<name>`` (recorded provider streams and bodies)."""
     return (DATA_DIR / name).read_bytes()
+
+
+def choice(
+    delta: dict[str, Any] | str | None = None,
+    finish: str | None = None,
+    *,
+    index: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One choice of a chat.completion.chunk: ``delta`` a dict, or a string (its
+    content), or None (an empty delta); ``extra`` adds fields to the choice."""
+    if delta is None:
+        delta = {}
+    elif isinstance(delta, str):
+        delta = {"content": delta}
+    return {"index": index, "delta": delta, "finish_reason": finish, **extra}
+
+
+def chunk(
+    delta: dict[str, Any] | str | None = None,
+    finish: str | None = None,
+    *,
+    index: int = 0,
+    choices: list[dict[str, Any]] | None = None,
+    **top: Any,
+) -> dict[str, Any]:
+    """A chat.completion.chunk with one choice (see ``choice``), or with ``choices`` as
+    given (``choices=[]``: a usage-style chunk); ``top`` adds or replaces top-level
+    fields (``usage=...``, ``id=...``, a server's own fields)."""
+    out: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [choice(delta, finish, index=index)] if choices is None else choices,
+    }
+    return out | top
+
+
+def sse(*frames: dict[str, Any] | str, done: bool = False, event: str | None = None) -> bytes:
+    """An SSE body of ``data:`` frames (dicts as compact JSON, strings as they are),
+    each under ``event: <event>`` when given; ``done`` ends it with ``data: [DONE]``."""
+    head = f"event: {event}\n" if event else ""
+    body = "".join(
+        head + "data: " + (f if isinstance(f, str) else _dumps(f)) + "\n\n" for f in frames
+    )
+    return (body + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def words(count: int, width: int = 3) -> list[str]:
+    """``count`` distinct words (``w000 ``, ``w001 ``, ...): a stream's pieces."""
+    return [f"w{i:0{width}d} " for i in range(count)]
+
+
+def slow_stream(
+    pieces: int = 60,
+    *,
+    delay: float = 0.05,
+    slice_size: int = 100,
+    prompt_tokens: int = 20,
+    completion_tokens: int | None = None,
+) -> Reply:
+    """A long OpenAI stream of ``pieces`` words (``w000 ``...), usage only at the very
+    end (``completion_tokens`` defaults to ``pieces``), written ``slice_size`` bytes
+    every ``delay`` seconds."""
+    sse_ = openai_stream(
+        words(pieces),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=pieces if completion_tokens is None else completion_tokens,
+    )
+    return Reply(sse=sse_, slice_size=slice_size, delay_between_slices=delay)
+
+
+def stream_over(seconds: float, pieces: int = 20, *, prompt_tokens: int = 20) -> Reply:
+    """An OpenAI stream of ``pieces`` words (``w00 ``...) spread over about ``seconds``
+    (97-byte slices), reporting ``prompt_tokens`` and one output token per word."""
+    sse_ = openai_stream(
+        words(pieces, width=2), prompt_tokens=prompt_tokens, completion_tokens=pieces
+    )
+    slices = math.ceil(len(sse_) / 97)
+    return Reply(sse=sse_, slice_size=97, delay_between_slices=seconds / slices)
 
 
 class UsagePerRequest:

@@ -3,27 +3,25 @@
 ``write_config`` lays out gateway.yaml, projects and keys the way an operator would
 (keys as digests only), and returns the plaintext credentials the tests use.
 Every test gets its own Redis key prefix, so tests never see each other's budgets.
+``edit_gateway_yaml`` and ``add_api_key`` change a written config (before a reload).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import json
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from aiohttp.test_utils import TestClient
 
-from gateway.budget import keys
+from gateway.budget import BudgetStore
+from gateway.config import Config, load_config
 from gateway.credentials import generate_key, mint_session_token
 
 SESSION_SECRET = "test-session-secret-" + "x" * 24
@@ -38,61 +36,6 @@ UNAUTHORIZED = {
 }
 # The operator's credential (POST /admin/reload), in every test gateway's environment.
 OPERATOR_TOKEN = "test-operator-token-" + "o" * 24
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never one this test run handed out before: the
-    kernel can give a just-closed ephemeral port again at once (a gateway's API port
-    and its metrics port were once the same)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-class RedisServer:
-    """A private redis-server on a free port (used when REDIS_URL is unset)."""
-
-    def __init__(self, *extra: str) -> None:
-        self.port = free_port()
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = Path(f"/tmp/gw-test-redis-{self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        from gateway.serve.embedded_redis import find_redis_server
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.dir), *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("test redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -146,6 +89,12 @@ def provider_entry(base_url: str, **timeouts: float) -> dict[str, Any]:
     }
 
 
+def upstream_override(base_url: str, **timeouts: float) -> dict[str, Any]:
+    """A ``write_config(gateway=...)`` override: provider "upstream" at ``base_url``
+    with these timeouts."""
+    return {"providers": {"upstream": provider_entry(base_url, **timeouts)}}
+
+
 def write_config(
     root: Path,
     upstream_url: str,
@@ -168,7 +117,7 @@ def write_config(
         # Short settle wait: tests that make Redis unreachable would otherwise wait the
         # default 10 s for background settle retries at every app teardown.
         "limits": {"reservation_ttl_seconds": 60, "settle_wait_seconds": 0.5},
-        # Any free port: tests run many gateways at once (tests/process.py passes its
+        # Any free port: tests run many gateways at once (tests/support/process.py passes its
         # own --metrics-listen and scrapes it).
         "metrics": {"listen": "127.0.0.1:0"},
         # One attempt per target unless a test asks for retries: a scripted failure
@@ -240,6 +189,11 @@ def write_config(
     )
 
 
+def chat_url(project: str = "alpha") -> str:
+    """A project's chat completions path."""
+    return f"/v1/projects/{project}/chat/completions"
+
+
 def chat_body(text: str = "Hello", **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], **extra}
 
@@ -248,108 +202,60 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-# ---------------------------------------------------------------- reading what the gateway did
-
-FIELDS = ("u0", "u1", "u2", "u3", "r0", "r1", "r2", "r3")  # used / reserved, by dimension
-
-
-async def counter(redis: Any, key: str) -> dict[str, int]:
-    """One budget counter hash (Redis or Redis Cluster client), every field present."""
-    raw = await redis.hgetall(key)
-    got = {k.decode(): int(v) for k, v in raw.items()}
-    return {f: got.get(f, 0) for f in FIELDS}
-
-
-async def wait_released(redis: Any, key: str, timeout: float = 5) -> dict[str, int]:  # noqa: ASYNC109
-    """Poll until nothing is reserved on ``key`` (the settle ran); return the counter."""
-    state = await counter(redis, key)
-    try:
-        async with asyncio.timeout(timeout):
-            while any(state[f"r{d}"] for d in range(4)):
-                await asyncio.sleep(0.02)
-                state = await counter(redis, key)
-    except TimeoutError:
-        raise AssertionError(f"still reserved after {timeout} s on {key}: {state}") from None
-    return state
+def assert_clean(text: str, creds: Credentials) -> None:
+    """No secret (provider keys, the session secret, any of ``creds``' keys) and no
+    stack trace in a response body or a log."""
+    for secret in (
+        PROVIDER_KEY,
+        BYOK_KEY,
+        SESSION_SECRET,
+        creds.key,
+        creds.read_key,
+        creds.revoked_key,
+        creds.other_org_key,
+    ):
+        assert secret not in text
+    assert "Traceback" not in text
 
 
-async def month_counter(
-    redis: Any, key_prefix: str, project_id: str = "prj_alpha"
-) -> dict[str, int]:
-    """The project's counter of the current UTC month (by Redis time)."""
-    month = (await window_ids(redis))["month"]
-    return await counter(redis, project_key(key_prefix, month, project_id))
+def key_prefix(creds: Credentials) -> str:
+    """The Redis key prefix of the config ``creds`` was written with."""
+    return load_config(creds.config_dir, creds.env).gateway.redis.key_prefix
 
 
-async def scrape(client: Any, token: str = "") -> str:
-    """The in-process gateway's /metrics, as its metrics listener serves it (the metrics
-    app on a real socket of its own: the API port has no /metrics)."""
-    from aiohttp import ClientSession
-    from aiohttp.test_utils import TestServer
-
-    from gateway.context import STATE
-    from gateway.http.metrics_listener import metrics_app
-
-    server = TestServer(metrics_app(client.server.app[STATE], token))
-    await server.start_server()
-    try:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with (
-            ClientSession() as http,
-            http.get(server.make_url("/metrics"), headers=headers) as resp,
-        ):
-            assert resp.status == 200
-            return await resp.text()
-    finally:
-        await server.close()
+# ------------------------------------------------------------------------------ config edits
 
 
-async def metric(client: Any, name: str, **labels: str) -> float:
-    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(await scrape(client)):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+def edit_gateway_yaml(creds: Credentials, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite gateway.yaml after ``change`` mutated its parsed content."""
+    path = creds.config_dir / "gateway.yaml"
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def data_frames(text: str) -> list[Any]:
-    """The ``data:`` payloads of an SSE body: JSON objects, and "[DONE]" as a string."""
-    out: list[Any] = []
-    for line in text.split("\n"):
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
+def add_api_key(
+    creds: Credentials, key_id: str, prefix: str, digest: str, scopes: list[str]
+) -> None:
+    """Add an API key (its digest) to org acme."""
+
+    def change(data: dict[str, Any]) -> None:
+        data["orgs"]["acme"]["api_keys"].append(
+            {"id": key_id, "prefix": prefix, "sha256": digest, "scopes": scopes}
+        )
+
+    edit_gateway_yaml(creds, change)
 
 
-def tag(prefix: str, owner: str = "prj_alpha", kind: str = keys.PROJECT) -> str:
-    """The key prefix, hash tag included, of a project's (or, kind "org", an org's) keys."""
-    return keys.tag(prefix, owner, kind)
+# ------------------------------------------------------------------------ fixtures' types
 
-
-def project_key(prefix: str, window_id: str, project_id: str = "prj_alpha") -> str:
-    """A project's counter in one window (``window_id``: see ``window_ids``)."""
-    return keys.counter_key(tag(prefix, project_id), keys.PROJECT_COUNTER, window_id)
-
-
-def held_records(prefix: str, owner: str = "prj_alpha", kind: str = keys.PROJECT) -> str:
-    """The hash of an owner's reservation records (one field per hold in flight)."""
-    return tag(prefix, owner, kind) + keys.RESERVATIONS
-
-
-async def window_ids(redis: Any) -> dict[str, str]:
-    """Today's window ids on the Redis server's clock (a client or a cluster client)."""
-    seconds, _ = await redis.time()
-    return keys.window_ids(float(seconds))
-
-
-def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """One ledger stream entry: the usage event (JSON in field "event") plus "settled"
-    (also reads flat field/value entries)."""
-    if b"event" in fields:
-        event = dict(json.loads(fields[b"event"]))
-        event["settled"] = fields.get(b"settled", b"").decode()
-        return event
-    return {k.decode(): v.decode() for k, v in fields.items()}
+# An in-process gateway (the ``gateway`` fixture): its test client, config, credentials.
+Gateway = tuple[TestClient[Any, Any], Config, Credentials]
+# ``make_gateway(projects=..., gateway=..., redis_url=...)``.
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+# ``make_creds(limits=..., env=..., projects=..., gateway=...)``.
+MakeCreds = Callable[..., Credentials]
+# ``sdk(client, api_key, project="alpha")``: an OpenAI SDK client of the gateway.
+SdkFactory = Callable[..., openai.AsyncOpenAI]
+# ``make_store(ttl_s=..., timeout_s=..., url=..., prefix=...)``: a BudgetStore.
+StoreFactory = Callable[..., BudgetStore]
