@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import yaml
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from gateway.budget import BudgetStore
@@ -192,6 +193,13 @@ def write_config(
 def chat_url(project: str = "alpha") -> str:
     """A project's chat completions path."""
     return f"/v1/projects/{project}/chat/completions"
+
+
+async def post_chat(
+    client: TestClient[Any, Any], creds: Credentials, body: dict[str, Any], project: str = "alpha"
+) -> ClientResponse:
+    """POST ``body`` to a project's chat completions with the write key of ``creds``."""
+    return await client.post(chat_url(project), json=body, headers=bearer(creds.key))
 
 
 def chat_body(text: str = "Hello", **extra: Any) -> dict[str, Any]:

@@ -82,3 +82,13 @@ async def read_chunks(resp: aiohttp.ClientResponse, count: int) -> list[dict[str
             if frame.get("choices"):
                 chunks.append(frame)
     return chunks
+
+
+async def stream_events(resp: aiohttp.ClientResponse) -> tuple[bytes, list[SSEEvent]]:
+    """A 200 event stream's raw body and events, its streaming headers checked."""
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == "text/event-stream"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    raw = await resp.read()
+    return raw, parse_sse(raw)

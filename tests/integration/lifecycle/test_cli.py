@@ -101,10 +101,11 @@ def test_token_mint_prints_a_token_the_gateway_accepts(
 
 def test_serve_with_workers_stops_when_they_cannot_start(creds: Credentials) -> None:
     """Every worker dies at start: the supervisor used to restart them for ever; it now
-    stops and exits 1. (A busy port no longer gets that far: tests/integration/
-    test_cli_ports.py.) Here the config is valid for the supervisor and not for its
-    workers: its wire_profile reads the variable only workers have (as a config that
-    broke on disk after the supervisor read it would be)."""
+    stops and exits 1. (A busy port no longer gets that far:
+    tests/integration/lifecycle/test_cli_ports.py.) Here the config is valid for the
+    supervisor and not for its workers: its wire_profile reads the variable only
+    workers have (as a config that broke on disk after the supervisor read it would
+    be)."""
     path = creds.config_dir / "gateway.yaml"
     path.write_text(path.read_text() + f"wire_profile: ${{{SUPERVISOR_PID_ENV}:-karta}}\n")
     done = subprocess.run(
