@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.harness import UNAUTHORIZED, SdkFactory
+from tests.support.harness import UNAUTHORIZED, Gateway, GatewayFactory, SdkFactory
 from tests.support.sdk import collect, text_of
 from tests.support.upstream import FakeUpstream, Reply, fixture, openai_stream
 
@@ -23,7 +23,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of the U
 
 @pytest.mark.parametrize(("project", "unary_object"), PROFILES, ids=PROJECT_IDS)
 async def test_unary_create(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str, unary_object: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str, unary_object: str
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.key, project)
@@ -46,7 +46,7 @@ async def test_unary_create(
     assert creds.key not in sent.body.decode()
 
 
-async def test_unary_other_alias(gateway: Any, upstream: FakeUpstream, sdk: SdkFactory) -> None:
+async def test_unary_other_alias(gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory) -> None:
     client, _, creds = gateway
     completion = await sdk(client, creds.key).chat.completions.create(
         model="smart", messages=MESSAGES, max_tokens=20
@@ -63,7 +63,7 @@ async def test_unary_other_alias(gateway: Any, upstream: FakeUpstream, sdk: SdkF
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_with_include_usage(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     stream = await sdk(client, creds.key, project).chat.completions.create(
@@ -93,7 +93,7 @@ async def test_stream_with_include_usage(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_without_include_usage_has_no_usage_chunk(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     stream = await sdk(client, creds.key, project).chat.completions.create(
@@ -109,7 +109,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_recorded_openai_fixture(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_chat_text_include_usage.sse")))
@@ -132,7 +132,9 @@ async def test_stream_recorded_openai_fixture(
 
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
-async def test_stream_helper_final_completion(gateway: Any, sdk: SdkFactory, project: str) -> None:
+async def test_stream_helper_final_completion(
+    gateway: Gateway, sdk: SdkFactory, project: str
+) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.key, project)
     deltas: list[str] = []
@@ -154,7 +156,7 @@ async def test_stream_helper_final_completion(gateway: Any, sdk: SdkFactory, pro
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_helper_recorded_tool_call(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_chat_tool_call_include_usage.sse")))
@@ -199,7 +201,7 @@ async def test_stream_helper_recorded_tool_call(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_midstream_provider_error_event_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_compat_groq_midstream_error_event.sse")))
@@ -217,7 +219,7 @@ async def test_midstream_provider_error_event_raises_api_error(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_upstream_connection_cut_midstream_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     body = openai_stream(["The", " capital", " of", " the", " UK", " is", " London."])
@@ -237,7 +239,7 @@ async def test_upstream_connection_cut_midstream_raises_api_error(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_upstream_stream_ending_early_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     body = openai_stream(["The", " capital", " of"])
@@ -258,7 +260,7 @@ async def test_upstream_stream_ending_early_raises_api_error(
 
 
 async def test_budget_exhausted_is_402(
-    make_gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 10}}}}}
@@ -281,7 +283,7 @@ async def test_budget_exhausted_is_402(
 
 
 async def test_session_token_as_api_key(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.session("alpha", sub="end-user-7"))
@@ -300,7 +302,7 @@ async def test_session_token_as_api_key(
 
 
 async def test_session_token_for_another_project_is_403(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.session("beta"), "alpha")
@@ -312,7 +314,7 @@ async def test_session_token_for_another_project_is_403(
 
 @pytest.mark.parametrize("bad", ["kt_live_" + "A" * 32, "not-a-token", "sk-proj-abc"])
 async def test_bad_credential_is_401(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, bad: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, bad: str
 ) -> None:
     client, _, _ = gateway
     with pytest.raises(openai.AuthenticationError) as info:
@@ -322,7 +324,9 @@ async def test_bad_credential_is_401(
     assert upstream.requests == []
 
 
-async def test_unknown_alias_is_404(gateway: Any, upstream: FakeUpstream, sdk: SdkFactory) -> None:
+async def test_unknown_alias_is_404(
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
+) -> None:
     client, _, creds = gateway
     with pytest.raises(openai.NotFoundError) as info:
         await sdk(client, creds.key).chat.completions.create(model="gpt-5", messages=MESSAGES)
@@ -331,7 +335,7 @@ async def test_unknown_alias_is_404(gateway: Any, upstream: FakeUpstream, sdk: S
 
 
 async def test_validation_error_is_422(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     with pytest.raises(openai.UnprocessableEntityError) as info:

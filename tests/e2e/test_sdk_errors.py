@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.harness import Gateway, GatewayFactory, provider_entry
+from tests.support.harness import Gateway, GatewayFactory, SdkFactory, provider_entry
 from tests.support.ports import free_port
 from tests.support.upstream import FakeUpstream, Reply, openai_error
 
@@ -91,7 +91,7 @@ def create(api: openai.AsyncOpenAI, **extra: Any) -> Awaitable[Any]:
     return api.chat.completions.create(model="default", messages=MESSAGES, **extra)
 
 
-async def test_401(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_401(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, _ = gw
     exc = await refused(create(sdk(client, "kt_live_" + "A" * 32, "main")))
     assert isinstance(exc, openai.AuthenticationError)
@@ -99,7 +99,7 @@ async def test_401(gw: Gateway, sdk: Any, profile: str) -> None:
 
 
 async def test_402_says_which_max_tokens_fits_and_that_one_does(
-    gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream
+    gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream
 ) -> None:
     client, _, creds = gw
     api = sdk(client, creds.key, "capped")
@@ -119,14 +119,14 @@ async def test_402_says_which_max_tokens_fits_and_that_one_does(
     assert done.choices[0].message.content
 
 
-async def test_403(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_403(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.read_key, "main")))
     assert isinstance(exc, openai.PermissionDeniedError)
     assert_reads(exc, 403, "lacks the 'write' scope", profile)
 
 
-async def test_404_unknown_project_and_model(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_404_unknown_project_and_model(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.key, "nowhere")))
     assert isinstance(exc, openai.NotFoundError)
@@ -138,7 +138,7 @@ async def test_404_unknown_project_and_model(gw: Gateway, sdk: Any, profile: str
 
 
 async def test_404_unknown_endpoint_names_the_served_ones(
-    gw: Gateway, sdk: Any, profile: str
+    gw: Gateway, sdk: SdkFactory, profile: str
 ) -> None:
     client, _, creds = gw
     api = sdk(client, creds.key, "main")
@@ -148,23 +148,23 @@ async def test_404_unknown_endpoint_names_the_served_ones(
     assert "no-such-endpoint" not in str(exc)  # nothing of the request is echoed
 
 
-async def test_409(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_409(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.key, "off")))
     assert isinstance(exc, openai.ConflictError)
     assert_reads(exc, 409, "project is disabled", profile)
 
 
-async def test_413(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_413(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
-    big = [{"role": "user", "content": "x" * 8000}]
+    big: list[Any] = [{"role": "user", "content": "x" * 8000}]
     exc = await refused(
         sdk(client, creds.key, "main").chat.completions.create(model="default", messages=big)
     )
     assert_reads(exc, 413, "over 4096 bytes (limits.max_body_bytes)", profile)
 
 
-async def test_422(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_422(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.key, "main"), temperature=7))
     assert isinstance(exc, openai.UnprocessableEntityError)
@@ -173,7 +173,7 @@ async def test_422(gw: Gateway, sdk: Any, profile: str) -> None:
         assert exc.param == "temperature"
 
 
-async def test_429(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_429(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     api = sdk(client, creds.key, "limited")
     await create(api)
@@ -183,7 +183,7 @@ async def test_429(gw: Gateway, sdk: Any, profile: str) -> None:
     assert exc.response.headers["Retry-After"]
 
 
-async def test_502(gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream) -> None:
+async def test_502(gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream) -> None:
     client, _, creds = gw
     upstream.script(Reply(status=500, json=openai_error(500, "boom")))
     exc = await refused(create(sdk(client, creds.key, "main")))
@@ -191,14 +191,14 @@ async def test_502(gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream) 
     assert_reads(exc, 502, "provider upstream failed", profile)
 
 
-async def test_504(gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream) -> None:
+async def test_504(gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream) -> None:
     client, _, creds = gw
     upstream.script(Reply(json={"late": True}, delay_before_headers=2.0))
     exc = await refused(create(sdk(client, creds.key, "main")))
     assert_reads(exc, 504, "provider upstream timed out", profile)
 
 
-async def test_503(make_gateway: GatewayFactory, sdk: Any, profile: str) -> None:
+async def test_503(make_gateway: GatewayFactory, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = await make_gateway(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         projects=projects(profile),

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tests.support.harness import Gateway, bearer
+from tests.support.harness import Gateway, GatewayFactory, bearer
 from tests.support.redis import settled
 from tests.support.upstream import FakeUpstream, Reply, openai_completion, openai_stream
 
@@ -61,7 +61,8 @@ def tool_call_completion(name: str, arguments: dict[str, Any]) -> dict[str, Any]
     return completion
 
 
-WEATHER = {
+# A Responses function tool (its parameters serve the Messages tool as well).
+WEATHER: Any = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city",
@@ -86,6 +87,7 @@ async def test_responses_create_is_billed_what_the_upstream_reported(
     )
     assert response.output_text == "Paris."
     assert response.model == "default"
+    assert response.usage is not None
     assert (response.usage.input_tokens, response.usage.output_tokens) == (21, 4)
     sent = upstream.last.json()
     assert sent["model"] == "gpt-4o-mini"
@@ -128,7 +130,7 @@ async def test_responses_function_call_then_continuation(
     first = await oai.responses.create(
         model="default",
         input="Weather in Paris?",
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     (call,) = [item for item in first.output if item.type == "function_call"]
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
@@ -136,7 +138,7 @@ async def test_responses_function_call_then_continuation(
         model="default",
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     assert second.output_text == "Sunny."
     messages = upstream.last.json()["messages"]
@@ -168,7 +170,7 @@ async def test_responses_refusals_in_openais_error_shape(
             model="default", input="x", tools=[{"type": "web_search_preview"}]
         )
     assert "priced by the provider" in str(refused.value)
-    assert refused.value.param == "tools[0].type"  # type: ignore[attr-defined]
+    assert refused.value.param == "tools[0].type"
     with pytest.raises(openai.NotFoundError) as missing:
         await oai.responses.create(model="default", input="x", previous_response_id="resp_nope")
     assert "resp_nope" in str(missing.value)
@@ -189,7 +191,7 @@ async def test_a_stored_response_is_another_credentials_404(
 
 
 async def test_responses_budget_refusal_is_a_402_before_anything_is_sent(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 50}}}}}
@@ -224,7 +226,9 @@ async def test_messages_create_with_x_api_key_is_billed_what_the_upstream_report
         messages=[{"role": "user", "content": "Hello"}],
     )
     assert [block.type for block in message.content] == ["text"]
-    assert message.content[0].text == "Bonjour."  # type: ignore[union-attr]
+    [block] = message.content
+    assert block.type == "text"
+    assert block.text == "Bonjour."
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (18, 3)
     sent = upstream.last.json()
@@ -258,7 +262,7 @@ async def test_messages_tool_use(claude: anthropic.AsyncAnthropic, upstream: Fak
             {
                 "name": "get_weather",
                 "description": "The weather",
-                "input_schema": WEATHER["parameters"],  # type: ignore[typeddict-item]
+                "input_schema": WEATHER["parameters"],
             }
         ],
         messages=[{"role": "user", "content": "Weather in Oslo?"}],
@@ -282,8 +286,9 @@ async def test_messages_errors_in_anthropics_shape(
             await bad.messages.create(
                 model="default", max_tokens=8, messages=[{"role": "user", "content": "x"}]
             )
-        assert refused.value.body["type"] == "error"  # type: ignore[index]
-        assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        body: Any = refused.value.body  # the SDK types an error body as object
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "authentication_error"
     finally:
         await bad.close()
     assert not upstream.requests

@@ -27,7 +27,8 @@ from gateway.proxy import _Relay
 from gateway.wire import PROFILES
 from tests.support.strategies import choice_like, chunk_like, json_values, shaped, usage_like
 
-CALL = types.SimpleNamespace(
+# The attributes of a call the relay reads, and no more.
+CALL: Any = types.SimpleNamespace(
     alias="default",
     first_token_at=None,
     chat=types.SimpleNamespace(include_usage=True, n=1),
@@ -38,7 +39,7 @@ CALL = types.SimpleNamespace(
 
 def _openai_relay(frames: list[bytes], profile: str) -> None:
     translator = OpenAIStreamTranslator()
-    relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])  # type: ignore[arg-type]
+    relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])
     try:
         for frame in [*frames, None]:
             batch = translator.feed(frame) if frame is not None else translator.close()

@@ -33,7 +33,9 @@ class Price:
 MINI = Price(150, 600, 75)  # gpt-4o-mini in the harness: 0.15 / 0.60 / 0.075 USD per Mtok
 FOUR_O = Price(2_500, 10_000)  # gpt-4o in the harness: 2.50 / 10.00 USD per Mtok
 # The harness's gpt-4o-mini entry as the gateway parses it (for ``cost_nano`` itself).
-MINI_CONFIG = PriceConfig(input="0.15", output="0.60", cached_input="0.075")
+MINI_CONFIG = PriceConfig.model_validate(
+    {"input": "0.15", "output": "0.60", "cached_input": "0.075"}
+)
 
 
 def cost(i: int, o: int, cached: int = 0, *, price: Price = MINI) -> int:
@@ -73,7 +75,10 @@ def amounts(i: int, o: int, price: PriceConfig = MINI_CONFIG) -> Amounts:
 
 def report_row(report: dict[str, Any], scope: str, window: str) -> dict[str, Any]:
     """The one counter of a usage report (``GET .../usage``) of ``scope`` and ``window``."""
-    [row] = [c for c in report["counters"] if c["scope"] == scope and c["window"] == window]
+    rows: list[dict[str, Any]] = [
+        c for c in report["counters"] if c["scope"] == scope and c["window"] == window
+    ]
+    [row] = rows
     return row
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import yaml
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from gateway.budget import BudgetStore
@@ -257,8 +257,10 @@ def add_api_key(
 
 # ------------------------------------------------------------------------ fixtures' types
 
+# The test client of an in-process gateway (pytest-aiohttp's ``aiohttp_client``).
+Client = TestClient[web.Request, web.Application]
 # An in-process gateway (the ``gateway`` fixture): its test client, config, credentials.
-Gateway = tuple[TestClient[Any, Any], Config, Credentials]
+Gateway = tuple[Client, Config, Credentials]
 # ``make_gateway(projects=..., gateway=..., redis_url=...)``.
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 # ``make_creds(limits=..., env=..., projects=..., gateway=...)``.

@@ -3,9 +3,7 @@ listener, or parsed from an exposition text."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,10 +11,10 @@ from gateway.context import STATE
 from gateway.http.metrics_listener import metrics_app
 
 
-async def scrape(client: TestClient[Any, Any], token: str = "") -> str:
+async def scrape(client: TestClient[web.Request, web.Application], token: str = "") -> str:
     """The in-process gateway's /metrics, as its metrics listener serves it (the metrics
     app on a real socket of its own: the API port has no /metrics)."""
-    server = TestServer(metrics_app(client.server.app[STATE], token))
+    server = TestServer(metrics_app(client.app[STATE], token))
     await server.start_server()
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -64,7 +62,9 @@ def families(text: str) -> set[str]:
     return {f.name for f in text_string_to_metric_families(text)}
 
 
-async def metric(client: TestClient[Any, Any], name: str, **labels: str) -> float:
+async def metric(
+    client: TestClient[web.Request, web.Application], name: str, **labels: str
+) -> float:
     """Sum of the in-process gateway's /metrics samples called ``name`` whose labels
     include ``labels``."""
     return sample_sum(await scrape(client), name, **labels)

@@ -186,7 +186,44 @@ async def open_reservations(
     return int(await redis.hlen(held_records(prefix_of(source), project_id)))
 
 
+async def get_int(redis: Any, key: str) -> int:
+    """An integer value (a rate limit's theoretical arrival time...); the key must exist."""
+    raw = await redis.get(key)
+    assert raw is not None, f"no key {key}"
+    return int(raw)
+
+
+async def hash_text(redis: Any, key: str) -> dict[str, str]:
+    """A hash, its fields and values decoded."""
+    return {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
+
+
+async def scored(redis: Any, key: str) -> list[tuple[bytes, float]]:
+    """A sorted set's members with their scores, lowest first."""
+    return [
+        (member, float(score)) for member, score in await redis.zrange(key, 0, -1, withscores=True)
+    ]
+
+
+async def pause_writes(redis: Any, ms: int) -> None:
+    """``CLIENT PAUSE ms WRITE``: the server answers reads, holds writes back."""
+    await redis.execute_command("CLIENT", "PAUSE", str(ms), "WRITE")
+
+
+async def unpause(redis: Any) -> None:
+    await redis.execute_command("CLIENT", "UNPAUSE")
+
+
 # ----------------------------------------------------------------------------------- ledger
+
+
+async def stream_entries(
+    redis: Any, key: str, *, newest: int | None = None
+) -> list[tuple[str, dict[bytes, bytes]]]:
+    """A stream's entries as (id, fields), oldest first; ``newest``: the last ones only,
+    newest first."""
+    raw = await (redis.xrange(key) if newest is None else redis.xrevrange(key, count=newest))
+    return [(entry_id.decode(), dict(fields)) for entry_id, fields in raw]
 
 
 def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -227,6 +264,6 @@ async def ledger_events(
 ) -> list[dict[str, Any]]:
     """The project's ledger, oldest first (``parse_event``; ``as_text``:
     ``parse_event_text``)."""
-    entries = await redis.xrange(tag(prefix_of(source), project_id) + keys.LEDGER)
+    entries = await stream_entries(redis, tag(prefix_of(source), project_id) + keys.LEDGER)
     parse = parse_event_text if as_text else parse_event
     return [parse(fields) for _id, fields in entries]

@@ -20,14 +20,15 @@ CEILING = 100
 
 
 def relay() -> _Relay:
-    call = types.SimpleNamespace(
+    # The attributes of a call the relay reads, and no more.
+    call: Any = types.SimpleNamespace(
         alias="default",
         first_token_at=None,
         chat=types.SimpleNamespace(include_usage=True, n=1),
         input_bound=50,
         output_ceiling=CEILING,
     )
-    return _Relay(call, "chatcmpl_test", PROFILES["openai"])  # type: ignore[arg-type]
+    return _Relay(call, "chatcmpl_test", PROFILES["openai"])
 
 
 def relayed(data: bytes) -> list[dict[str, Any]]:

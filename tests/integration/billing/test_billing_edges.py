@@ -19,13 +19,14 @@ import time
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from gateway.context import STATE
 from tests.support.billing import used
-from tests.support.harness import bearer, chat_body
+from tests.support.harness import GatewayFactory, bearer, chat_body
 from tests.support.metrics import metric
 from tests.support.redis import settled
-from tests.support.upstream import Reply, choice, chunk, openai_completion, sse
+from tests.support.upstream import FakeUpstream, Reply, choice, chunk, openai_completion, sse
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
@@ -43,7 +44,9 @@ def running(completion_tokens: int, prompt_tokens: int = 20) -> dict[str, int]:
 # ------------------------------------------------------------- unary answer without usage
 
 
-async def test_unary_without_usage_bills_the_output_ceiling(make_gateway, upstream, redis) -> None:
+async def test_unary_without_usage_bills_the_output_ceiling(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     """An answer without usage says nothing of the reasoning tokens the provider billed
     as output: its visible text (here tool-call arguments, a reasoning summary) is not
     what it cost. The output is billed at the reserved ceiling, the input at its bound."""
@@ -85,7 +88,7 @@ async def test_unary_without_usage_bills_the_output_ceiling(make_gateway, upstre
 
 
 async def test_stream_cut_after_one_of_two_choices_finished_bills_the_remainder(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """n=2: choice 0 finished, choice 1 was cut mid-generation: the stream did not
     finish, so its unknown remainder is billed at the reservation (2 x 100)."""
@@ -119,7 +122,7 @@ async def test_stream_cut_after_one_of_two_choices_finished_bills_the_remainder(
 
 
 async def test_stream_of_two_choices_both_finished_without_usage_bills_the_ceiling(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """Both choices finished, but the usage the gateway asked for never came: the
     visible text (9 bytes) is no bound of what was generated (reasoning tokens are
@@ -153,7 +156,7 @@ async def test_stream_of_two_choices_both_finished_without_usage_bills_the_ceili
 
 @pytest.mark.parametrize("prompt_tokens", [20, 50])
 async def test_stream_cut_after_running_usage_bills_the_reservation(
-    make_gateway, upstream, redis, prompt_tokens
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, prompt_tokens: int
 ) -> None:
     """Usage on chunks that carry choices is a running count: a cut after it bills the
     reservation, and never less than that count (input 50 > the bound of 33)."""
@@ -176,7 +179,7 @@ async def test_stream_cut_after_running_usage_bills_the_reservation(
 
 
 async def test_stream_with_running_usage_that_finishes_bills_the_final_usage(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway()
     raw = sse(
@@ -198,7 +201,10 @@ async def test_stream_with_running_usage_that_finishes_bills_the_final_usage(
 
 
 async def test_client_that_stops_reading_is_dropped_after_the_idle_timeout(
-    make_gateway, upstream, redis, caplog
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Zero window: the relay's write would block for ever, the upstream connection and
     the budget hold with it. A write the client accepts nothing of for the provider's
@@ -240,7 +246,7 @@ async def test_client_that_stops_reading_is_dropped_after_the_idle_timeout(
         await upstream.wait_disconnect()
         assert upstream.last.disconnected
         assert not upstream.last.completed
-        assert not client.server.app[STATE].handlers
+        assert not client.app[STATE].handlers
         assert (
             await metric(
                 client, "gateway_estimated_usage_total", project="alpha", reason="stream_cut"

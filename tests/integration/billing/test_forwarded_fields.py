@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from gateway.config import ConfigError, load_config
 from gateway.params import OUTPUT_LENGTH
-from tests.support.harness import bearer, chat_body, write_config
+from tests.support.harness import GatewayFactory, bearer, chat_body, write_config
 from tests.support.metrics import metric
 from tests.support.process import GatewayProcess
 from tests.support.redis import settled
@@ -114,7 +114,7 @@ async def test_twenty_parallel_n_predict_requests_cannot_pass_the_cap(
     ],
 )
 async def test_output_length_fields_are_refused_naming_them(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis, extra: dict[str, Any]
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, extra: dict[str, Any]
 ) -> None:
     """Every field a server reads as the answer's length is a 422 naming it; nothing is
     reserved, nothing is sent."""
@@ -132,7 +132,7 @@ async def test_output_length_fields_are_refused_naming_them(
 
 
 async def test_unknown_fields_are_refused_naming_each(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """A field the gateway neither understands nor was allowed is refused, naming all
     the unknown ones (the first as ``param``), under both wire profiles."""
@@ -154,7 +154,7 @@ async def test_unknown_fields_are_refused_naming_each(
 
 
 async def test_unknown_stream_options_are_refused_and_known_ones_forwarded(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway()
     body = chat_body(stream=True, stream_options={"include_usage": False, "chunk_tokens": 999})
@@ -201,7 +201,7 @@ def _two_providers(upstream: FakeUpstream, allowed: list[str]) -> dict[str, Any]
 
 
 async def test_extra_params_are_forwarded_only_to_the_provider_that_allows_them(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(**_two_providers(upstream, ["top_k", "min_p"]))
     upstream.script(Reply(status=500, json={"error": {"message": "boom"}}))  # vllm fails
@@ -215,7 +215,7 @@ async def test_extra_params_are_forwarded_only_to_the_provider_that_allows_them(
 
 
 async def test_extra_params_count_in_the_input_bound(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """An allowed field a server may put in the prompt (vLLM's chat_template_kwargs,
     documents) is counted by its bytes: a request that fits without it is refused
@@ -235,7 +235,7 @@ async def test_extra_params_count_in_the_input_bound(
 
 
 async def test_anthropic_extra_params_go_into_the_messages_body(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     entry = {
         "kind": "anthropic",
@@ -305,7 +305,7 @@ def test_anthropic_extra_params_cannot_replace_a_translated_field(
 
 
 def _words_stream(count: int, usage_at_end: bool = True) -> bytes:
-    frames = [
+    frames: list[dict[str, Any]] = [
         {"choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]}
         for i in range(count)
     ]
@@ -325,7 +325,7 @@ def _words_stream(count: int, usage_at_end: bool = True) -> bytes:
 
 
 async def test_a_stream_past_the_output_ceiling_is_cut_there(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """An upstream that ignores the clamped max tokens streams 3,000 tokens against a
     ceiling of 100: the client gets the first 100 deltas, then the error event
@@ -354,12 +354,12 @@ async def test_a_stream_past_the_output_ceiling_is_cut_there(
 
 
 async def test_a_running_count_past_the_ceiling_cuts_the_stream(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """Deltas of many tokens each (one per read): the upstream's own running count
     (continuous_usage_stats) shows it passed the ceiling, and is what is billed."""
     client, config, creds = await make_gateway()
-    frames = [
+    frames: list[dict[str, Any]] = [
         {
             "choices": [{"index": 0, "delta": {"content": "many words " * 30}}],
             "usage": {"prompt_tokens": 11, "completion_tokens": 60 * (i + 1)},
@@ -379,7 +379,7 @@ async def test_a_running_count_past_the_ceiling_cuts_the_stream(
 
 
 async def test_a_unary_answer_past_the_ceiling_is_billed_its_reported_truth(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway()
     upstream.script(Reply(json=openai_completion("w " * 3000, completion_tokens=3000)))
@@ -393,7 +393,7 @@ async def test_a_unary_answer_past_the_ceiling_is_billed_its_reported_truth(
 
 
 async def test_a_client_gone_between_finish_and_usage_is_billed_the_ceiling(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """A reasoning model's stream: 20 visible tokens, the finish chunk, then (late) the
     usage chunk saying 245. The client leaves between the two: the gateway never saw
@@ -423,7 +423,7 @@ async def test_a_client_gone_between_finish_and_usage_is_billed_the_ceiling(
 
 
 async def test_an_early_usage_chunk_does_not_end_the_estimate(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """A ``choices: []`` usage chunk with 0 completion tokens before any content (some
     servers send the prompt count first): a disconnect later is billed the ceiling,
@@ -447,7 +447,7 @@ async def test_an_early_usage_chunk_does_not_end_the_estimate(
 
 
 async def test_a_usage_on_the_last_finish_chunk_is_final(
-    make_gateway: Any, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """Servers that put the final usage on the finish chunk itself (no separate usage
     chunk) are billed their truth, not the ceiling."""

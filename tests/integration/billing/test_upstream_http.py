@@ -23,7 +23,14 @@ import pytest
 
 import gateway.providers.transport
 import gateway.sse
-from tests.support.harness import PROVIDER_KEY, bearer, chat_body, provider_entry
+from tests.support.harness import (
+    PROVIDER_KEY,
+    Client,
+    GatewayFactory,
+    bearer,
+    chat_body,
+    provider_entry,
+)
 from tests.support.metrics import metric
 from tests.support.ports import free_port
 from tests.support.upstream import (
@@ -54,7 +61,7 @@ def setup(
     }
 
 
-async def estimated(client: Any, reason: str) -> float:
+async def estimated(client: Client, reason: str) -> float:
     """Requests billed at an estimate (the worst case, without usage) for ``reason``."""
     return await metric(client, "gateway_estimated_usage_total", project="alpha", reason=reason)
 
@@ -68,10 +75,12 @@ def error_events(raw: bytes) -> list[dict[str, Any]]:
 
 
 RawReply = Callable[[asyncio.StreamWriter], Awaitable[None]]
+# ``raw_upstream(reply)``: the base URL of a raw TCP server answering with ``reply``.
+RawUpstream = Callable[[RawReply], Awaitable[str]]
 
 
 @pytest.fixture
-async def raw_upstream() -> AsyncIterator[Callable[[RawReply], Awaitable[str]]]:
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
     """A TCP server that reads one HTTP request per connection and lets the test write
     the answer byte by byte; returns its base URL."""
     servers: list[asyncio.Server] = []
@@ -143,7 +152,9 @@ def blackhole() -> Iterator[int]:
 # --------------------------------------------------------------------------- timeouts
 
 
-async def test_a_unary_answer_slower_than_idle_is_bounded_by_total(make_gateway, upstream) -> None:
+async def test_a_unary_answer_slower_than_idle_is_bounded_by_total(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """A unary answer's headers come when the whole answer is ready: waiting for them is
     generation time, which only ``total`` bounds (not ``idle``, not ``first_byte``)."""
     client, _, creds = await make_gateway(
@@ -157,7 +168,9 @@ async def test_a_unary_answer_slower_than_idle_is_bounded_by_total(make_gateway,
     assert await estimated(client, "timeout") == 0
 
 
-async def test_a_unary_body_that_stalls_is_cut_after_idle(make_gateway, upstream) -> None:
+async def test_a_unary_body_that_stalls_is_cut_after_idle(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """Once the headers came the answer is ready: a body that stops arriving is cut
     after ``idle`` (the provider did the work: billed, not retried)."""
     client, _, creds = await make_gateway(
@@ -172,7 +185,9 @@ async def test_a_unary_body_that_stalls_is_cut_after_idle(make_gateway, upstream
     assert await estimated(client, "timeout") == 1
 
 
-async def test_stream_headers_are_bounded_by_first_byte_not_idle(make_gateway, upstream) -> None:
+async def test_stream_headers_are_bounded_by_first_byte_not_idle(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         **setup({"upstream": provider_entry(upstream.base_url, first_byte=4, idle=0.5)})
     )
@@ -185,7 +200,7 @@ async def test_stream_headers_are_bounded_by_first_byte_not_idle(make_gateway, u
 
 
 async def test_first_byte_is_one_deadline_for_the_headers_and_the_first_chunk(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """Headers after 1.5 s, then a comment, then the first chunk 1.5 s later: 3 s after
     the send, past first_byte (2 s), although neither wait alone exceeded it."""
@@ -211,7 +226,7 @@ async def test_first_byte_is_one_deadline_for_the_headers_and_the_first_chunk(
 
 
 async def test_garbled_chunked_encoding_mid_stream_ends_after_idle(
-    make_gateway, raw_upstream
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
 ) -> None:
     """A chunk size that is not hex: aiohttp fails the connection but not the body being
     read, which would wait for ``total``. The idle timeout ends it."""
@@ -246,7 +261,7 @@ async def test_garbled_chunked_encoding_mid_stream_ends_after_idle(
 
 @pytest.mark.parametrize("failure", ["connect_timeout", "refused"])
 async def test_a_unary_request_that_was_never_sent_is_retried_unbilled(
-    make_gateway, upstream, blackhole: int, failure: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, blackhole: int, failure: str
 ) -> None:
     """A connect timeout (or a refused connection) reached nobody: the attempt is
     retried, then the next route serves the request, and only its answer is billed."""
@@ -270,7 +285,7 @@ async def test_a_unary_request_that_was_never_sent_is_retried_unbilled(
 
 
 async def test_a_connect_timeout_alone_is_a_504_billed_at_nothing(
-    make_gateway, blackhole: int
+    make_gateway: GatewayFactory, blackhole: int
 ) -> None:
     dead = provider_entry(f"http://127.0.0.1:{blackhole}/v1", connect=0.3)
     client, _, creds = await make_gateway(**setup({"dead": dead}))
@@ -290,7 +305,7 @@ NOT_A_STREAM = {
 
 @pytest.mark.parametrize("case", list(NOT_A_STREAM))
 async def test_a_200_that_is_not_an_event_stream_is_retried_and_falls_back(
-    make_gateway, upstream, case: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, case: str
 ) -> None:
     """On a stream request, a 200 with a JSON error or an HTML page: the provider never
     started a stream, so nothing is billed, and the request is retried, then falls back
@@ -331,7 +346,7 @@ DECLARED = {
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("case", list(DECLARED))
 async def test_an_error_sent_with_a_200_is_mapped_like_its_status(
-    make_gateway, upstream, case: str, stream: bool
+    make_gateway: GatewayFactory, upstream: FakeUpstream, case: str, stream: bool
 ) -> None:
     client, _, creds = await make_gateway(**setup({"upstream": provider_entry(upstream.base_url)}))
     body, status = DECLARED[case]
@@ -361,7 +376,7 @@ UNREADABLE = {
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
 async def test_an_unreadable_unary_200_is_billed_and_not_retried(
-    make_gateway, upstream, case: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, case: str
 ) -> None:
     """After a 200 the provider did (and bills) the work: an answer that cannot be read
     is billed at the worst case, and a retry would pay for it twice."""
@@ -376,7 +391,7 @@ async def test_an_unreadable_unary_200_is_billed_and_not_retried(
 
 
 async def test_a_close_delimited_unary_answer_cut_short_is_billed_and_not_retried(
-    make_gateway, raw_upstream
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
 ) -> None:
     """No Content-Length: the body ends when the connection closes, so a cut looks like a
     complete (invalid) body."""
@@ -402,7 +417,10 @@ async def test_a_close_delimited_unary_answer_cut_short_is_billed_and_not_retrie
 
 @pytest.mark.parametrize("framing", ["content_length", "chunked"])
 async def test_a_unary_answer_over_the_size_cap_is_a_billed_502(
-    make_gateway, upstream, monkeypatch, framing: str
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    framing: str,
 ) -> None:
     monkeypatch.setattr(gateway.providers.transport, "MAX_ANSWER_BYTES", 64 * 1024)
     client, _, creds = await make_gateway(
@@ -420,7 +438,9 @@ async def test_a_unary_answer_over_the_size_cap_is_a_billed_502(
     assert await estimated(client, "answer_lost") == 1
 
 
-async def test_an_error_body_over_the_cap_is_not_read(make_gateway, upstream) -> None:
+async def test_an_error_body_over_the_cap_is_not_read(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """Only MAX_ERROR_BODY_BYTES of an error body are read: past that, its code is
     not used (the status alone decides the answer)."""
     client, _, creds = await make_gateway(**setup({"upstream": provider_entry(upstream.base_url)}))
@@ -439,7 +459,10 @@ async def test_an_error_body_over_the_cap_is_not_read(make_gateway, upstream) ->
 
 @pytest.mark.parametrize("shape", ["one_line", "data_lines"])
 async def test_a_stream_event_over_the_size_cap_ends_the_stream(
-    make_gateway, upstream: FakeUpstream, monkeypatch, shape: str
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
 ) -> None:
     """An unterminated line, or data lines without the blank line that ends an event:
     the stream fails as soon as the event is over the cap (instead of buffering until

@@ -5,6 +5,7 @@ anyone's reply, and an unreachable server fails every pending call."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -24,10 +25,13 @@ SLOW = (
 
 
 @pytest.fixture
-async def client(redis_url: str):
+async def client(redis_url: str) -> AsyncIterator[Redis]:
     redis = redis_client(redis_url, 2.0)
-    yield redis
-    await redis.aclose()
+    assert isinstance(redis, Redis)  # a redis:// URL: a plain client, not a cluster's
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
 
 
 async def _sha(redis: Redis, script: str) -> bytes:
@@ -69,6 +73,7 @@ async def test_a_caller_giving_up_does_not_shift_later_replies(client: Redis) ->
 
 async def test_an_unreachable_server_fails_every_pending_call() -> None:
     redis = redis_client(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+    assert isinstance(redis, Redis)
     try:
         pipeline = AutoPipeline(redis)
         calls = [pipeline.submit(pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(5)]
@@ -92,6 +97,7 @@ async def test_a_server_that_stops_answering_frees_the_connection() -> None:
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     redis = redis_client(f"redis://127.0.0.1:{port}/0", 5.0)
+    assert isinstance(redis, Redis)
     try:
         pipeline = AutoPipeline(redis, reply_timeout=0.3)
         calls = [pipeline.submit(pack_command(b"EVALSHA", b"0" * 40, [], [])) for _ in range(3)]

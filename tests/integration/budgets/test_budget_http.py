@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
 
 from gateway.budget import keys
 from gateway.config import load_config
@@ -26,6 +28,9 @@ from gateway.http.app import create_app
 from tests.support.billing import NOTHING, cost, held, used
 from tests.support.harness import (
     STORE_TIMEOUT_FAST,
+    Client,
+    Credentials,
+    GatewayFactory,
     bearer,
     chat_body,
     upstream_override,
@@ -35,6 +40,7 @@ from tests.support.metrics import metric
 from tests.support.redis import counter, project_key, project_keys, wait_released, window_ids
 from tests.support.sse import data_frames, read_data_frames
 from tests.support.upstream import (
+    FakeUpstream,
     Reply,
     openai_completion,
     openai_error,
@@ -51,7 +57,9 @@ WORST_USED = used(INPUT_BOUND, CEILING, WORST_COST)
 # ----------------------------------------------------------------------------- settled usage
 
 
-async def test_unary_settles_the_reported_usage_and_cost(make_gateway, upstream, redis) -> None:
+async def test_unary_settles_the_reported_usage_and_cost(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway()
     upstream.script(
         Reply(json=openai_completion(prompt_tokens=30, completion_tokens=57, cached_tokens=16))
@@ -73,7 +81,9 @@ async def test_unary_settles_the_reported_usage_and_cost(make_gateway, upstream,
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
-async def test_stream_settles_the_reported_usage_and_cost(make_gateway, upstream, redis) -> None:
+async def test_stream_settles_the_reported_usage_and_cost(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway()
     upstream.script(
         Reply(sse=openai_stream(["Hel", "lo", "!"], prompt_tokens=25, completion_tokens=40))
@@ -105,7 +115,7 @@ async def test_stream_settles_the_reported_usage_and_cost(make_gateway, upstream
 
 
 async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(
         projects={
@@ -121,7 +131,8 @@ async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
         )
         assert resp.status == 200, await resp.text()
         await resp.read()
-        return upstream.last.json()
+        forwarded: dict[str, Any] = upstream.last.json()
+        return forwarded
 
     got = await sent(chat_body())
     assert got["max_completion_tokens"] == CEILING
@@ -159,7 +170,9 @@ async def test_upstream_max_tokens_is_clamped_to_the_reserved_ceiling(
 # ----------------------------------------------------------------------------- caps per key / user
 
 
-async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None:
+async def test_per_user_caps_are_separate(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         projects={
             "alpha": {
@@ -214,7 +227,11 @@ async def test_per_user_caps_are_separate(make_gateway, upstream, redis) -> None
 
 
 async def test_per_key_caps_are_separate(
-    tmp_path: Path, upstream, redis_url, redis, aiohttp_client
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis: Redis,
+    aiohttp_client: AiohttpClient,
 ) -> None:
     creds = write_config(
         tmp_path / "cfg",
@@ -272,7 +289,9 @@ async def test_per_key_caps_are_separate(
 # ----------------------------------------------------------------------------- 402
 
 
-async def test_402_leaves_the_counters_untouched(make_gateway, upstream, redis) -> None:
+async def test_402_leaves_the_counters_untouched(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": 150}}}}}
     )
@@ -308,7 +327,7 @@ async def test_402_leaves_the_counters_untouched(make_gateway, upstream, redis) 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_upstream_error_before_first_byte_bills_nothing(
-    make_gateway, upstream, redis, stream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     client, config, creds = await make_gateway()
     upstream.script(Reply(status=500, json=openai_error(500)))
@@ -322,7 +341,9 @@ async def test_upstream_error_before_first_byte_bills_nothing(
 
 
 @pytest.mark.parametrize("chunks", [0, 1, 3])
-async def test_client_disconnect_mid_stream(make_gateway, upstream, redis, chunks) -> None:
+async def test_client_disconnect_mid_stream(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, chunks: int
+) -> None:
     client, config, creds = await make_gateway()
     upstream.script(slow_stream(80, delay=0.02, slice_size=40, completion_tokens=160))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
@@ -349,7 +370,7 @@ async def test_client_disconnect_mid_stream(make_gateway, upstream, redis, chunk
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_disconnect_before_upstream_answers(
-    make_gateway, upstream, redis, stream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     """The provider got the request and is working on it when the client leaves: no usage
     will ever arrive, so the worst case is billed (never less than the truth)."""
@@ -372,7 +393,9 @@ async def test_client_disconnect_before_upstream_answers(
         assert await counter(redis, key) == WORST_USED
 
 
-async def test_upstream_cut_mid_stream(make_gateway, upstream, redis) -> None:
+async def test_upstream_cut_mid_stream(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway()
     raw = openai_stream([f"p{i:02d} " for i in range(20)], prompt_tokens=20, completion_tokens=40)
     events = raw.split(b"\n\n")
@@ -397,7 +420,9 @@ async def test_upstream_cut_mid_stream(make_gateway, upstream, redis) -> None:
     )
 
 
-async def test_upstream_idle_timeout_mid_stream(make_gateway, upstream, redis) -> None:
+async def test_upstream_idle_timeout_mid_stream(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         gateway=upstream_override(upstream.base_url, idle=0.3)
     )
@@ -423,7 +448,7 @@ async def test_upstream_idle_timeout_mid_stream(make_gateway, upstream, redis) -
 
 @pytest.mark.parametrize("failure", ["cut", "hang"])
 async def test_unary_body_lost_mid_way_bills_the_worst_case(
-    make_gateway, upstream, redis, failure
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, failure: str
 ) -> None:
     """The provider was already sending its completed answer: it billed the request, we
     never saw the usage, so the reservation is billed in full."""
@@ -442,7 +467,9 @@ async def test_unary_body_lost_mid_way_bills_the_worst_case(
     assert await metric(client, "gateway_estimated_usage_total", project="alpha") == 1
 
 
-async def test_stream_without_usage_bills_the_output_ceiling(make_gateway, upstream, redis) -> None:
+async def test_stream_without_usage_bills_the_output_ceiling(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     """Finished normally, but the usage the gateway asked for never came: the visible
     text (11 bytes) bounds nothing the provider generated unseen (reasoning tokens), so
     input is billed at its bound and output at the reserved ceiling, and the client's
@@ -516,7 +543,7 @@ URL_RE = re.compile(r"^redis://([^:/]+):(\d+)")
 
 
 async def test_reserve_answered_too_late_does_not_hold_budget_for_the_ttl(
-    make_gateway, upstream, redis, redis_url
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, redis_url: str
 ) -> None:
     """Redis ran the reserve script but its answer came after the gateway's timeout: the
     client got 503 and nothing was sent upstream, so once Redis answers again the hold
@@ -559,7 +586,7 @@ def _parts(*parts: dict[str, Any]) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, *parts]}]}
 
 
-async def _requested(client: Any, creds: Any, body: dict[str, Any]) -> int:
+async def _requested(client: Client, creds: Credentials, body: dict[str, Any]) -> int:
     """The worst case a request asks to reserve, read off the 402 of a 1-token cap."""
     resp = await client.post(URL, json=body, headers=bearer(creds.key))
     assert resp.status == 402, await resp.text()
@@ -569,7 +596,9 @@ async def _requested(client: Any, creds: Any, body: dict[str, Any]) -> int:
 TINY_CAP = {"alpha": {"budgets": {"project": {"day": {"total_tokens": 1}}}}}
 
 
-async def test_an_image_reserves_what_it_may_cost_on_the_routes_model(make_gateway) -> None:
+async def test_an_image_reserves_what_it_may_cost_on_the_routes_model(
+    make_gateway: GatewayFactory,
+) -> None:
     """gpt-4o-mini charges up to 48,169 tokens for one image, twenty times gpt-4o: a
     fixed per-image bound below that let one request overshoot a cap. The model's
     image_tokens sets it; without one, the default is the most any known model charges."""
@@ -583,7 +612,9 @@ async def test_an_image_reserves_what_it_may_cost_on_the_routes_model(make_gatew
     assert await _requested(client, creds, _parts(IMAGE)) - without == 30_000
 
 
-async def test_a_file_part_needs_the_models_context_window(make_gateway, upstream) -> None:
+async def test_a_file_part_needs_the_models_context_window(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """Nothing but the context window bounds a document's tokens: without it configured
     the request is refused (422, naming the part) before anything is reserved or sent;
     with it, the file reserves the window (the whole prompt is capped by it too)."""

@@ -36,14 +36,16 @@ from tests.support.billing import MINI_CONFIG, amounts, held, used
 from tests.support.clock import T_JUNE, ms
 from tests.support.harness import StoreFactory, write_config
 from tests.support.ports import free_port
-from tests.support.redis import counter
+from tests.support.redis import counter, get_int
 
 
 async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
     """Every key under the prefix with its full content (hashes and zsets)."""
     out: dict[str, Any] = {}
     async for key in redis.scan_iter(match=prefix + ":*"):
-        kind = (await redis.type(key)).decode()
+        reply = await redis.type(key)
+        assert isinstance(reply, bytes)  # no decode_responses: every reply is bytes
+        kind = reply.decode()
         if kind == "hash":
             out[key.decode()] = await redis.hgetall(key)
         elif kind == "zset":
@@ -602,12 +604,12 @@ async def test_releasing_a_reservation_never_held_refunds_no_rate_limit(
     tat_key = store.tag(project.id) + "rl:tpm"
     t0_us = T_JUNE * 1000
     await store.reserve(project.id, "a", counters, amounts(400, 500), T_JUNE, rate_limits=[tpm])
-    assert int(await redis.get(tat_key)) == t0_us + 900 * 60_000
+    assert await get_int(redis, tat_key) == t0_us + 900 * 60_000
     with pytest.raises(RateLimitExceeded):
         await store.reserve(project.id, "b", counters, amounts(400, 500), T_JUNE, rate_limits=[tpm])
     never_held = Reservation("b", store.tag(project.id), (), amounts(400, 500), (tpm,))
     await store.release(never_held, refund_rate_limits=True)
-    assert int(await redis.get(tat_key)) == t0_us + 900 * 60_000
+    assert await get_int(redis, tat_key) == t0_us + 900 * 60_000
     with pytest.raises(RateLimitExceeded):
         await store.reserve(
             project.id, "c", counters, amounts(400, 500), T_JUNE + 1, rate_limits=[tpm]
@@ -616,7 +618,7 @@ async def test_releasing_a_reservation_never_held_refunds_no_rate_limit(
     now = T_JUNE + 60_000
     rsv = await store.reserve(project.id, "d", counters, amounts(400, 500), now, rate_limits=[tpm])
     assert await store.settle(rsv, amounts(10, 10), now_ms=now + 1) is True
-    assert int(await redis.get(tat_key)) == now * 1000 + 20 * 60_000
+    assert await get_int(redis, tat_key) == now * 1000 + 20 * 60_000
 
 
 async def test_a_request_over_a_tokens_per_minute_limit_by_itself_is_told_so(
@@ -700,14 +702,17 @@ def test_cost_nano_exact_integer_math_rounded_up() -> None:
     )
     assert cost_nano(Usage(3, 0, cached_input_tokens=9), MINI_CONFIG) == 3 * 75
     # Fractional nano-USD are rounded up, once, on the whole amount.
-    odd = PriceConfig(input="0.123456789", output="1.000000001", cached_input="0.000000001")
+    # USD strings, parsed to nano-USD by the model's validator (the fields are ints).
+    odd = PriceConfig.model_validate(
+        {"input": "0.123456789", "output": "1.000000001", "cached_input": "0.000000001"}
+    )
     assert (odd.input, odd.output, odd.cached_input) == (123_456_789, 1_000_000_001, 1)
     assert cost_nano(Usage(1, 0), odd) == 124  # 123.456789
     assert cost_nano(Usage(0, 1), odd) == 1001  # 1000.000001
     assert cost_nano(Usage(3, 2), odd) == 2371  # 2370.370369
     assert cost_nano(Usage(10, 0, cached_input_tokens=4), odd) == 741  # 740.740738
     assert cost_nano(Usage(1_000_000, 0), odd) == 123_456_789  # exact: no rounding
-    tiny = PriceConfig(input="0.000001", output="0.000001")  # 1000 nano-USD per Mtok
+    tiny = PriceConfig.model_validate({"input": "0.000001", "output": "0.000001"})  # 1000 per Mtok
     assert cost_nano(Usage(1, 0), tiny) == 1
     assert cost_nano(Usage(1000, 0), tiny) == 1
     assert cost_nano(Usage(1001, 0), tiny) == 2

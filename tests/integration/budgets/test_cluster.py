@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -30,9 +31,9 @@ from gateway.config import load_config, org_caps
 from gateway.http.app import create_app
 from gateway.serve.embedded_redis import find_redis_server
 from tests.support.billing import cost, used
-from tests.support.harness import bearer, chat_body, edit_gateway_yaml, write_config
+from tests.support.harness import GatewayFactory, bearer, chat_body, edit_gateway_yaml, write_config
 from tests.support.ports import free_port
-from tests.support.redis import counter, parse_event, ping, tag, window_ids
+from tests.support.redis import counter, parse_event, ping, stream_entries, tag, window_ids
 from tests.support.upstream import (
     FakeUpstream,
     Recorded,
@@ -73,6 +74,12 @@ def _free_ports(count: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
+
+
+def command(node: redis_sync.Redis, *args: str | int) -> Any:
+    """One command to one node (CLUSTER INFO, SLOTS...)."""
+    # redis-py leaves execute_command unannotated.
+    return node.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +134,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         clients = [redis_sync.Redis(port=p) for p in ports]
         deadline = time.monotonic() + 20
         while True:
-            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            infos = [command(c, "CLUSTER", "INFO") for c in clients]
             if all(b"cluster_state:ok" in info for info in infos):
                 break
             assert time.monotonic() < deadline, infos
             time.sleep(0.05)
         slots = [
             (int(lo), int(hi), int(master[1]))
-            for lo, hi, master, *_ in clients[0].execute_command("CLUSTER", "SLOTS")
+            for lo, hi, master, *_ in command(clients[0], "CLUSTER", "SLOTS")
         ]
         for c in clients:
             c.close()
@@ -164,7 +171,7 @@ async def rc(cluster: Cluster) -> AsyncIterator[RedisCluster]:
 
 @pytest.fixture
 def gateway_on(
-    cluster: Cluster, tmp_path: Path, upstream: FakeUpstream, aiohttp_client: Any
+    cluster: Cluster, tmp_path: Path, upstream: FakeUpstream, aiohttp_client: AiohttpClient
 ) -> Any:
     """A gateway on the cluster; ``org_budgets`` sets caps on org acme."""
     count = 0
@@ -194,7 +201,7 @@ PROJECTS = {"alpha": "prj_alpha", "beta": "prj_beta", "delta": "prj_delta"}
 
 
 async def test_projects_and_the_org_land_on_different_slots_and_nodes(
-    cluster: Cluster, gateway_on, rc: RedisCluster
+    cluster: Cluster, gateway_on: GatewayFactory, rc: RedisCluster
 ) -> None:
     client, config, creds = await gateway_on(
         projects={"delta": {}}, org_budgets={"month": {"total_tokens": 1_000_000}}
@@ -217,8 +224,8 @@ async def test_projects_and_the_org_land_on_different_slots_and_nodes(
         for port in cluster.ports:
             node = redis_sync.Redis(port=port)
             try:
-                assert node.execute_command("CLUSTER", "KEYSLOT", key) == slots[name]
-                held = node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slots[name])
+                assert command(node, "CLUSTER", "KEYSLOT", key) == slots[name]
+                held = command(node, "CLUSTER", "COUNTKEYSINSLOT", slots[name])
                 assert (held > 0) == (port == nodes[name]), (name, port, held)
             finally:
                 node.close()
@@ -228,7 +235,9 @@ async def test_projects_and_the_org_land_on_different_slots_and_nodes(
     assert await counter(rc, keys["org"]) == used(33, 9, 3 * SMALL_COST)
 
 
-async def test_settle_equals_the_reported_usage(gateway_on, upstream, rc) -> None:
+async def test_settle_equals_the_reported_usage(
+    gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(projects={"delta": {}})
     prefix = config.gateway.redis.key_prefix
     upstream.script(
@@ -247,7 +256,9 @@ async def test_settle_equals_the_reported_usage(gateway_on, upstream, rc) -> Non
     assert await rc.hlen(tag(prefix, "prj_delta") + "rsv") == 0
 
 
-async def test_402_at_the_cap(gateway_on, upstream, rc) -> None:
+async def test_402_at_the_cap(
+    gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(
         projects={"beta": {"budgets": {"project": {"month": {"total_tokens": 150}}}}}
     )
@@ -271,7 +282,9 @@ async def test_402_at_the_cap(gateway_on, upstream, rc) -> None:
     assert len(upstream.requests) == 2
 
 
-async def test_concurrent_requests_cannot_overshoot(gateway_on, upstream, rc) -> None:
+async def test_concurrent_requests_cannot_overshoot(
+    gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     worst = 16 + 8 + 4 + len("req-00") + 100  # 134
     cap = 5 * worst + worst // 2  # five worst cases fit, six do not
     fake = UsagePerRequest()
@@ -304,7 +317,9 @@ async def test_concurrent_requests_cannot_overshoot(gateway_on, upstream, rc) ->
     assert await rc.hlen(tag(prefix, "prj_delta") + "rsv") == 0
 
 
-async def test_rate_limit_429(gateway_on, upstream, rc) -> None:
+async def test_rate_limit_429(
+    gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(
         projects={"beta": {"rate_limits": {"requests_per_minute": 3}}}
     )
@@ -327,7 +342,9 @@ async def test_rate_limit_429(gateway_on, upstream, rc) -> None:
     assert await rc.exists(tag(prefix, "prj_beta") + "rl:rpm") == 1
 
 
-async def test_org_caps_across_nodes(cluster: Cluster, gateway_on, upstream, rc) -> None:
+async def test_org_caps_across_nodes(
+    cluster: Cluster, gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(
         projects={"delta": {"budgets": {"project": {"month": {"total_tokens": 140}}}}},
         org_budgets={"day": {"total_tokens": 300}},
@@ -375,7 +392,9 @@ def _slow_default(rec: Recorded) -> Reply:
     return reply
 
 
-async def test_usage_endpoint(cluster: Cluster, gateway_on, upstream, rc) -> None:
+async def test_usage_endpoint(
+    cluster: Cluster, gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(
         projects={
             "delta": {
@@ -433,7 +452,9 @@ async def test_usage_endpoint(cluster: Cluster, gateway_on, upstream, rc) -> Non
     assert ("project", "month") in read_rows
 
 
-async def test_ledger_event(gateway_on, upstream, rc) -> None:
+async def test_ledger_event(
+    gateway_on: GatewayFactory, upstream: FakeUpstream, rc: RedisCluster
+) -> None:
     client, config, creds = await gateway_on(projects={"delta": {}})
     prefix = config.gateway.redis.key_prefix
     upstream.script(Reply(json=openai_completion(prompt_tokens=30, completion_tokens=57)))
@@ -443,7 +464,7 @@ async def test_ledger_event(gateway_on, upstream, rc) -> None:
         headers={**bearer(creds.key), "X-Request-Id": "cluster-ledger-0001"},
     )
     assert resp.status == 200
-    events = await rc.xrange(tag(prefix, "prj_delta") + "ledger")
+    events = await stream_entries(rc, tag(prefix, "prj_delta") + "ledger")
     assert len(events) == 1
     event = parse_event(events[0][1])
     assert event["client_request_id"] == "cluster-ledger-0001"
@@ -454,7 +475,9 @@ async def test_ledger_event(gateway_on, upstream, rc) -> None:
     assert event["settled"] == "1"
 
 
-async def test_expired_holds_are_charged_on_both_nodes(cluster: Cluster, gateway_on, rc) -> None:
+async def test_expired_holds_are_charged_on_both_nodes(
+    cluster: Cluster, gateway_on: GatewayFactory, rc: RedisCluster
+) -> None:
     """A crashed gateway's holds on a project and its org (two nodes), more than a
     script's batch: /usage charges every one at its worst case (an expired_hold event
     each, on the tag's own ledger) and shows nothing reserved; a late settle of one of
@@ -492,7 +515,9 @@ async def test_expired_holds_are_charged_on_both_nodes(cluster: Cluster, gateway
             "cap": 100_000,
         }
     for owner, kind in (("prj_delta", "prj"), ("acme", "org")):
-        events = [parse_event(e) for _, e in await rc.xrange(tag(prefix, owner, kind) + "ledger")]
+        events = [
+            parse_event(e) for _, e in await stream_entries(rc, tag(prefix, owner, kind) + "ledger")
+        ]
         assert sorted(e["request_id"] for e in events) == sorted(f"r{i}" for i in range(40))
         assert {e["kind"] for e in events} == {"expired_hold"}
         assert await rc.hlen(tag(prefix, owner, kind) + "rsv") == 0

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 from gateway.budget import Amounts, BudgetExceeded, BudgetStore, project_counters
 from gateway.config import Config, load_config
 from tests.support.billing import cost, used
-from tests.support.harness import bearer, chat_body, write_config
+from tests.support.harness import Client, GatewayFactory, bearer, chat_body, write_config
 from tests.support.redis import counter, window_key
 from tests.support.upstream import (
     FakeUpstream,
@@ -63,7 +64,7 @@ class Ledger(UsagePerRequest):
         return used(i, o, c)
 
 
-async def _one(client: Any, key: str, n: int) -> tuple[str, int, Any]:
+async def _one(client: Client, key: str, n: int) -> tuple[str, int, Any]:
     text = f"req-{n:02d}"
     stream = n % 2 == 1
     body = chat_body(text, stream=stream)
@@ -137,7 +138,9 @@ def check_answers(results: list[tuple[str, int, Any]], ledger: Ledger) -> set[st
     return admitted
 
 
-async def test_sixty_concurrent_requests_cannot_overshoot(make_gateway, upstream, redis) -> None:
+async def test_sixty_concurrent_requests_cannot_overshoot(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     ledger = Ledger()
     upstream.default = ledger
     client, config, creds = await make_gateway(projects=budgets(), gateway=SLOW_OK)
@@ -156,7 +159,7 @@ async def test_sixty_concurrent_requests_cannot_overshoot(make_gateway, upstream
 
 
 async def test_two_gateways_sharing_redis_cannot_overshoot_together(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     ledger = Ledger()
     upstream.default = ledger
@@ -195,7 +198,7 @@ async def stores(redis_url: str) -> AsyncIterator[list[BudgetStore]]:
 
 
 async def test_store_admits_exactly_what_fits_under_contention(
-    stores: list[BudgetStore], tmp_path, redis_url, redis
+    stores: list[BudgetStore], tmp_path: Path, redis_url: str, redis: Redis
 ) -> None:
     creds = write_config(
         tmp_path / "cfg",
@@ -240,7 +243,7 @@ async def test_store_admits_exactly_what_fits_under_contention(
 
 
 async def test_same_client_request_id_does_not_leak_reservations(
-    make_gateway, upstream: FakeUpstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """Clients choose X-Request-Id: concurrent requests reusing one must still each
     hold and release their own reservation."""

@@ -33,10 +33,10 @@ from gateway.config import BudgetScope, Config, OrgConfig, Project, load_config,
 from gateway.usage_report import usage_report
 from tests.support.billing import amounts, cost, held, report_row, used
 from tests.support.clock import T_JUNE
-from tests.support.harness import bearer, chat_body, key_prefix, write_config
+from tests.support.harness import GatewayFactory, bearer, chat_body, key_prefix, write_config
 from tests.support.metrics import gauge, metric
 from tests.support.process import GatewayProcess
-from tests.support.redis import counter, parse_event, tag, window_ids
+from tests.support.redis import counter, parse_event, stream_entries, tag, window_ids
 from tests.support.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
 
 W_IN, W_OUT = 33, 100  # chat_body("Hello"): input bound 33, max_output_tokens 100
@@ -50,7 +50,7 @@ def event(request_id: str) -> dict[str, Any]:
 
 
 async def ledger(redis: Any, tag_: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(i.decode(), parse_event(e)) for i, e in await redis.xrange(tag_ + "ledger")]
+    return [(i, parse_event(e)) for i, e in await stream_entries(redis, tag_ + "ledger")]
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ async def test_a_late_settle_of_a_charged_hold_replaces_the_worst_case_once(
     [(expired_id, expired), (_, reconciled)] = await ledger(redis, slow.project_tag)
     assert expired["kind"] == "expired_hold"
     assert reconciled == usage_event | {"settled": "reconciled"}
-    [(_, raw)] = await redis.xrevrange(slow.project_tag + "ledger", count=1)
+    [(_, raw)] = await stream_entries(redis, slow.project_tag + "ledger", newest=1)
     assert raw[b"reconciles"].decode() == expired_id
     assert await redis.exists(f"{slow.project_tag}xh:rsv-slow") == 0
 
@@ -307,7 +307,9 @@ async def test_usage_report_charges_every_expired_hold_before_it_reads(
     assert len(await ledger(redis, store.tag(project.id))) == 50
 
 
-async def test_the_reserved_gauge_excludes_expired_holds(make_gateway: Any, redis_url: str) -> None:
+async def test_the_reserved_gauge_excludes_expired_holds(
+    make_gateway: GatewayFactory, redis_url: str
+) -> None:
     """/metrics: 50 holds a gateway left behind count as used once expired, not as
     reserved (the gauge is refreshed at scrape time)."""
     client, config, _ = await make_gateway(

@@ -14,11 +14,13 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from gateway import cli
@@ -29,18 +31,29 @@ from gateway.budget import (
     org_counters,
     project_counters,
 )
-from gateway.config import load_config, org_caps
+from gateway.config import Config, load_config, org_caps
 from gateway.credentials import generate_key
 from gateway.http.app import create_app
 from gateway.usage import Usage, cost_nano
 from tests.support.billing import cost
 from tests.support.clock import ms
-from tests.support.harness import add_api_key, bearer, chat_body, edit_gateway_yaml, write_config
+from tests.support.harness import (
+    Client,
+    Credentials,
+    GatewayFactory,
+    add_api_key,
+    bearer,
+    chat_body,
+    edit_gateway_yaml,
+    write_config,
+)
 from tests.support.redis import (
     RedisServer,
     counter,
+    get_int,
     ledger_events,
     parse_event_text,
+    stream_entries,
     tag,
     window_ids,
 )
@@ -71,15 +84,22 @@ def error_event_stream() -> bytes:
     return b"\n\n".join(events[:4]) + b"\n\ndata: " + json.dumps(error).encode() + b"\n\n"
 
 
+# ``build(org_budgets=..., **write_config overrides)``: a gateway, its config and
+# credentials, and the secret of org acme's second write key ("key_two").
+Build = Callable[..., Awaitable[tuple[Client, Config, Credentials, str]]]
+
+
 @pytest.fixture
-def build(tmp_path: Path, upstream: FakeUpstream, redis_url: str, aiohttp_client: Any) -> Any:
+def build(
+    tmp_path: Path, upstream: FakeUpstream, redis_url: str, aiohttp_client: AiohttpClient
+) -> Build:
     """Like ``make_gateway``, plus what needs the files edited before loading: org caps
     (``org_budgets``) and a second write key of org acme (``key_two``, its secret returned)."""
     count = 0
 
     async def factory(
         *, org_budgets: dict[str, Any] | None = None, **overrides: Any
-    ) -> tuple[Any, Any, Any, str]:
+    ) -> tuple[Client, Config, Credentials, str]:
         nonlocal count
         count += 1
         url = overrides.pop("redis_url", redis_url)
@@ -105,7 +125,7 @@ def build(tmp_path: Path, upstream: FakeUpstream, redis_url: str, aiohttp_client
 
 
 async def test_ledger_has_exactly_one_event_per_admitted_request(
-    make_gateway, upstream: FakeUpstream, redis: Redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway(
         projects={
@@ -287,7 +307,9 @@ async def test_ledger_has_exactly_one_event_per_admitted_request(
     assert await redis.hlen(tag(prefix) + "rsv") == 0
 
 
-async def test_ledger_max_events_bounds_the_stream(make_gateway, upstream, redis_url) -> None:
+async def test_ledger_max_events_bounds_the_stream(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis_url: str
+) -> None:
     """``MAXLEN ~``: trimmed by whole stream nodes, so the bound is approximate; a private
     Redis with small nodes makes the trimming visible with few requests."""
     private = RedisServer("--stream-node-max-entries", "8")
@@ -316,7 +338,7 @@ async def test_ledger_max_events_bounds_the_stream(make_gateway, upstream, redis
             # The counters still count every request; the newest events are kept.
             state = await counter(redis, f"{tag(prefix)}p:all")
             assert state["u2"] == sent * SMALL
-            newest = await redis.xrevrange(tag(prefix) + "ledger", count=1)
+            newest = await stream_entries(redis, tag(prefix) + "ledger", newest=1)
             assert float(parse_event_text(newest[0][1])["ts"]) > time.time() - 30
         finally:
             await redis.aclose()
@@ -324,7 +346,9 @@ async def test_ledger_max_events_bounds_the_stream(make_gateway, upstream, redis
         private.stop()
 
 
-async def test_ledger_disabled_with_zero_max_events(make_gateway, redis) -> None:
+async def test_ledger_disabled_with_zero_max_events(
+    make_gateway: GatewayFactory, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(gateway={"ledger": {"max_events": 0}})
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 200
@@ -353,14 +377,16 @@ async def assert_project_holds_only(redis: Redis, prefix: str, n: int) -> None:
         assert state == {**settled, "r0": 0, "r1": 0, "r2": 0, "r3": 0}
 
 
-def assert_refusals(results: list[tuple], detail: str) -> None:
+def assert_refusals(results: list[tuple[int, Any, Any]], detail: str) -> None:
     """Every 429 of a burst is the documented one, with this reason."""
     for status, headers, body in results:
         if status == 429:
             assert _rate_limited_body(status, headers, body) == detail
 
 
-async def _burst(client: Any, auth: dict[str, str], n: int, **body: Any) -> list[tuple]:
+async def _burst(
+    client: Client, auth: dict[str, str], n: int, **body: Any
+) -> list[tuple[int, Any, Any]]:
     async def one() -> tuple[int, Any, Any]:
         resp = await client.post(URL, json=chat_body(**body), headers=auth)
         payload = await resp.json() if resp.status != 200 or not body.get("stream") else None
@@ -368,11 +394,11 @@ async def _burst(client: Any, auth: dict[str, str], n: int, **body: Any) -> list
             await resp.read()
         return resp.status, resp.headers, payload
 
-    return await asyncio.gather(*(one() for _ in range(n)))
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def test_requests_per_minute_burst_gets_429_and_charges_nothing(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway(
         projects={"alpha": {"rate_limits": {"requests_per_minute": 5}}},
@@ -392,7 +418,7 @@ async def test_requests_per_minute_burst_gets_429_and_charges_nothing(
 
 
 async def test_per_key_limits_are_independent_and_a_429_holds_nothing(
-    build, upstream, redis
+    build: Build, upstream: FakeUpstream, redis: Redis
 ) -> None:
     limits = {"requests_per_minute": 4, "per_key": {"requests_per_minute": 2}}
     client, config, creds, two = await build(
@@ -424,7 +450,7 @@ async def test_per_key_limits_are_independent_and_a_429_holds_nothing(
 
 
 async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
-    make_gateway, upstream: FakeUpstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """tokens_per_minute 300: the worst case (133) alone would let 2 requests through per
     minute; with the unused part given back at settle (each uses 14), many more fit."""
@@ -435,7 +461,7 @@ async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
     us_per_token = 60_000_000 // 300
     auth = bearer(creds.key)
     assert (await client.post(URL, json=chat_body(), headers=auth)).status == 200
-    tat = int(await redis.get(tag(prefix) + "rl:tpm"))
+    tat = await get_int(redis, tag(prefix) + "rl:tpm")
     seconds, micros = await redis.time()
     ahead = tat - (seconds * 1_000_000 + micros)
     # Charged 133 tokens at reserve, 119 given back at settle: 14 tokens' worth remain.
@@ -460,7 +486,7 @@ async def test_tokens_per_minute_charges_the_worst_case_and_refunds_at_settle(
 
 
 async def test_a_request_over_the_tokens_per_minute_limit_by_itself_gets_no_retry_after(
-    make_gateway, upstream: FakeUpstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """tokens_per_minute 100 < the worst case 133: waiting can never admit it, so the 429
     says why and carries no Retry-After; a lower max_tokens fits."""
@@ -486,7 +512,9 @@ async def test_a_request_over_the_tokens_per_minute_limit_by_itself_gets_no_retr
 # ============================================================================== org caps
 
 
-async def test_org_cap_refuses_with_scope_org(build, upstream, redis) -> None:
+async def test_org_cap_refuses_with_scope_org(
+    build: Build, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds, _ = await build(org_budgets={"day": {"total_tokens": 150}})
     prefix = config.gateway.redis.key_prefix
     ids = await window_ids(redis)
@@ -520,7 +548,9 @@ async def test_org_cap_refuses_with_scope_org(build, upstream, redis) -> None:
     assert resp.status == 200
 
 
-async def test_project_refusal_undoes_the_org_reservation(build, upstream, redis) -> None:
+async def test_project_refusal_undoes_the_org_reservation(
+    build: Build, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds, _ = await build(
         projects={"alpha": {"budgets": {"project": {"month": {"total_tokens": 140}}}}},
         org_budgets={"month": {"total_tokens": 1_000_000, "cost_usd": "5"}},
@@ -620,7 +650,7 @@ async def test_month_end_request_settled_after_midnight_stays_in_the_old_windows
 
 
 async def test_usage_endpoint_and_cli_report_the_counters(
-    build, upstream: FakeUpstream, redis, capsys
+    build: Build, upstream: FakeUpstream, redis: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client, config, creds, _ = await build(
         projects={
@@ -660,7 +690,8 @@ async def test_usage_endpoint_and_cli_report_the_counters(
     async def report(auth: dict[str, str]) -> dict[str, Any]:
         resp = await client.get("/v1/projects/alpha/usage", headers=auth)
         assert resp.status == 200, await resp.text()
-        return await resp.json()
+        body: dict[str, Any] = await resp.json()
+        return body
 
     by_read_key = await report(bearer(creds.read_key))
     by_key = await report(key_auth)
@@ -671,7 +702,8 @@ async def test_usage_endpoint_and_cli_report_the_counters(
         code = await asyncio.to_thread(cli.main, [*argv, *extra])
         out = capsys.readouterr().out
         assert code == 0, out
-        return json.loads(out)
+        parsed: dict[str, Any] = json.loads(out)
+        return parsed
 
     cli_key = await run_cli("--key", "key_main")
     cli_user = await run_cli("--user", "u-report")

@@ -60,18 +60,24 @@ WINDOW_NAMES = ("day", "month", "lifetime")
 
 # Caps on every dimension and scope, sized so that a fraction of the requests fits: on
 # average a request reports ~80 tokens (~21_000 nano-USD) and reserves ~250 (~70_000).
-ORG_CAPS = {
+ORG_CAPS: dict[str, dict[str, Any]] = {
     "day": {"total_tokens": 15_000},
     "month": {"cost_usd": "0.0042"},
     "lifetime": {"input_tokens": 11_500},
 }
-PROJECT_CAPS = {
+PROJECT_CAPS: dict[str, dict[str, Any]] = {
     "day": {"input_tokens": 12_000},
     "month": {"output_tokens": 4_500, "cost_usd": "0.0045"},
     "lifetime": {"total_tokens": 16_000},
 }
-PER_KEY_CAPS = {"day": {"cost_usd": "0.0012"}, "month": {"total_tokens": 4_000}}
-PER_USER_CAPS = {"day": {"total_tokens": 1_500}, "lifetime": {"output_tokens": 450}}
+PER_KEY_CAPS: dict[str, dict[str, Any]] = {
+    "day": {"cost_usd": "0.0012"},
+    "month": {"total_tokens": 4_000},
+}
+PER_USER_CAPS: dict[str, dict[str, Any]] = {
+    "day": {"total_tokens": 1_500},
+    "lifetime": {"output_tokens": 450},
+}
 
 
 def nano(caps: dict[str, dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -457,8 +463,8 @@ async def _race(
     for name, info in per_counter.items():
         assert info["used"] <= info["cap"], (name, info)
         assert info["peak_used_plus_reserved"] <= info["cap"], (name, info)
-    for name, state in finals.items():
-        assert all(state[f"r{d}"] == 0 for d in range(4)), (name, state)
+    for where, state in finals.items():
+        assert all(state[f"r{d}"] == 0 for d in range(4)), (where, state)
     assert sampler.samples > 0
     assert await redis.hlen(f"{prefix}:{{prj:prj_alpha}}:rsv") == 0
     assert await redis.hlen(f"{prefix}:{{org:acme}}:rsv") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,10 +16,12 @@ COUNTERS = [Counter("project", "p", "day", "2=1000")]
 
 
 @pytest.fixture
-async def store(redis_url: str):
+async def store(redis_url: str) -> AsyncIterator[BudgetStore]:
     client = redis_client(redis_url, 1.0)
-    yield BudgetStore(client, "fp" + uuid.uuid4().hex[:10], 1.0, 60)
-    await client.aclose()
+    try:
+        yield BudgetStore(client, "fp" + uuid.uuid4().hex[:10], 1.0, 60)
+    finally:
+        await client.aclose()
 
 
 async def test_scripts_flushed_by_redis_are_reloaded(store: BudgetStore) -> None:

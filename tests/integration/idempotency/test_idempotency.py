@@ -14,7 +14,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from gateway.config import load_config
-from tests.support.harness import bearer, chat_body, write_config
+from tests.support.harness import GatewayFactory, bearer, chat_body, write_config
 from tests.support.process import GatewayProcess
 from tests.support.redis import settled
 from tests.support.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_stream
@@ -75,7 +75,7 @@ async def test_concurrent_retries_across_two_gateways_reach_the_upstream_once(
 
 
 async def test_another_body_with_the_same_key_is_a_422(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway()
     resp = await client.post(URL, json=chat_body("a"), headers=keyed("k-2", creds.key))
@@ -88,7 +88,9 @@ async def test_another_body_with_the_same_key_is_a_422(
     assert len(upstream.requests) == 1
 
 
-async def test_a_failed_request_releases_its_key(make_gateway: Any, upstream: FakeUpstream) -> None:
+async def test_a_failed_request_releases_its_key(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """An upstream failure is not an answer to replay: the retry runs."""
     client, _, creds = await make_gateway()
     upstream.script(Reply(status=500, json={"error": {"message": "boom"}}))
@@ -101,7 +103,7 @@ async def test_a_failed_request_releases_its_key(make_gateway: Any, upstream: Fa
 
 
 async def test_a_refused_request_releases_its_key(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """402 before anything was spent: the key is free for the retry that fits."""
     client, _, creds = await make_gateway(
@@ -115,7 +117,7 @@ async def test_a_refused_request_releases_its_key(
 
 
 async def test_a_completed_stream_is_a_409_and_a_cut_one_runs_again(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway()
     body = chat_body(stream=True)
@@ -137,7 +139,9 @@ async def test_a_completed_stream_is_a_409_and_a_cut_one_runs_again(
     assert "again" in await resp.text()
 
 
-async def test_keys_are_scoped_per_credential(make_gateway: Any, upstream: FakeUpstream) -> None:
+async def test_keys_are_scoped_per_credential(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """The same key from a session token (another credential) is another request."""
     client, _, creds = await make_gateway()
     resp = await client.post(URL, json=chat_body(), headers=keyed("k-7", creds.key))
@@ -152,7 +156,9 @@ async def test_keys_are_scoped_per_credential(make_gateway: Any, upstream: FakeU
     assert len(upstream.requests) == 2
 
 
-async def test_a_malformed_key_is_a_422(make_gateway: Any, upstream: FakeUpstream) -> None:
+async def test_a_malformed_key_is_a_422(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway()
     for key in ("has space", "x" * 256, "é"):
         resp = await client.post(URL, json=chat_body(), headers=keyed(key, creds.key))

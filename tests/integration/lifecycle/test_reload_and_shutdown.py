@@ -18,10 +18,17 @@ from redis.asyncio import Redis
 
 from gateway.context import STATE
 from gateway.serve.lifecycle import reload_config
-from tests.support.harness import OPERATOR_TOKEN, MakeCreds, bearer, chat_body, edit_gateway_yaml
+from tests.support.harness import (
+    OPERATOR_TOKEN,
+    GatewayFactory,
+    MakeCreds,
+    bearer,
+    chat_body,
+    edit_gateway_yaml,
+)
 from tests.support.metrics import scrape
 from tests.support.process import Spawn
-from tests.support.redis import RedisServer, month_counter, open_reservations
+from tests.support.redis import RedisServer, month_counter, open_reservations, scored
 from tests.support.upstream import FakeUpstream, Reply, openai_completion
 
 CHAT = "/v1/projects/{}/chat/completions"
@@ -65,7 +72,9 @@ async def test_admin_reload_reaches_every_worker(
     assert set(statuses) == {401}, statuses
 
 
-async def test_a_reload_applies_the_reservation_ttl(make_gateway, upstream, redis: Redis) -> None:
+async def test_a_reload_applies_the_reservation_ttl(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     """Longer provider timeouts come with a longer reservation ttl (the config checks
     them together): the running store must take the new ttl, or holds would expire
     while requests allowed by the new timeouts still run."""
@@ -75,14 +84,14 @@ async def test_a_reload_applies_the_reservation_ttl(make_gateway, upstream, redi
     gw["limits"]["reservation_ttl_seconds"] = 200
     gw["providers"]["upstream"]["timeouts"]["total"] = 150
     path.write_text(yaml.safe_dump(gw, sort_keys=False))
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     upstream.script(Reply(json=openai_completion(), delay_before_headers=0.5))
     answer = asyncio.create_task(
         client.post(CHAT.format("alpha"), json=chat_body(), headers=bearer(creds.key))
     )
     await upstream.wait_requests(1)
     tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
-    [(_, expiry)] = await redis.zrange(tag + "rsvexp", 0, -1, withscores=True)
+    [(_, expiry)] = await scored(redis, tag + "rsvexp")
     seconds, micros = await redis.time()
     assert 195_000 <= expiry - (seconds * 1000 + micros // 1000) <= 200_000
     assert (await answer).status == 200
@@ -96,7 +105,12 @@ async def test_a_reload_applies_the_reservation_ttl(make_gateway, upstream, redi
     ],
 )
 async def test_a_reload_refuses_what_only_a_restart_applies(
-    make_gateway, upstream, section: str, change: dict[str, Any], path: str, caplog
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    section: str,
+    change: dict[str, Any],
+    path: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A new key prefix would move every budget to an empty namespace under running
     requests; the body limit is fixed when the server is built. Refused, named."""
@@ -105,13 +119,14 @@ async def test_a_reload_refuses_what_only_a_restart_applies(
     gw = yaml.safe_load(file.read_text())
     gw[section].update(change)
     file.write_text(yaml.safe_dump(gw, sort_keys=False))
-    assert reload_config(client.server.app) is False
-    assert client.server.app[STATE].config is config
+    assert reload_config(client.app) is False
+    assert client.app[STATE].config is config
     [rejected] = [r for r in caplog.records if r.getMessage().startswith("config reload rejected")]
-    assert f"{path}: changes only on a restart" in rejected.problems  # type: ignore[attr-defined]
+    # The record's extra field (logging sets extras as attributes).
+    assert f"{path}: changes only on a restart" in rejected.__dict__["problems"]
 
 
-async def test_readyz_needs_a_store_that_accepts_writes(make_gateway) -> None:
+async def test_readyz_needs_a_store_that_accepts_writes(make_gateway: GatewayFactory) -> None:
     """A read-only replica (after a failover) answers PING yet refuses every reserve:
     not ready."""
     server = RedisServer()
@@ -142,7 +157,7 @@ def _series(text: str, name: str) -> set[tuple[tuple[str, str], ...]]:
     }
 
 
-async def test_budget_gauges_follow_a_reload(make_gateway) -> None:
+async def test_budget_gauges_follow_a_reload(make_gateway: GatewayFactory) -> None:
     """A cap a reload removed was still exported as a limit (alerts on used / limit
     went on firing)."""
     client, _, creds = await make_gateway(
@@ -154,7 +169,7 @@ async def test_budget_gauges_follow_a_reload(make_gateway) -> None:
     project = yaml.safe_load(path.read_text())
     project["budgets"] = {}
     path.write_text(yaml.safe_dump(project, sort_keys=False))
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     after = _series(await scrape(client), "gateway_budget_limit_tokens")
     assert not any(dict(s).get("project") == "alpha" for s in after), after
 
@@ -164,7 +179,7 @@ async def test_a_unary_call_past_the_grace_period_gets_a_503_and_is_settled(
     spawn: Spawn,
     upstream: FakeUpstream,
     http: aiohttp.ClientSession,
-    redis,
+    redis: Redis,
 ) -> None:
     """Only streams were cut at the end of the grace period: a long unary call kept the
     process alive until a SIGKILL, and its usage was never settled."""
@@ -210,6 +225,6 @@ async def test_workers_serve_on_while_one_cannot_restart(
         ) as resp:
             assert resp.status == 200
     paused = [
-        r.get("in_seconds") for r in gw.records() if r.get("msg") == "worker exited; restarting"
+        float(r["in_seconds"]) for r in gw.records() if r.get("msg") == "worker exited; restarting"
     ]
     assert paused[-1] > paused[1] > 0, paused  # a growing pause between attempts

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.harness import bearer, chat_body
-from tests.support.redis import tag
+from tests.support.harness import Gateway, bearer, chat_body
+from tests.support.redis import pause_writes, stream_entries, tag, unpause
 from tests.support.upstream import FakeUpstream, Reply, openai_stream
 
 URL = "/v1/projects/alpha/chat/completions"
@@ -26,7 +26,7 @@ def access_statuses(caplog: pytest.LogCaptureFixture) -> list[Any]:
 
 
 async def test_a_stream_read_to_the_end_then_closed_is_a_200_not_a_499(
-    gateway: Any, upstream: FakeUpstream, redis: Redis, caplog: pytest.LogCaptureFixture
+    gateway: Gateway, upstream: FakeUpstream, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SDKs close the connection as soon as they read [DONE]. If that lands while the
     hold settles (here: Redis holds writes for a second), the handler is cancelled after
@@ -37,7 +37,7 @@ async def test_a_stream_read_to_the_end_then_closed_is_a_200_not_a_499(
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
     assert resp.status == 200
     await resp.content.readline()  # admitted: the reservation is made
-    await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+    await pause_writes(redis, 1500)
     try:
         raw = b""
         while b"[DONE]" not in raw:
@@ -50,12 +50,12 @@ async def test_a_stream_read_to_the_end_then_closed_is_a_200_not_a_499(
                 break
             await asyncio.sleep(0.05)
     finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+        await unpause(redis)
     assert access_statuses(caplog) == [200]
     # The ledger's event of the request says the same (written once Redis takes writes).
     ledger = tag(config.gateway.redis.key_prefix, "prj_alpha") + "ledger"
     for _ in range(100):
-        if events := await redis.xrange(ledger):
+        if events := await stream_entries(redis, ledger):
             break
         await asyncio.sleep(0.05)
     [(_, fields)] = events

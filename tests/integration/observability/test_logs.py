@@ -127,8 +127,9 @@ async def scenario(root: Path, redis_url: str) -> Run:
                 token: str | None,
                 admitted: bool = False,
                 parsed: bool = True,
-                **headers: str,
+                headers: dict[str, str] | None = None,
             ) -> Call:
+                headers = dict(headers or {})
                 if token is not None:
                     headers.update(bearer(token))
                 async with http.post(gw.url(CHAT.format(project)), json=body, headers=headers) as r:
@@ -144,7 +145,7 @@ async def scenario(root: Path, redis_url: str) -> Run:
                 chat_body(),
                 creds.key,
                 admitted=True,
-                **{"X-Request-Id": CLIENT_REQUEST_ID},
+                headers={"X-Request-Id": CLIENT_REQUEST_ID},
             )
             await call("stream_ok", "alpha", chat_body(stream=True), session_token, admitted=True)
             await call("unknown_key_401", "alpha", chat_body(), unknown_key, parsed=False)

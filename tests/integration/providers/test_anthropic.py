@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -26,8 +27,10 @@ from gateway.usage import Usage, input_token_bound
 from tests.support.billing import dimensions, report_row, usage_settled
 from tests.support.harness import (
     PROVIDER_KEY,
+    Client,
     Credentials,
     Gateway,
+    GatewayFactory,
     SdkFactory,
     bearer,
     chat_body,
@@ -113,7 +116,7 @@ def overrides(upstream: FakeUpstream, attempts: int = 1) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def claude(make_gateway: Any, upstream: FakeUpstream) -> Gateway:
+async def claude(make_gateway: GatewayFactory, upstream: FakeUpstream) -> Gateway:
     client, config, creds = await make_gateway(**overrides(upstream))
     return client, config, creds
 
@@ -264,7 +267,7 @@ async def test_sdk_unary(
     assert await usage_settled(client, creds.key, project) == dimensions(11, 3, 11 * IN + 3 * OUT)
 
 
-CITY_FORMAT = {
+CITY_FORMAT: Any = {
     "type": "json_schema",
     "json_schema": {
         "name": "city",
@@ -289,7 +292,7 @@ async def test_sdk_json_mode_unary_and_stream(
     ]
     upstream.script(Reply(json=message))
     api = sdk(client, creds.key, KARTA)
-    ask = [{"role": "user", "content": "Which city? Answer in JSON."}]
+    ask: list[Any] = [{"role": "user", "content": "Which city? Answer in JSON."}]
     completion = await api.chat.completions.create(
         model="default", messages=ask, response_format=CITY_FORMAT
     )
@@ -315,7 +318,7 @@ async def test_sdk_json_mode_unary_and_stream(
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
-async def _reserved_input(client: Any, creds: Credentials) -> int:
+async def _reserved_input(client: Client, creds: Credentials) -> int:
     """The project's reserved input tokens (month window) once something is held."""
     async with asyncio.timeout(5):
         while True:
@@ -385,6 +388,7 @@ async def test_sdk_unary_tool_use(claude: Gateway, upstream: FakeUpstream, sdk: 
     assert choice.message.content == "Let me check."
     assert choice.message.tool_calls is not None
     [call] = choice.message.tool_calls
+    assert call.type == "function"
     assert (call.id, call.function.name) == (TOOL_ID, "get_weather")
     assert json.loads(call.function.arguments) == {"location": "Paris"}
     assert upstream.last.json()["tool_choice"] == {"type": "any"}
@@ -571,7 +575,7 @@ async def test_settled_budget_prices_cache_writes_and_reads_separately(
     claude: Gateway, upstream: FakeUpstream, stream: bool
 ) -> None:
     client, _, creds = claude
-    usage = {
+    usage: dict[str, Any] = {
         "input_tokens": 50,
         "output_tokens": 70,
         "cache_creation_input_tokens": 1000,
@@ -672,7 +676,7 @@ async def test_overloaded_right_after_message_start_is_502_before_any_byte(
 
 
 async def test_overloaded_right_after_message_start_is_retried(
-    make_gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     raw = with_error_before(fixture(TEXT_FIXTURE), b"event: content_block_start")
@@ -738,7 +742,7 @@ async def test_529_overloaded_is_502(claude: Gateway, upstream: FakeUpstream, st
 
 
 async def test_529_is_retried_when_attempts_allow(
-    make_gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = await make_gateway(**overrides(upstream, attempts=2))
     upstream.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")))
@@ -802,7 +806,7 @@ async def test_sdk_sees_the_status_errors(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_an_error_sent_with_a_200_is_retried_and_billed_at_nothing(
-    make_gateway: Any, upstream: FakeUpstream, stream: bool
+    make_gateway: GatewayFactory, upstream: FakeUpstream, stream: bool
 ) -> None:
     """An error object with a 200 (on a stream: JSON, not events): nothing was
     generated, so nothing is billed, and another attempt serves the request."""
@@ -842,7 +846,7 @@ async def test_an_authentication_error_sent_with_a_200_is_422_byok_key_rejected(
     ids=["invalid_json", "not_a_message"],
 )
 async def test_an_unreadable_unary_200_is_billed_and_not_retried(
-    make_gateway: Any, upstream: FakeUpstream, body: bytes
+    make_gateway: GatewayFactory, upstream: FakeUpstream, body: bytes
 ) -> None:
     """After its 200 the provider did (and bills) the work, whatever became of the
     answer: the worst case is billed, and a retry would pay for it twice."""
@@ -929,6 +933,7 @@ async def test_adapter_closes_an_unfinished_stream(upstream: FakeUpstream) -> No
         upstream.script(Reply(sse=raw, hang_after_bytes=raw.index(b"event: message_delta")))
         stream = await provider.open_stream(adapter_request({"messages": MESSAGES}))
         batches = stream.batches()
+        assert isinstance(batches, AsyncGenerator)  # closed below, before its end
         first = (await anext(batches))[0]
         assert isinstance(first, dict)
         assert first["choices"][0]["delta"] == {"role": "assistant", "content": "2"}

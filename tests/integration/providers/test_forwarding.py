@@ -12,9 +12,18 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import BYOK_KEY, PROVIDER_KEY, bearer, chat_body, chat_url, post_chat
+from tests.support.harness import (
+    BYOK_KEY,
+    PROVIDER_KEY,
+    Gateway,
+    GatewayFactory,
+    bearer,
+    chat_body,
+    chat_url,
+    post_chat,
+)
 from tests.support.sse import stream_events
-from tests.support.upstream import Reply, openai_completion, openai_stream
+from tests.support.upstream import FakeUpstream, Reply, openai_completion, openai_stream
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
 
@@ -26,7 +35,7 @@ PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
     ("alias", "upstream_model"), [("default", "gpt-4o-mini"), ("smart", "gpt-4o")]
 )
 async def test_model_is_rewritten_to_the_routes_model(
-    gateway, upstream, alias: str, upstream_model: str
+    gateway: Gateway, upstream: FakeUpstream, alias: str, upstream_model: str
 ) -> None:
     client, _, creds = gateway
     resp = await post_chat(client, creds, chat_body(model=alias))
@@ -35,7 +44,9 @@ async def test_model_is_rewritten_to_the_routes_model(
     assert (await resp.json())["model"] == alias
 
 
-async def test_model_defaults_to_the_projects_default_alias(gateway, upstream) -> None:
+async def test_model_defaults_to_the_projects_default_alias(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await post_chat(client, creds, chat_body())
     assert resp.status == 200, await resp.text()
@@ -56,7 +67,7 @@ async def test_model_defaults_to_the_projects_default_alias(gateway, upstream) -
     ids=["mct_clamped", "mct_kept", "absent_set", "max_tokens_clamped", "max_tokens_kept"],
 )
 async def test_max_tokens_clamped_to_the_project_ceiling(
-    gateway, upstream, asked: dict[str, int], expected: dict[str, int]
+    gateway: Gateway, upstream: FakeUpstream, asked: dict[str, Any], expected: dict[str, int]
 ) -> None:
     client, _, creds = gateway
     resp = await post_chat(client, creds, chat_body(**asked))
@@ -66,7 +77,9 @@ async def test_max_tokens_clamped_to_the_project_ceiling(
     assert got == expected
 
 
-async def test_max_tokens_clamped_on_stream_requests_too(gateway, upstream) -> None:
+async def test_max_tokens_clamped_on_stream_requests_too(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await post_chat(client, creds, chat_body(stream=True, max_tokens=5000))
     await stream_events(resp)
@@ -81,7 +94,7 @@ async def test_max_tokens_clamped_on_stream_requests_too(gateway, upstream) -> N
     ids=["absent", "empty", "false", "true"],
 )
 async def test_stream_requests_always_ask_for_usage(
-    gateway, upstream, options: dict[str, Any] | None
+    gateway: Gateway, upstream: FakeUpstream, options: dict[str, Any] | None
 ) -> None:
     client, _, creds = gateway
     extra: dict[str, Any] = {"stream": True}
@@ -100,7 +113,7 @@ async def test_stream_requests_always_ask_for_usage(
     ids=["plain", "stream_false", "client_stream_options"],
 )
 async def test_unary_requests_do_not_get_stream_options(
-    gateway, upstream, extra: dict[str, Any]
+    gateway: Gateway, upstream: FakeUpstream, extra: dict[str, Any]
 ) -> None:
     client, _, creds = gateway
     resp = await post_chat(client, creds, chat_body(**extra))
@@ -111,7 +124,9 @@ async def test_unary_requests_do_not_get_stream_options(
     assert sent.get("stream") in (None, False)
 
 
-async def test_client_credentials_and_cookies_are_not_forwarded(gateway, upstream) -> None:
+async def test_client_credentials_and_cookies_are_not_forwarded(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("alpha"),
@@ -134,7 +149,7 @@ async def test_client_credentials_and_cookies_are_not_forwarded(gateway, upstrea
 
 
 async def test_cookies_a_provider_sets_are_not_sent_back_on_any_call(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """One upstream session serves every project: a cookie set in an answer to one
     project (as load balancers in front of providers do) must not ride along on the
@@ -162,7 +177,7 @@ async def test_cookies_a_provider_sets_are_not_sent_back_on_any_call(
 
 
 async def test_a_finished_stream_hands_its_connection_back_for_the_next_call(
-    gateway, upstream
+    gateway: Gateway, upstream: FakeUpstream
 ) -> None:
     """Providers end the body a moment after [DONE] (the last chunk of the chunked
     encoding comes in its own packet). The stream is finished at [DONE], and its
@@ -181,7 +196,9 @@ async def test_a_finished_stream_hands_its_connection_back_for_the_next_call(
     assert peers[2] == peers[0]
 
 
-async def test_a_body_left_open_after_the_last_event_is_dropped_soon(gateway, upstream) -> None:
+async def test_a_body_left_open_after_the_last_event_is_dropped_soon(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     """The wait for the body's end is short: an upstream that keeps it open after
     [DONE] does not hold the client's stream, and its connection is not reused."""
     client, _, creds = gateway
@@ -196,7 +213,7 @@ async def test_a_body_left_open_after_the_last_event_is_dropped_soon(gateway, up
 
 
 async def test_project_owned_provider_key_is_sent_instead_of_the_gateways(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"provider_keys": {"upstream": "TEST_BYOK_KEY"}}}
@@ -209,7 +226,7 @@ async def test_project_owned_provider_key_is_sent_instead_of_the_gateways(
     assert upstream.last.header("Authorization") == f"Bearer {PROVIDER_KEY}"
 
 
-async def test_session_token_is_not_forwarded(gateway, upstream) -> None:
+async def test_session_token_is_not_forwarded(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     token = creds.session("alpha")
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
@@ -219,7 +236,7 @@ async def test_session_token_is_not_forwarded(gateway, upstream) -> None:
     assert all(token not in value for value in rec.headers.values())
 
 
-async def test_understood_parameters_pass_through(gateway, upstream) -> None:
+async def test_understood_parameters_pass_through(gateway: Gateway, upstream: FakeUpstream) -> None:
     """Parameters the gateway understands reach the provider as sent (unknown ones are
     refused: tests/integration/billing/test_forwarded_fields.py)."""
     client, _, creds = gateway

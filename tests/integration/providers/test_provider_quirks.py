@@ -13,13 +13,14 @@ import json
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.support.billing import cost, used
-from tests.support.harness import PROVIDER_KEY, bearer, chat_body, provider_entry
+from tests.support.harness import PROVIDER_KEY, GatewayFactory, bearer, chat_body, provider_entry
 from tests.support.metrics import metric
 from tests.support.redis import month_counter
 from tests.support.sse import data_frames
-from tests.support.upstream import Reply, chunk, openai_completion, openai_stream, sse
+from tests.support.upstream import FakeUpstream, Reply, chunk, openai_completion, openai_stream, sse
 
 URL = "/v1/projects/alpha/chat/completions"
 INPUT_BOUND, CEILING = 33, 100
@@ -51,7 +52,7 @@ def quirky_provider(base_url: str, **quirks: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_azure_style_path_query_and_api_key_header(
-    make_gateway, upstream, redis, stream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     # The fake answers on any path; Azure's base URL has no /v1 prefix.
     client, config, creds = await make_gateway(
@@ -81,7 +82,9 @@ async def test_azure_style_path_query_and_api_key_header(
     assert await month_counter(redis, config.gateway.redis.key_prefix) == used(11, 3, cost(11, 3))
 
 
-async def test_the_route_model_is_escaped_into_the_path(make_gateway, upstream) -> None:
+async def test_the_route_model_is_escaped_into_the_path(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={
             **quirky_provider(
@@ -109,7 +112,9 @@ async def test_the_route_model_is_escaped_into_the_path(make_gateway, upstream) 
     assert upstream.last.json()["model"] == "prod deploy#1"
 
 
-async def test_a_custom_auth_scheme_prefixes_the_key(make_gateway, upstream) -> None:
+async def test_a_custom_auth_scheme_prefixes_the_key(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway=quirky_provider(upstream.base_url, auth_header="X-Api-Key", auth_scheme="Token")
     )
@@ -125,7 +130,9 @@ async def test_a_custom_auth_scheme_prefixes_the_key(make_gateway, upstream) -> 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_max_tokens_param_names_the_clamped_ceiling(make_gateway, upstream, stream) -> None:
+async def test_max_tokens_param_names_the_clamped_ceiling(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, stream: bool
+) -> None:
     client, _, creds = await make_gateway(
         gateway=quirky_provider(upstream.base_url, max_tokens_param="max_tokens")
     )
@@ -137,7 +144,9 @@ async def test_max_tokens_param_names_the_clamped_ceiling(make_gateway, upstream
     assert "max_completion_tokens" not in sent
 
 
-async def test_default_max_tokens_param_is_max_completion_tokens(make_gateway, upstream) -> None:
+async def test_default_max_tokens_param_is_max_completion_tokens(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway()
     resp = await client.post(URL, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 200
@@ -159,7 +168,10 @@ async def test_default_max_tokens_param_is_max_completion_tokens(make_gateway, u
     ],
 )
 async def test_the_clamp_goes_under_the_providers_name_whatever_the_client_used(
-    make_gateway, upstream, asked, expected
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    asked: dict[str, Any],
+    expected: dict[str, int],
 ) -> None:
     client, _, creds = await make_gateway(
         gateway=quirky_provider(upstream.base_url, max_tokens_param="max_tokens")
@@ -201,7 +213,7 @@ def groq_stream() -> bytes:
 
 
 async def test_groq_usage_on_the_finish_chunk_is_billed_and_reported_once(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway()
     upstream.script(Reply(sse=groq_stream()))
@@ -226,7 +238,9 @@ async def test_groq_usage_on_the_finish_chunk_is_billed_and_reported_once(
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
-async def test_groq_usage_not_asked_for_appears_nowhere(make_gateway, upstream, redis) -> None:
+async def test_groq_usage_not_asked_for_appears_nowhere(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway()
     upstream.script(Reply(sse=groq_stream()))
     resp = await client.post(URL, json=chat_body(stream=True), headers=bearer(creds.key))
@@ -259,11 +273,11 @@ def usage_then_moderation() -> bytes:
 
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_a_chunk_after_the_usage_chunk_is_relayed_not_taken_for_usage(
-    make_gateway, upstream, redis, include_usage
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, include_usage: bool
 ) -> None:
     client, config, creds = await make_gateway()
     upstream.script(Reply(sse=usage_then_moderation()))
-    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
     resp = await client.post(URL, json=chat_body(stream=True, **extra), headers=bearer(creds.key))
     assert resp.status == 200
     chunks = chunk_frames(data_frames(await resp.text()))
@@ -289,7 +303,7 @@ async def test_a_chunk_after_the_usage_chunk_is_relayed_not_taken_for_usage(
 
 
 async def test_a_server_that_never_reports_usage_is_billed_the_output_ceiling(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """A server that ignores include_usage: what it generated unseen (reasoning) is
     unknown, so the output is billed at the reserved ceiling, never the visible text."""
@@ -312,7 +326,7 @@ async def test_a_server_that_never_reports_usage_is_billed_the_output_ceiling(
 
 
 async def test_a_unary_answer_without_usage_is_billed_the_output_ceiling(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway()
     completion = openai_completion("Bonjour tout le monde")
@@ -333,7 +347,9 @@ async def test_a_unary_answer_without_usage_is_billed_the_output_ceiling(
 # ----------------------------------------------------------------------------- passthrough
 
 
-async def test_a_null_error_member_on_every_chunk_is_no_error(make_gateway, upstream) -> None:
+async def test_a_null_error_member_on_every_chunk_is_no_error(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """Some OpenAI-compatible servers send ``"error": null`` on each chunk: that is a
     normal chunk, relayed as sent, not a failure."""
     client, _, creds = await make_gateway()
@@ -357,7 +373,9 @@ async def test_a_null_error_member_on_every_chunk_is_no_error(make_gateway, upst
     assert all(c["error"] is None for c in chunks)
 
 
-async def test_non_standard_fields_pass_through_untouched(make_gateway, upstream, redis) -> None:
+async def test_non_standard_fields_pass_through_untouched(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway()
     sent = [
         chunk(

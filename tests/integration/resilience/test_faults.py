@@ -28,6 +28,7 @@ from tests.support.billing import cost
 from tests.support.harness import (
     STORE_TIMEOUT_FAST,
     Credentials,
+    GatewayFactory,
     bearer,
     chat_body,
     key_prefix,
@@ -35,7 +36,17 @@ from tests.support.harness import (
     write_config,
 )
 from tests.support.metrics import scrape
-from tests.support.redis import FIELDS, RedisServer, counter, parse_event, window_ids
+from tests.support.process import Spawn
+from tests.support.redis import (
+    FIELDS,
+    RedisServer,
+    counter,
+    hash_text,
+    parse_event,
+    pause_writes,
+    stream_entries,
+    window_ids,
+)
 from tests.support.sse import read_chunks
 from tests.support.upstream import (
     FakeUpstream,
@@ -95,7 +106,12 @@ def user_key(tag_: str, sub: str, window_id: str) -> str:
 
 
 async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_output(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis: Redis,
+    spawn: Spawn,
+    http_pool: aiohttp.ClientSession,
 ) -> None:
     """Four streams, cut by the client after 0, 1, 3 and 10 chunks, each by its own end
     user (own counter). The reservation is released and the output billed is at least
@@ -148,7 +164,7 @@ async def test_client_disconnect_after_k_chunks_releases_and_bills_at_least_the_
     month = await counter(redis, f"{tag}p:{ids['month']}")
     assert held_amount(month) == 0
     assert month["u2"] == sum(worst(f"cut {k}")[2] for k in cuts)
-    events = [parse_event(e) for _, e in await redis.xrange(tag + "ledger")]
+    events = [parse_event(e) for _, e in await stream_entries(redis, tag + "ledger")]
     assert len(events) == len(cuts)
     assert {e["outcome"] for e in events} == {"client_disconnected"}
 
@@ -190,7 +206,12 @@ def _failing_upstream(rec: Recorded) -> Reply:
 
 
 async def test_upstream_failures_settle_or_release_every_reservation(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis: Redis,
+    spawn: Spawn,
+    http_pool: aiohttp.ClientSession,
 ) -> None:
     creds = write_config(
         tmp_path / "cfg",
@@ -248,7 +269,7 @@ async def test_upstream_failures_settle_or_release_every_reservation(
     assert held_amount(month) == 0
     assert month["u2"] == total
     # One ledger event per request, failures included.
-    events = [parse_event(e) for _, e in await redis.xrange(tag + "ledger")]
+    events = [parse_event(e) for _, e in await stream_entries(redis, tag + "ledger")]
     assert sorted(e["user"] for e in events) == sorted(SCENARIOS)
 
 
@@ -256,7 +277,12 @@ async def test_upstream_failures_settle_or_release_every_reservation(
 
 
 async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_charged(
-    tmp_path, upstream: FakeUpstream, redis_url, redis, spawn, http_pool
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis: Redis,
+    spawn: Spawn,
+    http_pool: aiohttp.ClientSession,
 ) -> None:
     """SIGKILL a gateway with three streams in flight: their worst cases stay held (a
     request that fits only without them gets 402, the body saying reserved) until
@@ -349,7 +375,7 @@ async def test_crashed_gateway_reservations_hold_until_their_expiry_then_are_cha
     assert held_amount(state) == 0
     assert state["u2"] == 3 * w
     assert await redis.hlen(tag + "rsv") == 0
-    events = [parse_event(e) for _, e in await redis.xrange(tag + "ledger")]
+    events = [parse_event(e) for _, e in await stream_entries(redis, tag + "ledger")]
     assert [(e["kind"], e["total_tokens"]) for e in events] == [("expired_hold", w)] * 3
 
 
@@ -395,7 +421,11 @@ class Load:
 
 @pytest.mark.parametrize("failure", ["stopped", "hanging"])
 async def test_redis_outage_fails_fast_and_recovers_without_a_restart(
-    tmp_path, upstream: FakeUpstream, spawn, http_pool, failure: str
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    spawn: Spawn,
+    http_pool: aiohttp.ClientSession,
+    failure: str,
 ) -> None:
     """A private persistent Redis (AOF, fsync always) is stopped (SIGTERM) or frozen
     (SIGSTOP) under load: every request answers 503 + Retry-After in under a second,
@@ -416,7 +446,7 @@ async def test_redis_outage_fails_fast_and_recovers_without_a_restart(
 async def _outage(
     tmp_path: Path,
     upstream: FakeUpstream,
-    spawn: Any,
+    spawn: Spawn,
     http_pool: aiohttp.ClientSession,
     failure: str,
     server: RedisServer,
@@ -502,7 +532,7 @@ async def _outage(
 
         with contextlib.suppress(AssertionError):
             await wait_for(drained, timeout=10, interval=0.2)
-        leftover = {k.decode(): v.decode() for k, v in (await redis.hgetall(tag + "rsv")).items()}
+        leftover = await hash_text(redis, tag + "rsv")
         after = await counter(redis, month_key)
     finally:
         await redis.aclose()
@@ -553,7 +583,7 @@ async def _outage(
 
 
 async def test_usage_finished_during_a_long_redis_outage_is_recorded_when_it_returns(
-    make_gateway, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """An answer that ends while Redis is down (a failover, a restart) is settled once
     Redis is back, also after longer than the first quick retries (7.85 s): the
@@ -625,7 +655,7 @@ def private_redis() -> Iterator[RedisServer]:
 
 
 async def test_on_store_error_allow_admits_unmetered_requests(
-    private_redis: RedisServer, make_gateway, upstream
+    private_redis: RedisServer, make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     server = private_redis
     client, _, creds = await make_gateway(
@@ -661,7 +691,7 @@ async def test_on_store_error_allow_admits_unmetered_requests(
 
 
 async def test_a_client_leaving_during_the_reserve_leaves_nothing_held(
-    private_redis: RedisServer, make_gateway, upstream: FakeUpstream
+    private_redis: RedisServer, make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """The client gives up while Redis is slow to run the reserve (the handler is
     cancelled): the reserve still runs when Redis resumes, and the gateway gives that
@@ -673,7 +703,7 @@ async def test_a_client_leaving_during_the_reserve_leaves_nothing_held(
     redis = Redis.from_url(server.url, socket_timeout=None)
     try:
         month_key = f"{ptag(creds)}p:{(await window_ids(redis))['month']}"
-        await redis.execute_command("CLIENT", "PAUSE", "800", "WRITE")
+        await pause_writes(redis, 800)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await client.post(URL, json=chat_body(), headers=bearer(creds.key))

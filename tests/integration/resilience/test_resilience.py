@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 import yaml
+from redis.asyncio import Redis
 
 from gateway.context import STATE
 from gateway.serve.lifecycle import reload_config
 from tests.support.billing import FOUR_O, NOTHING, Price, cost, used
-from tests.support.harness import bearer, chat_body, provider_entry
+from tests.support.harness import Client, GatewayFactory, bearer, chat_body, provider_entry
 from tests.support.metrics import metric
 from tests.support.ports import free_port
-from tests.support.redis import counter, month_counter
+from tests.support.redis import counter, month_counter, scored
 from tests.support.sse import content_of, data_frames
 from tests.support.upstream import (
     FakeUpstream,
@@ -95,7 +96,7 @@ def server_error(status: int = 500) -> Reply:
     return Reply(status=status, json=openai_error(status))
 
 
-async def post(client: Any, key: str, stream: bool = False, **extra: Any) -> Any:
+async def post(client: Client, key: str, stream: bool = False, **extra: Any) -> Any:
     return await client.post(URL, json=chat_body(stream=stream, **extra), headers=bearer(key))
 
 
@@ -104,7 +105,7 @@ async def post(client: Any, key: str, stream: bool = False, **extra: Any) -> Any
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_retry_then_success_bills_only_the_successful_attempt(
-    make_gateway, upstream, redis, stream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     client, config, creds = await make_gateway(gateway={"resilience": resilience(attempts=2)})
     upstream.script(server_error(500))
@@ -127,7 +128,9 @@ async def test_retry_then_success_bills_only_the_successful_attempt(
     assert await metric(client, "gateway_estimated_usage_total") == 0
 
 
-async def test_retries_stop_after_attempts_per_target(make_gateway, upstream, redis) -> None:
+async def test_retries_stop_after_attempts_per_target(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(gateway={"resilience": resilience(attempts=3)})
     upstream.script(server_error(500), server_error(502), server_error(503))
     resp = await post(client, creds.key)
@@ -138,7 +141,7 @@ async def test_retries_stop_after_attempts_per_target(make_gateway, upstream, re
 
 
 async def test_a_stream_error_frame_before_the_first_chunk_is_retried_and_not_billed(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """The provider answered 200 and then declared an error as its very first frame:
     nothing reached the client, so the attempt is retried, and the provider's refusal
@@ -160,7 +163,7 @@ async def test_a_stream_error_frame_before_the_first_chunk_is_retried_and_not_bi
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_connect_errors_are_retried_then_fall_back(
-    make_gateway, upstream, redis, stream
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     dead = provider_entry(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
     client, config, creds = await make_gateway(
@@ -184,7 +187,13 @@ async def test_connect_errors_are_retried_then_fall_back(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_fallback_to_the_next_target(make_gateway, upstream, second, redis, stream) -> None:
+async def test_fallback_to_the_next_target(
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    second: FakeUpstream,
+    redis: Redis,
+    stream: bool,
+) -> None:
     client, config, creds = await make_gateway(
         gateway={"providers": {"second": provider_entry(second.base_url)}},
         projects={"alpha": routes(("upstream", "gpt-4o-mini"), ("second", "gpt-4o-mini"))},
@@ -220,7 +229,7 @@ async def test_fallback_to_the_next_target(make_gateway, upstream, second, redis
 
 
 async def test_every_target_failing_returns_the_last_error(
-    make_gateway, upstream, second, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={"providers": {"second": provider_entry(second.base_url)}},
@@ -251,7 +260,7 @@ def pricier_fallback(second: FakeUpstream, cap_usd: str, **caps: Any) -> dict[st
 
 
 async def test_fallback_to_a_pricier_model_without_room_is_402(
-    make_gateway, upstream, second, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, redis: Redis
 ) -> None:
     # 0.001 USD = 1_000_000 nano: the gpt-4o-mini worst case (64_950) fits, the gpt-4o
     # one (1_082_500) does not.
@@ -288,7 +297,12 @@ async def test_fallback_to_a_pricier_model_without_room_is_402(
     ],
 )
 async def test_fallback_to_a_pricier_model_with_room_bills_its_prices(
-    make_gateway, upstream, second, redis, cap_usd, caps
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    second: FakeUpstream,
+    redis: Redis,
+    cap_usd: str,
+    caps: dict[str, Any],
 ) -> None:
     client, config, creds = await make_gateway(**pricier_fallback(second, cap_usd, **caps))
     upstream.script(server_error(500))
@@ -307,7 +321,7 @@ async def test_fallback_to_a_pricier_model_with_room_bills_its_prices(
 
 
 async def test_fallback_to_a_pricier_model_rechecks_the_org_cost_cap(
-    make_gateway, upstream, second, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, redis: Redis
 ) -> None:
     """An org cost cap bounds its projects like a project cap: the org's hold must move
     to the pricier model's worst case too, or be refused."""
@@ -328,7 +342,7 @@ async def test_fallback_to_a_pricier_model_rechecks_the_org_cost_cap(
 
 
 async def test_a_second_fallback_holds_its_whole_worst_case_with_org_caps(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """Each fallback holds the difference on the project and on the org: the next
     fallback must count what one scope holds, not both (it under-reserved by one
@@ -369,7 +383,9 @@ async def test_a_second_fallback_holds_its_whole_worst_case_with_org_caps(
     assert await month_counter(redis, prefix) == used(20, 30, cost(20, 30, price=FOUR_O))
 
 
-async def test_a_reload_during_a_retry_keeps_the_requests_routes(make_gateway, upstream) -> None:
+async def test_a_reload_during_a_retry_keeps_the_requests_routes(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """An operator renames the provider while a request waits to retry: the request
     finishes on the config it began with (it was a 500, a KeyError, before); the next
     request uses the new one."""
@@ -385,7 +401,7 @@ async def test_a_reload_during_a_retry_keeps_the_requests_routes(make_gateway, u
     path.write_text(yaml.safe_dump(gw, sort_keys=False))
     for project in (creds.config_dir / "projects").glob("*.yaml"):
         project.write_text(project.read_text().replace("provider: upstream", "provider: primary"))
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     resp = await answer
     assert resp.status == 200, await resp.text()
     assert len(upstream.requests) == 2  # the retry went to the provider it started with
@@ -404,7 +420,9 @@ def short_holds(upstream: FakeUpstream) -> dict[str, Any]:
     }
 
 
-async def test_the_hold_is_renewed_before_a_retry(make_gateway, upstream, redis) -> None:
+async def test_the_hold_is_renewed_before_a_retry(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     """Each attempt is shorter than the hold, and the hold is renewed before the next
     one: a request retried past its first ttl never runs without its reservation."""
     client, config, creds = await make_gateway(gateway=short_holds(upstream))
@@ -415,9 +433,9 @@ async def test_the_hold_is_renewed_before_a_retry(make_gateway, upstream, redis)
     tag = f"{config.gateway.redis.key_prefix}:{{prj:prj_alpha}}:"
     answer = asyncio.create_task(post(client, creds.key))
     await upstream.wait_requests(1)
-    [(rid, first_expiry)] = await redis.zrange(tag + "rsvexp", 0, -1, withscores=True)
+    [(rid, first_expiry)] = await scored(redis, tag + "rsvexp")
     await upstream.wait_requests(2)  # the retry is in flight
-    [(same, renewed_expiry)] = await redis.zrange(tag + "rsvexp", 0, -1, withscores=True)
+    [(same, renewed_expiry)] = await scored(redis, tag + "rsvexp")
     assert same == rid
     assert renewed_expiry - first_expiry >= 1_400  # renewed after the 1.5 s first attempt
     resp = await answer
@@ -425,7 +443,9 @@ async def test_the_hold_is_renewed_before_a_retry(make_gateway, upstream, redis)
     assert await redis.zcard(tag + "rsvexp") == 0
 
 
-async def test_no_retry_runs_once_the_hold_is_gone(make_gateway, upstream, redis) -> None:
+async def test_no_retry_runs_once_the_hold_is_gone(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     """If the hold expired and was released anyway (here: removed), the request stops
     with the upstream's error instead of retrying without a reservation."""
     client, config, creds = await make_gateway(gateway=short_holds(upstream))
@@ -446,7 +466,9 @@ async def test_no_retry_runs_once_the_hold_is_gone(make_gateway, upstream, redis
 # ----------------------------------------------------------------------------- Retry-After
 
 
-async def test_retry_after_is_honoured(make_gateway, upstream, redis) -> None:
+async def test_retry_after_is_honoured(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(gateway={"resilience": resilience(attempts=2)})
     arrivals: list[float] = []
     upstream.script(
@@ -465,7 +487,7 @@ async def test_retry_after_is_honoured(make_gateway, upstream, redis) -> None:
 
 
 async def test_retry_after_above_the_max_is_relayed_without_retrying(
-    make_gateway, upstream, redis
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={"resilience": resilience(attempts=3, retry_after_max=2)}
@@ -481,7 +503,9 @@ async def test_retry_after_above_the_max_is_relayed_without_retrying(
     assert await metric(client, "gateway_upstream_retries_total") == 0
 
 
-async def test_retry_after_above_the_max_falls_back(make_gateway, upstream, second, redis) -> None:
+async def test_retry_after_above_the_max_falls_back(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         gateway={
             "providers": {"second": provider_entry(second.base_url)},
@@ -503,7 +527,9 @@ async def test_retry_after_above_the_max_falls_back(make_gateway, upstream, seco
 # ----------------------------------------------------------------------------- breaker
 
 
-async def test_breaker_opens_skips_then_probes_and_closes(make_gateway, upstream, redis) -> None:
+async def test_breaker_opens_skips_then_probes_and_closes(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         gateway={"resilience": resilience(threshold=2, cooldown=1.0)}
     )
@@ -539,7 +565,9 @@ async def test_breaker_opens_skips_then_probes_and_closes(make_gateway, upstream
     )
 
 
-async def test_streams_failing_midway_open_the_breaker(make_gateway, upstream) -> None:
+async def test_streams_failing_midway_open_the_breaker(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """A provider that cuts every stream after its first bytes failed as surely as one
     answering 500, but each stream counted as a success: the breaker never opened."""
     client, _, creds = await make_gateway(
@@ -562,7 +590,9 @@ async def test_streams_failing_midway_open_the_breaker(make_gateway, upstream) -
     assert len(upstream.requests) == 2
 
 
-async def test_breaker_retry_after_is_the_remaining_cooldown(make_gateway, upstream) -> None:
+async def test_breaker_retry_after_is_the_remaining_cooldown(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"resilience": resilience(threshold=1, cooldown=30.0)}
     )
@@ -574,7 +604,9 @@ async def test_breaker_retry_after_is_the_remaining_cooldown(make_gateway, upstr
     assert len(upstream.requests) == 1
 
 
-async def test_a_failed_probe_reopens_the_breaker(make_gateway, upstream) -> None:
+async def test_a_failed_probe_reopens_the_breaker(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"resilience": resilience(threshold=2, cooldown=1.0)}
     )
@@ -593,7 +625,9 @@ async def test_a_failed_probe_reopens_the_breaker(make_gateway, upstream) -> Non
     assert len(upstream.requests) == 4
 
 
-async def test_an_open_target_is_skipped_for_the_fallback(make_gateway, upstream, second) -> None:
+async def test_an_open_target_is_skipped_for_the_fallback(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={
             "providers": {"second": provider_entry(second.base_url)},
@@ -611,7 +645,7 @@ async def test_an_open_target_is_skipped_for_the_fallback(make_gateway, upstream
 
 
 async def test_a_probe_answered_with_a_client_error_does_not_wedge_the_breaker(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """A half-open probe that ends in a non-retryable answer (the upstream is up; it
     refused this request) must resolve the probe: later requests reach the upstream
@@ -638,7 +672,9 @@ async def test_a_probe_answered_with_a_client_error_does_not_wedge_the_breaker(
 # ----------------------------------------------------------------------------- after the first byte
 
 
-async def test_a_failure_after_the_first_byte_is_not_retried(make_gateway, upstream, redis) -> None:
+async def test_a_failure_after_the_first_byte_is_not_retried(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(gateway={"resilience": resilience(attempts=3)})
     raw = openai_stream([f"p{i:02d} " for i in range(20)], prompt_tokens=20, completion_tokens=40)
     events = raw.split(b"\n\n")
@@ -664,7 +700,11 @@ async def test_a_failure_after_the_first_byte_is_not_retried(make_gateway, upstr
 
 @pytest.mark.parametrize("slice_size", [97, 65_536])  # 65_536: chunks and error in one read
 async def test_a_failure_after_the_first_byte_does_not_fall_back(
-    make_gateway, upstream, second, redis, slice_size
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    second: FakeUpstream,
+    redis: Redis,
+    slice_size: int,
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={
@@ -698,7 +738,13 @@ async def test_a_failure_after_the_first_byte_does_not_fall_back(
     [(401, "byok_key_rejected"), (403, "byok_key_rejected"), (400, "validation_failed")],
 )
 async def test_non_retryable_errors_are_not_retried(
-    make_gateway, upstream, second, redis, stream, status, error
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    second: FakeUpstream,
+    redis: Redis,
+    stream: bool,
+    status: int,
+    error: str,
 ) -> None:
     client, config, creds = await make_gateway(
         gateway={
@@ -721,12 +767,14 @@ async def test_non_retryable_errors_are_not_retried(
 # ----------------------------------------------------------------------------- weights
 
 
-async def test_weighted_routes_share_the_traffic(make_gateway, upstream, second, redis) -> None:
+async def test_weighted_routes_share_the_traffic(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, redis: Redis
+) -> None:
     client, config, creds = await make_gateway(
         gateway={"providers": {"second": provider_entry(second.base_url)}},
         projects={"alpha": routes(("upstream", "gpt-4o-mini", 1), ("second", "gpt-4o-mini", 3))},
     )
-    client.server.app[STATE].rng = random.Random(1234)
+    client.app[STATE].rng = random.Random(1234)
     total = 40
     for _ in range(total):
         assert (await post(client, creds.key)).status == 200

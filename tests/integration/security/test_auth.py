@@ -27,13 +27,17 @@ from tests.support.harness import (
     PROVIDER_KEY,
     SESSION_SECRET,
     UNAUTHORIZED,
+    Client,
     Credentials,
+    Gateway,
+    GatewayFactory,
     assert_clean,
     bearer,
     chat_body,
     chat_url,
 )
 from tests.support.metrics import by_label, scrape
+from tests.support.upstream import FakeUpstream
 
 
 def _b64(raw: bytes) -> str:
@@ -78,7 +82,7 @@ def revoke_on_disk(creds: Credentials) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-async def auth_failures(client: Any) -> dict[str, float]:
+async def auth_failures(client: Client) -> dict[str, float]:
     return by_label(await scrape(client), "gateway_auth_failures_total", "reason")
 
 
@@ -94,7 +98,7 @@ async def assert_unauthorized(resp: Any, creds: Credentials) -> None:
 # --------------------------------------------------------------------------- valid tokens
 
 
-async def test_valid_session_token_works(gateway, upstream) -> None:
+async def test_valid_session_token_works(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("alpha"), json=chat_body(), headers=bearer(creds.session("alpha"))
@@ -107,7 +111,9 @@ async def test_valid_session_token_works(gateway, upstream) -> None:
     assert upstream.last.header("Authorization") == f"Bearer {PROVIDER_KEY}"
 
 
-async def test_session_token_works_with_project_id_as_ref(gateway, upstream) -> None:
+async def test_session_token_works_with_project_id_as_ref(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("prj_alpha"), json=chat_body(), headers=bearer(creds.session("alpha"))
@@ -115,7 +121,9 @@ async def test_session_token_works_with_project_id_as_ref(gateway, upstream) -> 
     assert resp.status == 200, await resp.text()
 
 
-async def test_session_token_sub_is_the_end_user_for_per_user_caps(make_gateway, upstream) -> None:
+async def test_session_token_sub_is_the_end_user_for_per_user_caps(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     """The token's ``sub`` is the end user: per-user caps count each sub separately."""
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"per_user": {"day": {"total_tokens": 140}}}}}
@@ -140,14 +148,18 @@ async def test_session_token_sub_is_the_end_user_for_per_user_caps(make_gateway,
     assert len(upstream.requests) == 2
 
 
-async def test_globex_session_token_works_on_globex_project(gateway, upstream) -> None:
+async def test_globex_session_token_works_on_globex_project(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = creds.session("gamma", org_id="globex")
     resp = await client.post(chat_url("gamma"), json=chat_body(), headers=bearer(token))
     assert resp.status == 200, await resp.text()
 
 
-async def test_session_token_minted_over_http_works_end_to_end(gateway, upstream) -> None:
+async def test_session_token_minted_over_http_works_end_to_end(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     """A write-scoped key mints a token for one end user; the token then calls the model."""
     client, _, creds = gateway
     minted = await client.post(
@@ -171,7 +183,7 @@ async def test_session_token_minted_over_http_works_end_to_end(gateway, upstream
     assert len(upstream.requests) == 1
 
 
-async def test_read_only_key_cannot_mint_session_tokens(gateway) -> None:
+async def test_read_only_key_cannot_mint_session_tokens(gateway: Gateway) -> None:
     client, _, creds = gateway
     resp = await client.post(
         "/v1/projects/alpha/session-tokens", json={"sub": "u"}, headers=bearer(creds.read_key)
@@ -180,7 +192,7 @@ async def test_read_only_key_cannot_mint_session_tokens(gateway) -> None:
     assert set(await resp.json()) == {"detail", "message"}
 
 
-async def test_session_token_cannot_mint_session_tokens(gateway) -> None:
+async def test_session_token_cannot_mint_session_tokens(gateway: Gateway) -> None:
     client, _, creds = gateway
     resp = await client.post(
         "/v1/projects/alpha/session-tokens",
@@ -242,7 +254,9 @@ REJECTED: dict[str, tuple[HeaderMaker, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(REJECTED))
-async def test_rejected_credential_is_401_and_counted(gateway, upstream, case: str) -> None:
+async def test_rejected_credential_is_401_and_counted(
+    gateway: Gateway, upstream: FakeUpstream, case: str
+) -> None:
     client, _, creds = gateway
     make_headers, reason = REJECTED[case]
     before = await auth_failures(client)
@@ -254,7 +268,9 @@ async def test_rejected_credential_is_401_and_counted(gateway, upstream, case: s
     assert upstream.requests == []
 
 
-async def test_alg_none_token_with_valid_claims_for_every_case_variant(gateway, upstream) -> None:
+async def test_alg_none_token_with_valid_claims_for_every_case_variant(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     for alg in ("none", "None", "NONE"):
         token = hand_token({"alg": alg, "typ": "JWT"}, claims(), None)
@@ -263,7 +279,7 @@ async def test_alg_none_token_with_valid_claims_for_every_case_variant(gateway, 
     assert upstream.requests == []
 
 
-async def test_token_not_yet_valid_is_rejected(gateway, upstream) -> None:
+async def test_token_not_yet_valid_is_rejected(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     future = int(time.time()) + 3600
     token = jwt.encode(
@@ -274,7 +290,9 @@ async def test_token_not_yet_valid_is_rejected(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_tampered_claims_break_the_signature(gateway, upstream) -> None:
+async def test_tampered_claims_break_the_signature(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = creds.session("alpha")
     header, _, signature = token.split(".")
@@ -288,7 +306,9 @@ async def test_tampered_claims_break_the_signature(gateway, upstream) -> None:
 # --------------------------------------------------------------------------- wrong project / org
 
 
-async def test_session_token_for_another_project_is_403_and_counted(gateway, upstream) -> None:
+async def test_session_token_for_another_project_is_403_and_counted(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("beta"), json=chat_body(), headers=bearer(creds.session("alpha"))
@@ -300,7 +320,9 @@ async def test_session_token_for_another_project_is_403_and_counted(gateway, ups
     assert upstream.requests == []
 
 
-async def test_read_scoped_session_token_is_403_and_counted(gateway, upstream) -> None:
+async def test_read_scoped_session_token_is_403_and_counted(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = creds.session("alpha", scope="read")
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
@@ -310,7 +332,7 @@ async def test_read_scoped_session_token_is_403_and_counted(gateway, upstream) -
     assert upstream.requests == []
 
 
-async def test_read_only_key_is_403_and_counted(gateway, upstream) -> None:
+async def test_read_only_key_is_403_and_counted(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.read_key))
     assert resp.status == 403, await resp.text()
@@ -319,7 +341,9 @@ async def test_read_only_key_is_403_and_counted(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_session_token_for_another_orgs_project_is_404(gateway, upstream) -> None:
+async def test_session_token_for_another_orgs_project_is_404(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     # Signed by the gateway, but org acme pinned to globex's project gamma: default deny.
     token = creds.session("gamma")
@@ -329,7 +353,9 @@ async def test_session_token_for_another_orgs_project_is_404(gateway, upstream) 
     assert upstream.requests == []
 
 
-async def test_globex_session_token_on_acme_project_is_404(gateway, upstream) -> None:
+async def test_globex_session_token_on_acme_project_is_404(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = creds.session("gamma", org_id="globex")
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
@@ -338,7 +364,7 @@ async def test_globex_session_token_on_acme_project_is_404(gateway, upstream) ->
     assert upstream.requests == []
 
 
-async def test_acme_key_on_globex_project_is_404(gateway, upstream) -> None:
+async def test_acme_key_on_globex_project_is_404(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("gamma"), json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 404, await resp.text()
@@ -346,7 +372,7 @@ async def test_acme_key_on_globex_project_is_404(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_globex_key_on_acme_project_is_404(gateway, upstream) -> None:
+async def test_globex_key_on_acme_project_is_404(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("alpha"), json=chat_body(), headers=bearer(creds.other_org_key)
@@ -360,7 +386,7 @@ async def test_globex_key_on_acme_project_is_404(gateway, upstream) -> None:
 # --------------------------------------------------------------------------- revocation
 
 
-async def test_revoked_key_fails_at_once(gateway, upstream) -> None:
+async def test_revoked_key_fails_at_once(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.revoked_key))
     await assert_unauthorized(resp, creds)
@@ -368,20 +394,22 @@ async def test_revoked_key_fails_at_once(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_key_revoked_by_config_reload_fails_on_the_next_request(gateway, upstream) -> None:
+async def test_key_revoked_by_config_reload_fails_on_the_next_request(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     ok = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
     assert ok.status == 200, await ok.text()
 
     revoke_on_disk(creds)
-    assert reload_config(client.server.app) is True  # what SIGHUP runs
+    assert reload_config(client.app) is True  # what SIGHUP runs
 
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
     await assert_unauthorized(resp, creds)
     assert len(upstream.requests) == 1
 
 
-async def test_key_digest_only_in_config(gateway) -> None:
+async def test_key_digest_only_in_config(gateway: Gateway) -> None:
     """The config the gateway reads holds the key's digest and prefix, never the key."""
     _, _, creds = gateway
     text = (creds.config_dir / "gateway.yaml").read_text()
@@ -392,14 +420,14 @@ async def test_key_digest_only_in_config(gateway) -> None:
 # ------------------------------------------------------------ tokens minted by an API key
 
 
-async def _mint(client: Any, key: str, **body: Any) -> str:
+async def _mint(client: Client, key: str, **body: Any) -> str:
     resp = await client.post("/v1/projects/alpha/session-tokens", json=body, headers=bearer(key))
     assert resp.status == 201, await resp.text()
     return str((await resp.json())["token"])
 
 
 async def test_tokens_minted_by_a_key_spend_within_that_keys_caps_and_limits(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """A key's per-key caps and rate limits hold for the session tokens it mints, or
     minting tokens would bypass them (they did: 402 for the key, 200 for its tokens)."""
@@ -419,7 +447,9 @@ async def test_tokens_minted_by_a_key_spend_within_that_keys_caps_and_limits(
     assert len(upstream.requests) == 1
 
 
-async def test_tokens_minted_by_a_key_share_its_rate_limit(make_gateway, upstream) -> None:
+async def test_tokens_minted_by_a_key_share_its_rate_limit(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"rate_limits": {"per_key": {"requests_per_minute": 1}}}}
     )
@@ -431,20 +461,24 @@ async def test_tokens_minted_by_a_key_share_its_rate_limit(make_gateway, upstrea
     assert again.status == 429
 
 
-async def test_a_revoked_key_revokes_the_tokens_it_minted(gateway, upstream) -> None:
+async def test_a_revoked_key_revokes_the_tokens_it_minted(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = await _mint(client, creds.key, sub="user-1")
     assert (
         await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     ).status == 200
     revoke_on_disk(creds)
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(token))
     await assert_unauthorized(resp, creds)
     assert (await auth_failures(client)).get("revoked") == 1
 
 
-async def test_a_credential_that_is_not_ascii_is_a_401(gateway, upstream) -> None:
+async def test_a_credential_that_is_not_ascii_is_a_401(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     """Header bytes that are not UTF-8 (kept as surrogates) failed deep in the JWT
     library or the key digest: a 500. They are a malformed credential."""
     client, _, _ = gateway
@@ -464,14 +498,14 @@ async def test_a_credential_that_is_not_ascii_is_a_401(gateway, upstream) -> Non
     assert upstream.requests == []
 
 
-async def test_head_of_the_usage_report_needs_read_scope_only(gateway) -> None:
+async def test_head_of_the_usage_report_needs_read_scope_only(gateway: Gateway) -> None:
     client, _, creds = gateway
     url = "/v1/projects/alpha/usage"
     assert (await client.get(url, headers=bearer(creds.read_key))).status == 200
     assert (await client.head(url, headers=bearer(creds.read_key))).status == 200
 
 
-async def test_failed_logins_on_the_admin_reload_are_counted(gateway) -> None:
+async def test_failed_logins_on_the_admin_reload_are_counted(gateway: Gateway) -> None:
     client, _, _ = gateway
     for header in ("Bearer kt_live_nope", "Basic abc", ""):
         resp = await client.post("/admin/reload", headers={"Authorization": header})

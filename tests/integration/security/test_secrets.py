@@ -20,12 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.cli import main
 from gateway.logs import JsonFormatter
 from gateway.serve.lifecycle import reload_config
 from tests.support.harness import (
     PROVIDER_KEY,
+    Client,
+    Credentials,
+    Gateway,
+    GatewayFactory,
     bearer,
     chat_body,
     edit_gateway_yaml,
@@ -85,7 +90,11 @@ def assert_no_key(text: str) -> None:
 @pytest.mark.parametrize("kind", ["openai", "azure", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_redirect_is_a_502_and_never_followed(
-    make_gateway: Any, upstream: FakeUpstream, second: FakeUpstream, kind: str, stream: bool
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    second: FakeUpstream,
+    kind: str,
+    stream: bool,
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of(kind, upstream.base_url), 2))
     target = second.base_url + ("/messages" if kind == "anthropic" else "/chat/completions")
@@ -104,7 +113,7 @@ async def test_a_redirect_is_a_502_and_never_followed(
 
 @pytest.mark.parametrize("status", [301, 302, 303, 308, 300, 304])
 async def test_every_3xx_is_a_502(
-    make_gateway: Any, upstream: FakeUpstream, second: FakeUpstream, status: int
+    make_gateway: GatewayFactory, upstream: FakeUpstream, second: FakeUpstream, status: int
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of("azure", upstream.base_url)))
     upstream.script(Reply(status=status, headers={"Location": second.base_url + "/x"}))
@@ -282,7 +291,7 @@ HOSTILE_CASES = list(hostile_replies("sk-placeholder"))
 
 @pytest.mark.parametrize("case", HOSTILE_CASES)
 async def test_no_form_of_the_provider_key_reaches_the_client_or_the_logs(
-    make_gateway: Any,
+    make_gateway: GatewayFactory,
     upstream: FakeUpstream,
     hostile_key: str,
     caplog: pytest.LogCaptureFixture,
@@ -306,7 +315,7 @@ async def test_no_form_of_the_provider_key_reaches_the_client_or_the_logs(
 
 
 async def test_a_safe_provider_code_and_param_are_relayed(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url)))
     upstream.script(
@@ -357,7 +366,7 @@ HOSTILE_RETRY_AFTER = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_RETRY_AFTER))
 async def test_a_hostile_retry_after_is_never_relayed(
-    make_gateway: Any, upstream: FakeUpstream, case: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, case: str
 ) -> None:
     client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url)))
     value = HOSTILE_RETRY_AFTER[case]
@@ -384,7 +393,7 @@ async def test_a_hostile_retry_after_is_never_relayed(
     ],
 )
 async def test_seconds_and_http_dates_are_relayed_as_capped_seconds(
-    make_gateway: Any, upstream: FakeUpstream, value: str | float, low: int, high: int
+    make_gateway: GatewayFactory, upstream: FakeUpstream, value: str | float, low: int, high: int
 ) -> None:
     if isinstance(value, float):
         value = http_date(value)
@@ -397,7 +406,7 @@ async def test_seconds_and_http_dates_are_relayed_as_capped_seconds(
 
 @pytest.mark.parametrize("value", ["5.0", "1e1", "9.999", "nan"])
 async def test_a_retry_after_that_is_no_integer_is_not_waited_on(
-    make_gateway: Any, upstream: FakeUpstream, value: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, value: str
 ) -> None:
     """The gateway's own backoff (milliseconds here) replaces a value it does not accept."""
     client, _, creds = await make_gateway(**routed_to(provider_of("openai", upstream.base_url), 2))
@@ -429,7 +438,7 @@ async def wait_events(redis: Any, prefix: str, count: int) -> list[dict[str, Any
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_gateway_id_is_its_own_and_the_clients_is_kept_apart(
-    make_gateway: Any, upstream: FakeUpstream, redis: Any, stream: bool
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, stream: bool
 ) -> None:
     """Two requests naming the same X-Request-Id: each gets its own gateway id (in
     the response, the completion id, the upstream's X-Request-Id and the ledger), and
@@ -460,7 +469,7 @@ async def test_the_gateway_id_is_its_own_and_the_clients_is_kept_apart(
     ["has space", "x" * 129, "<script>", "semi;colon", "caf\u00e9", PROVIDER_KEY + "\u00e9"],
 )
 async def test_an_unsafe_client_request_id_is_dropped(
-    make_gateway: Any, upstream: FakeUpstream, redis: Any, value: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis, value: str
 ) -> None:
     client, config, creds = await make_gateway()
     headers = {**bearer(creds.key), "X-Request-Id": value}
@@ -477,13 +486,13 @@ async def test_an_unsafe_client_request_id_is_dropped(
 USAGE = "/v1/projects/alpha/usage"
 
 
-async def mint(client: Any, key: str, project: str = "alpha") -> Any:
+async def mint(client: Client, key: str, project: str = "alpha") -> Any:
     return await client.post(
         f"/v1/projects/{project}/session-tokens", json={"sub": "u-1"}, headers=bearer(key)
     )
 
 
-def set_main_key(creds: Any, **fields: Any) -> None:
+def set_main_key(creds: Credentials, **fields: Any) -> None:
     def edit(data: dict[str, Any]) -> None:
         keys = data["orgs"]["acme"]["api_keys"]
         entry = next(k for k in keys if k["id"] == "key_main")
@@ -492,7 +501,7 @@ def set_main_key(creds: Any, **fields: Any) -> None:
     edit_gateway_yaml(creds, edit)
 
 
-def drop_main_key(creds: Any) -> None:
+def drop_main_key(creds: Credentials) -> None:
     def edit(data: dict[str, Any]) -> None:
         keys = data["orgs"]["acme"]["api_keys"]
         keys[:] = [k for k in keys if k["id"] != "key_main"]
@@ -501,7 +510,7 @@ def drop_main_key(creds: Any) -> None:
 
 
 async def test_lowering_a_key_to_read_stops_its_tokens_spending(
-    gateway: Any, upstream: FakeUpstream
+    gateway: Gateway, upstream: FakeUpstream
 ) -> None:
     client, _, creds = gateway
     resp = await mint(client, creds.key)
@@ -511,7 +520,7 @@ async def test_lowering_a_key_to_read_stops_its_tokens_spending(
     assert ok.status == 200, await ok.text()
 
     set_main_key(creds, scopes=["read"])
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     refused = await client.post(URL, json=chat_body(), headers=bearer(token))
     assert refused.status == 403, await refused.text()
     assert len(upstream.requests) == 1
@@ -519,27 +528,27 @@ async def test_lowering_a_key_to_read_stops_its_tokens_spending(
     assert (await client.get(USAGE, headers=bearer(token))).status == 403
 
     set_main_key(creds, scopes=["read", "write"])  # raised again: the token spends again
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     again = await client.post(URL, json=chat_body(), headers=bearer(token))
     assert again.status == 200, await again.text()
 
 
 async def test_a_key_with_admin_scope_keeps_its_tokens_scopes(
-    gateway: Any, upstream: FakeUpstream
+    gateway: Gateway, upstream: FakeUpstream
 ) -> None:
     client, _, creds = gateway
     token = (await (await mint(client, creds.key)).json())["token"]
     set_main_key(creds, scopes=["admin"])
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     ok = await client.post(URL, json=chat_body(), headers=bearer(token))
     assert ok.status == 200, await ok.text()
 
 
-async def test_a_removed_key_stops_its_tokens(gateway: Any, upstream: FakeUpstream) -> None:
+async def test_a_removed_key_stops_its_tokens(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     token = (await (await mint(client, creds.key)).json())["token"]
     drop_main_key(creds)
-    assert reload_config(client.server.app) is True
+    assert reload_config(client.app) is True
     resp = await client.post(URL, json=chat_body(), headers=bearer(token))
     assert resp.status == 401, await resp.text()
     assert upstream.requests == []
@@ -548,7 +557,7 @@ async def test_a_removed_key_stops_its_tokens(gateway: Any, upstream: FakeUpstre
 # ------------------------------------------------------- minting for a disabled project
 
 
-async def test_no_token_is_minted_for_a_disabled_project(gateway: Any) -> None:
+async def test_no_token_is_minted_for_a_disabled_project(gateway: Gateway) -> None:
     client, _, creds = gateway
     resp = await mint(client, creds.key, project="sleepy")
     assert resp.status == 409, await resp.text()
@@ -556,7 +565,10 @@ async def test_no_token_is_minted_for_a_disabled_project(gateway: Any) -> None:
 
 
 def test_the_cli_mints_no_token_for_a_disabled_project(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     creds = write_config(tmp_path / "config", "http://127.0.0.1:9/v1", redis_url)
     monkeypatch.setenv("GATEWAY_SESSION_SECRET", creds.env["GATEWAY_SESSION_SECRET"])

@@ -28,6 +28,7 @@ from tests.support.harness import (
     OPERATOR_TOKEN,
     PROVIDER_KEY,
     Credentials,
+    GatewayFactory,
     MakeCreds,
     bearer,
     chat_body,
@@ -215,7 +216,7 @@ BREAKER = {
 
 @pytest.mark.parametrize("failure", ["http_500", "timeout", "byok_500", "byok_timeout"])
 async def test_one_orgs_failures_do_not_open_the_breaker_for_another(
-    make_gateway: Any, upstream: FakeUpstream, failure: str
+    make_gateway: GatewayFactory, upstream: FakeUpstream, failure: str
 ) -> None:
     """Three failing requests from globex opened the breaker of the (provider, model)
     and acme got 503 for 30 s. Whatever fails globex's requests (what they ask, which
@@ -305,7 +306,9 @@ async def test_an_element_bomb_is_refused_before_it_is_decoded(
                 out.append((resp.status, time.monotonic() - started))
         return out
 
-    *bombs, served = await asyncio.gather(*(send_bomb() for _ in range(30)), other_org())
+    bombs, served = await asyncio.gather(
+        asyncio.gather(*(send_bomb() for _ in range(30))), other_org()
+    )
     for status, body in bombs:
         assert status == 413, body
         assert "limits.max_json_elements" in body["detail"], body
@@ -317,7 +320,9 @@ async def test_an_element_bomb_is_refused_before_it_is_decoded(
     assert peak_growth_mib < 200, peak_growth_mib
 
 
-async def test_json_limits_name_themselves_and_spare_honest_bodies(make_gateway: Any) -> None:
+async def test_json_limits_name_themselves_and_spare_honest_bodies(
+    make_gateway: GatewayFactory,
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"limits": {"reservation_ttl_seconds": 60, "max_json_elements": 1000,
                             "max_json_depth": 16}}
@@ -340,7 +345,9 @@ async def test_json_limits_name_themselves_and_spare_honest_bodies(make_gateway:
     assert resp.status == 200, await resp.text()
 
 
-async def test_a_compressed_body_is_bounded_by_its_decoded_size(make_gateway: Any) -> None:
+async def test_a_compressed_body_is_bounded_by_its_decoded_size(
+    make_gateway: GatewayFactory,
+) -> None:
     client, _, creds = await make_gateway()
     inflated = b'{"messages":[{"role":"user","content":"' + b"a" * (64 * MiB) + b'"}]}'
     packed = gzip.compress(inflated, compresslevel=9)
@@ -359,7 +366,7 @@ def slow(seconds: float) -> Callable[[Recorded], Reply]:
 
 
 async def test_in_flight_caps_per_key_and_per_org(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(
         gateway={"limits": {"reservation_ttl_seconds": 60, "max_in_flight_per_key": 2,
@@ -398,7 +405,7 @@ async def test_in_flight_caps_per_key_and_per_org(
     # Slots come back once answered.
     resp = await client.post(alpha, json=chat_body(), headers=bearer(creds.key))
     assert resp.status == 200
-    assert client.server.app[STATE].in_flight.by_key == {}
+    assert client.app[STATE].in_flight.by_key == {}
 
 
 # ------------------------------------------------------------------------------ slowloris

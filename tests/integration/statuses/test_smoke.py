@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from tests.support.harness import bearer, chat_body
+from tests.support.harness import Gateway, bearer, chat_body
+from tests.support.upstream import FakeUpstream
 
 
-async def test_unary_roundtrip(gateway, upstream) -> None:
+async def test_unary_roundtrip(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(
         "/v1/projects/alpha/chat/completions", json=chat_body(), headers=bearer(creds.key)

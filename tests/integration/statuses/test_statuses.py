@@ -22,6 +22,8 @@ from tests.support.harness import (
     STORE_TIMEOUT_FAST,
     UNAUTHORIZED,
     Credentials,
+    Gateway,
+    GatewayFactory,
     assert_clean,
     bearer,
     chat_body,
@@ -29,7 +31,13 @@ from tests.support.harness import (
     provider_entry,
 )
 from tests.support.ports import free_port
-from tests.support.upstream import Reply, openai_completion, openai_error, openai_stream
+from tests.support.upstream import (
+    FakeUpstream,
+    Reply,
+    openai_completion,
+    openai_error,
+    openai_stream,
+)
 
 PROJECT_MAX_OUTPUT = 100  # harness: every project has max_output_tokens 100
 
@@ -82,7 +90,7 @@ UNAUTHORIZED_HEADERS = {
 
 
 @pytest.mark.parametrize("case", sorted(UNAUTHORIZED_HEADERS))
-async def test_401_unauthorized(gateway, upstream, case: str) -> None:
+async def test_401_unauthorized(gateway: Gateway, upstream: FakeUpstream, case: str) -> None:
     client, _, creds = gateway
     headers = UNAUTHORIZED_HEADERS[case](creds)
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=headers)
@@ -94,7 +102,7 @@ async def test_401_unauthorized(gateway, upstream, case: str) -> None:
 
 @pytest.mark.parametrize("case", ["missing_header", "garbage_token", "unknown_well_formed_key"])
 async def test_401_not_404_for_unknown_project_when_unauthenticated(
-    gateway, upstream, case: str
+    gateway: Gateway, upstream: FakeUpstream, case: str
 ) -> None:
     client, _, creds = gateway
     headers = UNAUTHORIZED_HEADERS[case](creds)
@@ -115,7 +123,7 @@ def _next_utc_midnight(now: datetime) -> str:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_402_budget_exhausted_before_anything_is_sent(
-    make_gateway, upstream, stream: bool
+    make_gateway: GatewayFactory, upstream: FakeUpstream, stream: bool
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 50}}}}}
@@ -144,7 +152,9 @@ async def test_402_budget_exhausted_before_anything_is_sent(
 # --------------------------------------------------------------------------- 403
 
 
-async def test_403_read_only_key_cannot_call_a_model(gateway, upstream) -> None:
+async def test_403_read_only_key_cannot_call_a_model(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.read_key))
     body = await error_json(resp, 403, creds)
@@ -152,7 +162,9 @@ async def test_403_read_only_key_cannot_call_a_model(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_403_session_token_of_alpha_used_on_beta(gateway, upstream) -> None:
+async def test_403_session_token_of_alpha_used_on_beta(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     token = creds.session("alpha")
     resp = await client.post(chat_url("beta"), json=chat_body(), headers=bearer(token))
@@ -165,7 +177,7 @@ async def test_403_session_token_of_alpha_used_on_beta(gateway, upstream) -> Non
 # --------------------------------------------------------------------------- 404
 
 
-async def test_404_unknown_project_with_valid_key(gateway, upstream) -> None:
+async def test_404_unknown_project_with_valid_key(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("no-such-project"), json=chat_body(), headers=bearer(creds.key)
@@ -175,7 +187,7 @@ async def test_404_unknown_project_with_valid_key(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_404_project_of_another_org(gateway, upstream) -> None:
+async def test_404_project_of_another_org(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     # gamma belongs to globex; the key is acme's: default deny, indistinguishable from unknown.
     resp = await client.post(chat_url("gamma"), json=chat_body(), headers=bearer(creds.key))
@@ -188,7 +200,7 @@ async def test_404_project_of_another_org(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_404_unknown_model_alias(gateway, upstream) -> None:
+async def test_404_unknown_model_alias(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(
         chat_url("alpha"), json=chat_body(model="no-such-alias"), headers=bearer(creds.key)
@@ -198,7 +210,7 @@ async def test_404_unknown_model_alias(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_404_unknown_path_is_json(gateway, upstream) -> None:
+async def test_404_unknown_path_is_json(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post("/v1/nope", json=chat_body(), headers=bearer(creds.key))
     body = await error_json(resp, 404, creds)
@@ -215,7 +227,7 @@ async def test_404_unknown_path_is_json(gateway, upstream) -> None:
 # --------------------------------------------------------------------------- 409
 
 
-async def test_409_disabled_project(gateway, upstream) -> None:
+async def test_409_disabled_project(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     resp = await client.post(chat_url("sleepy"), json=chat_body(), headers=bearer(creds.key))
     body = await error_json(resp, 409, creds)
@@ -223,7 +235,9 @@ async def test_409_disabled_project(gateway, upstream) -> None:
     assert upstream.requests == []
 
 
-async def test_409_model_alias_without_an_active_route(make_gateway, upstream) -> None:
+async def test_409_model_alias_without_an_active_route(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         projects={
             "alpha": {
@@ -245,7 +259,9 @@ async def test_409_model_alias_without_an_active_route(make_gateway, upstream) -
 # --------------------------------------------------------------------------- 413
 
 
-async def test_413_body_over_the_configured_size(make_gateway, upstream) -> None:
+async def test_413_body_over_the_configured_size(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"limits": {"max_body_bytes": 2048, "reservation_ttl_seconds": 60}}
     )
@@ -275,7 +291,9 @@ VALIDATION_CASES: dict[str, tuple[Any, str | None]] = {
 
 
 @pytest.mark.parametrize("case", sorted(VALIDATION_CASES))
-async def test_422_validation_failed_names_the_field(gateway, upstream, case: str) -> None:
+async def test_422_validation_failed_names_the_field(
+    gateway: Gateway, upstream: FakeUpstream, case: str
+) -> None:
     client, _, creds = gateway
     payload, param = VALIDATION_CASES[case]
     headers = {**bearer(creds.key), "Content-Type": "application/json"}
@@ -293,7 +311,9 @@ async def test_422_validation_failed_names_the_field(gateway, upstream, case: st
 
 
 @pytest.mark.parametrize("where", ["metadata", "tools", "unknown_param", "message_field"])
-async def test_422_for_a_body_nested_deeper_than_can_be_sent_on(gateway, upstream, where) -> None:
+async def test_422_for_a_body_nested_deeper_than_can_be_sent_on(
+    gateway: Gateway, upstream: FakeUpstream, where: str
+) -> None:
     """orjson reads ~1,000 levels but writes 254: such a body passed validation, then
     failed when measured or forwarded, a 500 (after the reservation, for some)."""
     client, _, creds = gateway
@@ -315,7 +335,9 @@ async def test_422_for_a_body_nested_deeper_than_can_be_sent_on(gateway, upstrea
     assert upstream.requests == []
 
 
-async def test_422_byok_key_rejected_without_the_providers_message(gateway, upstream) -> None:
+async def test_422_byok_key_rejected_without_the_providers_message(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     provider_message = (
         f"Incorrect API key provided: {PROVIDER_KEY}. You can find your API key at "
@@ -335,7 +357,9 @@ async def test_422_byok_key_rejected_without_the_providers_message(gateway, upst
     assert len(upstream.requests) == 1
 
 
-async def test_422_provider_validation_error_is_scrubbed(gateway, upstream) -> None:
+async def test_422_provider_validation_error_is_scrubbed(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(
         Reply(
@@ -352,7 +376,9 @@ async def test_422_provider_validation_error_is_scrubbed(gateway, upstream) -> N
 # --------------------------------------------------------------------------- 429
 
 
-async def test_429_upstream_rate_limit_keeps_retry_after(gateway, upstream) -> None:
+async def test_429_upstream_rate_limit_keeps_retry_after(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(
         Reply(
@@ -365,7 +391,9 @@ async def test_429_upstream_rate_limit_keeps_retry_after(gateway, upstream) -> N
     assert resp.headers["Retry-After"] == "7"
 
 
-async def test_429_local_requests_per_minute_limit(make_gateway, upstream) -> None:
+async def test_429_local_requests_per_minute_limit(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"rate_limits": {"requests_per_minute": 1}}}
     )
@@ -382,7 +410,7 @@ async def test_429_local_requests_per_minute_limit(make_gateway, upstream) -> No
 # --------------------------------------------------------------------------- 502
 
 
-async def test_502_upstream_500(gateway, upstream) -> None:
+async def test_502_upstream_500(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(status=500, json=openai_error(500)))
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
@@ -391,7 +419,9 @@ async def test_502_upstream_500(gateway, upstream) -> None:
     assert len(upstream.requests) == 1
 
 
-async def test_502_upstream_500_on_a_stream_request(gateway, upstream) -> None:
+async def test_502_upstream_500_on_a_stream_request(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(status=500, json=openai_error(500)))
     resp = await client.post(
@@ -401,7 +431,9 @@ async def test_502_upstream_500_on_a_stream_request(gateway, upstream) -> None:
     assert_detail_only(body)
 
 
-async def test_502_upstream_unreachable(make_gateway, upstream) -> None:
+async def test_502_upstream_unreachable(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     closed = free_port()  # bound then released: nothing listens there
     client, _, creds = await make_gateway(
         gateway={"providers": {"dead": provider_entry(f"http://127.0.0.1:{closed}/v1")}},
@@ -421,7 +453,9 @@ async def test_502_upstream_unreachable(make_gateway, upstream) -> None:
 # --------------------------------------------------------------------------- 504
 
 
-async def test_504_stream_first_byte_timeout(make_gateway, upstream) -> None:
+async def test_504_stream_first_byte_timeout(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"providers": {"upstream": provider_entry(upstream.base_url, first_byte=0.5)}}
     )
@@ -433,7 +467,9 @@ async def test_504_stream_first_byte_timeout(make_gateway, upstream) -> None:
     assert_detail_only(body)
 
 
-async def test_504_unary_total_timeout(make_gateway, upstream) -> None:
+async def test_504_unary_total_timeout(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"providers": {"upstream": provider_entry(upstream.base_url, total=0.5)}}
     )
@@ -459,7 +495,7 @@ async def test_504_unary_total_timeout(make_gateway, upstream) -> None:
     ids=["401", "403", "429", "500", "503"],
 )
 async def test_upstream_failure_before_first_byte_on_a_stream_is_a_plain_status(
-    gateway, upstream, reply: Reply, status: int, error: str | None
+    gateway: Gateway, upstream: FakeUpstream, reply: Reply, status: int, error: str | None
 ) -> None:
     client, _, creds = gateway
     upstream.script(reply)
@@ -477,7 +513,7 @@ async def test_upstream_failure_before_first_byte_on_a_stream_is_a_plain_status(
 
 
 async def test_504_stream_headers_then_silence_before_the_first_chunk(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """The upstream sends its 200 headers, then nothing: the client has received no byte,
     so this is a timeout before the first byte (504), not a failure (502)."""
@@ -492,7 +528,9 @@ async def test_504_stream_headers_then_silence_before_the_first_chunk(
     assert_detail_only(body)
 
 
-async def test_504_unary_body_stalls_after_headers(make_gateway, upstream) -> None:
+async def test_504_unary_body_stalls_after_headers(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={"providers": {"upstream": provider_entry(upstream.base_url, idle=0.3)}}
     )
@@ -502,7 +540,7 @@ async def test_504_unary_body_stalls_after_headers(make_gateway, upstream) -> No
     assert_detail_only(body)
 
 
-async def test_502_unary_body_cut_mid_way(gateway, upstream) -> None:
+async def test_502_unary_body_cut_mid_way(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(json=openai_completion(), cut_after_bytes=20))
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers=bearer(creds.key))
@@ -510,7 +548,9 @@ async def test_502_unary_body_cut_mid_way(gateway, upstream) -> None:
     assert_detail_only(body)
 
 
-async def test_502_stream_cut_before_the_first_chunk(gateway, upstream) -> None:
+async def test_502_stream_cut_before_the_first_chunk(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=openai_stream(["never"]), cut_after_bytes=20))
     resp = await client.post(
@@ -523,7 +563,9 @@ async def test_502_stream_cut_before_the_first_chunk(gateway, upstream) -> None:
 # --------------------------------------------------------------------------- 503
 
 
-async def test_503_budget_store_unreachable_fails_closed_fast(make_gateway, upstream) -> None:
+async def test_503_budget_store_unreachable_fails_closed_fast(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     closed = free_port()
     client, _, creds = await make_gateway(redis_url=f"redis://127.0.0.1:{closed}/0")
     started = time.perf_counter()
@@ -562,7 +604,7 @@ async def silent_tcp_port() -> AsyncIterator[int]:
 
 
 async def test_503_budget_store_hung_fails_closed_without_hanging(
-    make_gateway, upstream, silent_tcp_port: int
+    make_gateway: GatewayFactory, upstream: FakeUpstream, silent_tcp_port: int
 ) -> None:
     client, _, creds = await make_gateway(
         redis_url=f"redis://127.0.0.1:{silent_tcp_port}/0", gateway=STORE_TIMEOUT_FAST
@@ -581,7 +623,7 @@ async def test_503_budget_store_hung_fails_closed_without_hanging(
     assert ready.headers["Retry-After"]
 
 
-async def test_readyz_ok_with_reachable_store(gateway) -> None:
+async def test_readyz_ok_with_reachable_store(gateway: Gateway) -> None:
     client, _, _ = gateway
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
@@ -595,7 +637,10 @@ ODD_KEYS = {
 
 @pytest.mark.parametrize("shape", sorted(ODD_KEYS))
 async def test_provider_key_of_any_shape_never_echoed_in_a_422(
-    make_gateway, upstream, monkeypatch, shape: str
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
 ) -> None:
     """The provider quotes the key in a 400: the gateway relays its message, never the key."""
     key = ODD_KEYS[shape]
@@ -615,7 +660,10 @@ async def test_provider_key_of_any_shape_never_echoed_in_a_422(
 
 @pytest.mark.parametrize("shape", sorted(ODD_KEYS))
 async def test_provider_key_of_any_shape_never_echoed_in_an_error_event(
-    make_gateway, upstream, monkeypatch, shape: str
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
 ) -> None:
     """The provider quotes the key in a mid-stream error frame: the error event relays
     the failure, never the key."""
@@ -641,7 +689,7 @@ async def test_provider_key_of_any_shape_never_echoed_in_an_error_event(
 
 
 async def test_every_error_response_carries_a_request_id_and_no_secrets(
-    make_gateway, upstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """A mixed run of failures: each answer has X-Request-Id and leaks nothing."""
     client, _, creds = await make_gateway()
@@ -669,7 +717,7 @@ async def test_every_error_response_carries_a_request_id_and_no_secrets(
     assert len(ids) == len(attempts), "each request gets its own id"
 
 
-async def test_client_supplied_request_id_is_echoed_on_errors(gateway) -> None:
+async def test_client_supplied_request_id_is_echoed_on_errors(gateway: Gateway) -> None:
     client, _, creds = gateway
     rid = "client-req-0123456789"
     resp = await client.post(chat_url("alpha"), json=chat_body(), headers={"X-Request-Id": rid})
@@ -678,7 +726,9 @@ async def test_client_supplied_request_id_is_echoed_on_errors(gateway) -> None:
     assert resp.headers["X-Request-Id"] != rid  # the gateway's own id
 
 
-async def test_405_wrong_method_on_a_known_route_is_json(gateway, upstream) -> None:
+async def test_405_wrong_method_on_a_known_route_is_json(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     """The router's own answers survive the /v1 middlewares: a GET on the chat route is 405
     with Allow, not "project not found" (errors.py renders 405 and keeps Allow)."""
     client, _, creds = gateway

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from gateway.sse import SSEEvent
-from tests.support.harness import PROVIDER_KEY, chat_body, post_chat
+from tests.support.harness import PROVIDER_KEY, Gateway, GatewayFactory, chat_body, post_chat
 from tests.support.sse import content_of, parse_sse, stream_events
-from tests.support.upstream import Reply, fixture, openai_completion, openai_stream
+from tests.support.upstream import FakeUpstream, Reply, fixture, openai_completion, openai_stream
 
 TEXT_FIXTURE = "openai_chat_text_include_usage.sse"
 TOOL_FIXTURE = "openai_chat_tool_call_include_usage.sse"
@@ -70,7 +70,7 @@ def upstream_chunks(name: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- unary answers
 
 
-async def test_unary_karta_response(gateway, upstream) -> None:
+async def test_unary_karta_response(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(
         Reply(
@@ -103,7 +103,7 @@ async def test_unary_karta_response(gateway, upstream) -> None:
     assert "gpt-4o-mini" not in await resp.text()  # never the provider's model name
 
 
-async def test_unary_openai_profile_response(gateway, upstream) -> None:
+async def test_unary_openai_profile_response(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(json=openai_completion("Hi.", prompt_tokens=21, completion_tokens=7)))
     resp = await post_chat(client, creds, chat_body(), project="beta")
@@ -122,7 +122,7 @@ async def test_unary_openai_profile_response(gateway, upstream) -> None:
 # --------------------------------------------------------------------------- streamed answers
 
 
-async def test_stream_karta_frames_without_usage(gateway, upstream) -> None:
+async def test_stream_karta_frames_without_usage(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=openai_stream(["Hel", "lo"], prompt_tokens=21, completion_tokens=5)))
     resp = await post_chat(client, creds, chat_body(stream=True))
@@ -137,7 +137,9 @@ async def test_stream_karta_frames_without_usage(gateway, upstream) -> None:
     assert upstream.last.json()["stream_options"]["include_usage"] is True
 
 
-async def test_stream_karta_usage_chunk_when_asked(gateway, upstream) -> None:
+async def test_stream_karta_usage_chunk_when_asked(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=openai_stream(["Hel", "lo"], prompt_tokens=21, completion_tokens=5)))
     resp = await post_chat(
@@ -160,7 +162,7 @@ async def test_stream_karta_usage_chunk_when_asked(gateway, upstream) -> None:
     assert content_of(chunks) == "Hello"
 
 
-async def test_stream_openai_profile_is_data_only(gateway, upstream) -> None:
+async def test_stream_openai_profile_is_data_only(gateway: Gateway, upstream: FakeUpstream) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=openai_stream(["Hel", "lo"], prompt_tokens=21, completion_tokens=5)))
     resp = await post_chat(
@@ -182,7 +184,9 @@ async def test_stream_openai_profile_is_data_only(gateway, upstream) -> None:
     assert "input_tokens" not in final["usage"]
 
 
-async def test_recorded_openai_text_stream_is_relayed(gateway, upstream) -> None:
+async def test_recorded_openai_text_stream_is_relayed(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture(TEXT_FIXTURE)))
     resp = await post_chat(
@@ -205,7 +209,9 @@ async def test_recorded_openai_text_stream_is_relayed(gateway, upstream) -> None
     assert [c["choices"] for c in chunks[:-1]] == [c["choices"] for c in recorded]
 
 
-async def test_recorded_tool_call_stream_is_relayed_unchanged(gateway, upstream) -> None:
+async def test_recorded_tool_call_stream_is_relayed_unchanged(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture(TOOL_FIXTURE)))
     resp = await post_chat(
@@ -233,7 +239,9 @@ async def test_recorded_tool_call_stream_is_relayed_unchanged(gateway, upstream)
     assert chunks[-1]["usage"]["total_tokens"] == 68
 
 
-async def test_recorded_midstream_error_becomes_an_error_event(gateway, upstream) -> None:
+async def test_recorded_midstream_error_becomes_an_error_event(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture(GROQ_FIXTURE)))
     resp = await post_chat(client, creds, chat_body(stream=True))
@@ -266,7 +274,7 @@ async def test_recorded_midstream_error_becomes_an_error_event(gateway, upstream
     ids=["choice-null", "choices-string", "delta-list"],
 )
 async def test_a_malformed_chunk_mid_stream_becomes_an_error_event(
-    gateway, upstream, bad: dict[str, Any]
+    gateway: Gateway, upstream: FakeUpstream, bad: dict[str, Any]
 ) -> None:
     """Found by the fuzz suite: a chunk of the wrong shape crashed the relay, which cut
     the stream with no error event. It is the provider's error, told as such."""
@@ -285,7 +293,9 @@ async def test_a_malformed_chunk_mid_stream_becomes_an_error_event(
     assert content_of([json.loads(e.data) for e in events[:-1]]) == "Hel"
 
 
-async def test_openai_profile_midstream_error_is_a_data_only_error_frame(gateway, upstream) -> None:
+async def test_openai_profile_midstream_error_is_a_data_only_error_frame(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture(GROQ_FIXTURE)))
     resp = await post_chat(client, creds, chat_body(stream=True), project="beta")
@@ -303,7 +313,9 @@ async def test_openai_profile_midstream_error_is_a_data_only_error_frame(gateway
     assert error["error"]["code"] == "upstream_error"
 
 
-async def test_upstream_cut_mid_stream_becomes_an_error_event(gateway, upstream) -> None:
+async def test_upstream_cut_mid_stream_becomes_an_error_event(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
     client, _, creds = gateway
     sse = openai_stream(["one ", "two ", "three ", "four"], prompt_tokens=21, completion_tokens=5)
     first_frame_end = sse.index(b"\n\n") + 2
@@ -320,7 +332,9 @@ async def test_upstream_cut_mid_stream_becomes_an_error_event(gateway, upstream)
     assert "error" in error
 
 
-async def test_upstream_stall_mid_stream_becomes_an_error_event(make_gateway, upstream) -> None:
+async def test_upstream_stall_mid_stream_becomes_an_error_event(
+    make_gateway: GatewayFactory, upstream: FakeUpstream
+) -> None:
     client, _, creds = await make_gateway(
         gateway={
             "providers": {
