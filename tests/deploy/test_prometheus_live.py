@@ -33,6 +33,12 @@ from tests.support.harness import Credentials, chat_body, write_config
 from tests.support.ports import free_port
 from tests.support.upstream import Reply, openai_error
 
+# One gateway and one Prometheus serve the module (a module fixture), and they scrape
+# on a clock: run alone, in the serial pass (under pytest-xdist every worker running
+# one of its tests would start its own pair: --dist loadgroup does not group on
+# pytest 9.2, pytest-xdist issue 1386).
+pytestmark = [pytest.mark.serial, pytest.mark.xdist_group("prometheus")]
+
 WORKERS = 2
 UNARY = 5  # requests to project alpha, answered 200
 STREAMS = 3  # streaming requests to project alpha, answered 200

@@ -783,6 +783,7 @@ async def _assert_unavailable_fast(store: BudgetStore, project: Project, budget_
     assert time.monotonic() - started < budget_s
 
 
+@pytest.mark.serial
 async def test_store_unavailable_when_nothing_listens(
     make_store: StoreFactory, make_project: Callable[..., Project]
 ) -> None:
@@ -790,6 +791,7 @@ async def test_store_unavailable_when_nothing_listens(
     await _assert_unavailable_fast(store, make_project({}), budget_s=1.0)
 
 
+@pytest.mark.serial
 async def test_store_unavailable_when_the_server_never_answers(
     make_store: StoreFactory, make_project: Callable[..., Project]
 ) -> None:

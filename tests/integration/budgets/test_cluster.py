@@ -44,6 +44,11 @@ from tests.support.upstream import (
     openai_stream,
 )
 
+# The Redis Cluster is started once for the module: one worker is to run every test of
+# it (--dist loadgroup; on pytest 9.2 each worker running one of them starts its own
+# cluster, pytest-xdist issue 1386: slower, as correct).
+pytestmark = pytest.mark.xdist_group("cluster")
+
 WORST = 133
 SMALL = 14
 SMALL_COST = cost(11, 3)  # 3_450

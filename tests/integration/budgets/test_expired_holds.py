@@ -341,6 +341,7 @@ IN_FLIGHT = 50
 TTL = 14
 
 
+@pytest.mark.serial
 async def test_a_sigkilled_gateway_s_fifty_requests_are_billed_at_their_worst_case(
     tmp_path: Path, upstream: FakeUpstream, redis_url: str, redis: Redis,
     processes: list[GatewayProcess],

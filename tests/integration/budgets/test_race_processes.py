@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from gateway.budget import keys
@@ -310,6 +311,7 @@ def write_race_config(
     return creds, two.secret
 
 
+@pytest.mark.serial
 async def test_processes_racing_for_every_cap_never_overshoot(
     tmp_path: Path, upstream: FakeUpstream, redis_url: str, redis: Redis
 ) -> None:

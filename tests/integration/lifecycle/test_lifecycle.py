@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from redis.asyncio import Redis
 
@@ -56,6 +57,7 @@ async def read_rest(resp: aiohttp.ClientResponse) -> tuple[str, str]:
 # ------------------------------------------------------------------------ graceful shutdown
 
 
+@pytest.mark.serial
 async def test_sigterm_drains_then_finishes_the_stream_in_flight(
     make_creds: MakeCreds,
     spawn: Spawn,

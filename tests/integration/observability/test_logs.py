@@ -35,6 +35,11 @@ from tests.support.process import GatewayProcess
 from tests.support.sse import sse_frames
 from tests.support.upstream import FakeUpstream, Reply, openai_error, openai_stream
 
+# One gateway run serves every test of the module (a module fixture): one worker is to
+# run them all (--dist loadgroup; on pytest 9.2 each worker running one of them makes
+# its own run, pytest-xdist issue 1386: slower, as correct).
+pytestmark = pytest.mark.xdist_group("logs")
+
 CHAT = "/v1/projects/{}/chat/completions"
 BODY_SECRET = "sk-proj-FAKEBODYSECRET-5f1e2d3c4b5a69788796a5b4"
 MALFORMED_JWT = "eyJhbGciOiJIUzI1NiJ9.bm90LWpzb24tY2xhaW1zLXBheWxvYWQ.c2lnbmF0dXJlLWJ5dGVz"

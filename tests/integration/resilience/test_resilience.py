@@ -527,6 +527,7 @@ async def test_retry_after_above_the_max_falls_back(
 # ----------------------------------------------------------------------------- breaker
 
 
+@pytest.mark.serial
 async def test_breaker_opens_skips_then_probes_and_closes(
     make_gateway: GatewayFactory, upstream: FakeUpstream, redis: Redis
 ) -> None:
@@ -590,6 +591,7 @@ async def test_streams_failing_midway_open_the_breaker(
     assert len(upstream.requests) == 2
 
 
+@pytest.mark.serial
 async def test_breaker_retry_after_is_the_remaining_cooldown(
     make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
@@ -604,6 +606,7 @@ async def test_breaker_retry_after_is_the_remaining_cooldown(
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.serial
 async def test_a_failed_probe_reopens_the_breaker(
     make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:

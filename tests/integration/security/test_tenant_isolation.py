@@ -274,6 +274,7 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+@pytest.mark.serial
 async def test_an_element_bomb_is_refused_before_it_is_decoded(
     make_creds: MakeCreds, spawn: Spawn, http: aiohttp.ClientSession
 ) -> None:
@@ -365,6 +366,7 @@ def slow(seconds: float) -> Callable[[Recorded], Reply]:
     return lambda rec: dataclasses.replace(default_reply(rec), delay_before_headers=seconds)
 
 
+@pytest.mark.serial
 async def test_in_flight_caps_per_key_and_per_org(
     make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:

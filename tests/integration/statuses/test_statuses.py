@@ -563,6 +563,7 @@ async def test_502_stream_cut_before_the_first_chunk(
 # --------------------------------------------------------------------------- 503
 
 
+@pytest.mark.serial
 async def test_503_budget_store_unreachable_fails_closed_fast(
     make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
@@ -603,6 +604,7 @@ async def silent_tcp_port() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.serial
 async def test_503_budget_store_hung_fails_closed_without_hanging(
     make_gateway: GatewayFactory, upstream: FakeUpstream, silent_tcp_port: int
 ) -> None:
