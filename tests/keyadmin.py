@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.credentials import generate_key
-from tests.harness import Credentials
-from tests.process import edit_gateway_yaml
+from tests.support.harness import Credentials, edit_gateway_yaml
 
 
 @dataclass

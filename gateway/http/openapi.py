@@ -12,7 +12,7 @@ route the project's wire profile (``karta`` bodies or OpenAI's error object), he
 ``oneOf`` of both. A malformed HTTP request (400) is answered before any route is
 known, in the karta shape.
 
-tests/integration/test_openapi_routes.py fails when a route of create_app is missing
+tests/integration/openapi/test_openapi_routes.py fails when a route of create_app is missing
 here (or documented here and not routed); add a new route's operations to ``_paths``.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fakeupstream import FakeUpstream, Responder
+from tests.support.upstream import FakeUpstream, Responder
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -122,7 +122,9 @@ def test_lb_checks_readiness_of_both_replicas() -> None:
     assert re.search(r"^\s*bind :8080$", cfg, re.M)
     # Streams last up to the provider's total timeout (600 s): the LB must not cut them.
     for which in ("client", "server"):
-        seconds = int(re.search(rf"timeout {which} (\d+)s", cfg).group(1))  # type: ignore[union-attr]
+        found = re.search(rf"timeout {which} (\d+)s", cfg)
+        assert found is not None, which
+        seconds = int(found.group(1))
         assert seconds > 600
 
 
@@ -216,7 +218,12 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         for f in files:
             if "__pycache__" not in f:
                 assert not _dockerignore_excludes(patterns, f), f"{f} is excluded but COPY'd"
-    for private in (".venv/bin/python", ".git/HEAD", "tests/harness.py", "config/keys/k.yaml"):
+    for private in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/support/harness.py",
+        "config/keys/k.yaml",
+    ):
         assert _dockerignore_excludes(patterns, private), f"{private} would be sent"
 
 

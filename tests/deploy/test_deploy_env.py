@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from gateway.config import ConfigError, load_config
 from gateway.http.app import create_app
@@ -169,7 +170,7 @@ def test_k8s_configmap_loads_with_the_secret_filled(tmp_path: Path) -> None:
 
 
 async def test_k8s_configmap_authenticates_with_the_secret_filled(
-    tmp_path: Path, redis_url: str, aiohttp_client: Any
+    tmp_path: Path, redis_url: str, aiohttp_client: AiohttpClient
 ) -> None:
     """The bootstrap key made as the README says is accepted: a call to the demo project
     (no provider key needed) is served."""

@@ -29,8 +29,15 @@ from prometheus_client import generate_latest
 
 from gateway.metrics import Metrics
 from tests.deploy.helpers import DEPLOY, ThreadedUpstream, require_binary
-from tests.fakeupstream import Reply, openai_error
-from tests.harness import Credentials, chat_body, free_port, write_config
+from tests.support.harness import Credentials, chat_body, write_config
+from tests.support.ports import free_port
+from tests.support.upstream import Reply, openai_error
+
+# One gateway and one Prometheus serve the module (a module fixture), and they scrape
+# on a clock: run alone, in the serial pass (under pytest-xdist every worker running
+# one of its tests would start its own pair: --dist loadgroup does not group on
+# pytest 9.2, pytest-xdist issue 1386).
+pytestmark = [pytest.mark.serial, pytest.mark.xdist_group("prometheus")]
 
 WORKERS = 2
 UNARY = 5  # requests to project alpha, answered 200

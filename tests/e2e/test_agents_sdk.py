@@ -12,8 +12,8 @@ import openai
 from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
 from redis.asyncio import Redis
 
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion
-from tests.harness import wait_released, window_ids
+from tests.support.redis import wait_released, window_ids
+from tests.support.upstream import FakeUpstream, Reply, openai_completion
 
 
 def tool_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion
+from tests.support.upstream import FakeUpstream, Reply, openai_completion
 
 CAPS = {
     "budgets": {

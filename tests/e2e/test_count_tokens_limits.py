@@ -9,8 +9,8 @@ import anthropic
 import pytest
 from redis.asyncio import Redis
 
-from tests.fakeupstream import FakeUpstream
-from tests.harness import wait_released, window_ids
+from tests.support.redis import wait_released, window_ids
+from tests.support.upstream import FakeUpstream
 
 
 async def test_count_tokens_is_rate_limited_not_billed(

@@ -13,7 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import GatewayFactory
+from tests.support.harness import GatewayFactory
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
 DEMO_ROUTE = {"default": {"routes": [{"provider": "demo", "model": "demo-1"}]}}

@@ -15,8 +15,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from gateway.config import Config
-from tests.fakeupstream import FakeUpstream, Reply
-from tests.harness import bearer, chat_body, metric, wait_released, window_ids
+from tests.support.harness import bearer, chat_body
+from tests.support.metrics import metric
+from tests.support.redis import wait_released, window_ids
+from tests.support.upstream import FakeUpstream, Reply
 
 Gateway = tuple[TestClient[Any, Any], Config, Any]
 CHAT_ROUTE = {"provider": "upstream", "model": "gpt-4o-mini"}

@@ -29,6 +29,7 @@ from gateway.surfaces.messages import (
     unary_message,
 )
 from gateway.usage import Usage
+from tests.support.upstream import choice, chunk
 
 USAGE = Usage(
     input_tokens=1200,
@@ -110,11 +111,11 @@ class Server:
         encoder = MessagesStream(message_id, parsed.model)
         await response.write(encoder.start(count_tokens_estimate(parsed)["input_tokens"]))
         await response.write(encoder.ping())
-        for i, chunk in enumerate(script.chunks):
+        for i, piece in enumerate(script.chunks):
             if script.fail_after == i:
                 await response.write(encoder.fail(*script.fail))
                 break
-            await response.write(encoder.feed(chunk))
+            await response.write(encoder.feed(piece))
         await response.write(encoder.finish(script.usage))
         await response.write_eof()
         return response
@@ -149,16 +150,6 @@ async def client(server: Server) -> AsyncIterator[anthropic.AsyncAnthropic]:
         yield sdk
     finally:
         await sdk.close()
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None, **choice: Any) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **choice}],
-    }
 
 
 def call(
@@ -388,19 +379,20 @@ async def test_stream_thinking_and_interleaved_tool_calls(
 
 
 @pytest.mark.parametrize(
-    ("finish", "choice", "expected"),
+    ("finish", "extra", "expected"),
     [("length", {}, "max_tokens"), ("stop", {"stop_reason": "###"}, "stop_sequence")],
 )
 async def test_stream_stop_reasons(
     server: Server,
     client: anthropic.AsyncAnthropic,
     finish: str,
-    choice: dict[str, Any],
+    extra: dict[str, Any],
     expected: str,
 ) -> None:
     usage = Usage(input_tokens=11, output_tokens=5)
     server.script = Script(
-        chunks=[chunk({"content": "1, 2, 3"}), chunk({}, finish, **choice)], usage=usage
+        chunks=[chunk({"content": "1, 2, 3"}), chunk(choices=[choice({}, finish, **extra)])],
+        usage=usage,
     )
     async with client.messages.stream(model="my-alias", max_tokens=5, messages=MESSAGES) as stream:
         final = await stream.get_final_message()

@@ -3,12 +3,10 @@ the project's aliases, never the upstream models behind them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import openai
 import pytest
 
-from tests.harness import bearer
+from tests.support.harness import GatewayFactory, bearer
 
 # The harness projects: alpha (karta profile) and beta (openai) have aliases
 # "default" (gpt-4o-mini) and "smart" (gpt-4o); "dormant" has no route.
@@ -18,7 +16,7 @@ DORMANT = {"models": {"default": {"routes": [{"provider": "upstream", "model": "
 
 @pytest.mark.parametrize("project", ["alpha", "beta"])
 async def test_the_sdk_lists_and_retrieves_the_project_aliases(
-    make_gateway: Any, project: str
+    make_gateway: GatewayFactory, project: str
 ) -> None:
     client, _, creds = await make_gateway()
     api = openai.AsyncOpenAI(
@@ -40,7 +38,7 @@ async def test_the_sdk_lists_and_retrieves_the_project_aliases(
         await api.close()
 
 
-async def test_an_alias_without_a_route_is_not_listed(make_gateway: Any) -> None:
+async def test_an_alias_without_a_route_is_not_listed(make_gateway: GatewayFactory) -> None:
     client, _, creds = await make_gateway(projects={"alpha": DORMANT})
     resp = await client.get("/v1/projects/alpha/models", headers=bearer(creds.key))
     assert [m["id"] for m in (await resp.json())["data"]] == ["default"]
@@ -48,7 +46,7 @@ async def test_an_alias_without_a_route_is_not_listed(make_gateway: Any) -> None
     assert resp.status == 404
 
 
-async def test_the_anthropic_shape(make_gateway: Any) -> None:
+async def test_the_anthropic_shape(make_gateway: GatewayFactory) -> None:
     client, _, creds = await make_gateway()
     resp = await client.get("/v1/projects/alpha/v1/models", headers=bearer(creds.read_key))
     assert resp.status == 200
@@ -59,7 +57,7 @@ async def test_the_anthropic_shape(make_gateway: Any) -> None:
     assert (body["has_more"], body["first_id"], body["last_id"]) == (False, "default", "smart")
 
 
-async def test_listing_is_authenticated_and_per_org(make_gateway: Any) -> None:
+async def test_listing_is_authenticated_and_per_org(make_gateway: GatewayFactory) -> None:
     client, _, creds = await make_gateway()
     resp = await client.get("/v1/projects/alpha/models")
     assert resp.status == 401

@@ -16,8 +16,9 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import Config
-from tests.fakeupstream import FakeUpstream, Reply, anthropic_message, anthropic_stream
-from tests.harness import bearer, wait_released, window_ids
+from tests.support.harness import bearer
+from tests.support.redis import wait_released, window_ids
+from tests.support.upstream import FakeUpstream, Reply, anthropic_message, anthropic_stream
 
 DATA = Path(__file__).parent.parent / "data"
 TIMEOUTS = {"connect": 2, "first_byte": 2, "idle": 2, "total": 10}

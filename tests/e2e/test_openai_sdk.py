@@ -7,64 +7,23 @@ with ``base_url=http://host/v1/projects/<slug>`` and a key or session token as a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
-from tests.fakeupstream import FakeUpstream, Reply, fixture, openai_stream
-from tests.harness import UNAUTHORIZED
+from tests.support.harness import UNAUTHORIZED, Gateway, GatewayFactory, SdkFactory
+from tests.support.sdk import collect, text_of
+from tests.support.upstream import FakeUpstream, Reply, fixture, openai_stream
 
 PROFILES = [("alpha", "text_completion"), ("beta", "chat.completion")]
 PROJECT_IDS = ["karta", "openai"]
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of the UK?"}]
 
-SdkFactory = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def sdk() -> AsyncIterator[SdkFactory]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(
-        client: TestClient[Any, Any], api_key: str, project: str = "alpha"
-    ) -> openai.AsyncOpenAI:
-        sdk_client = openai.AsyncOpenAI(
-            base_url=str(client.make_url(f"/v1/projects/{project}")),
-            api_key=api_key,
-            max_retries=0,
-            timeout=15,
-        )
-        clients.append(sdk_client)
-        return sdk_client
-
-    yield make
-    for sdk_client in clients:
-        await sdk_client.close()
-
-
-async def _collect(stream: Any) -> list[Any]:
-    return [chunk async for chunk in stream]
-
-
-async def _drain(stream: Any, into: list[Any]) -> None:
-    """Iterate ``stream`` to the end, keeping every chunk (also when it raises)."""
-    async for chunk in stream:
-        into.append(chunk)
-
-
-def _text(chunks: list[Any]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-# --------------------------------------------------------------------------- unary
-
 
 @pytest.mark.parametrize(("project", "unary_object"), PROFILES, ids=PROJECT_IDS)
 async def test_unary_create(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str, unary_object: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str, unary_object: str
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.key, project)
@@ -87,7 +46,7 @@ async def test_unary_create(
     assert creds.key not in sent.body.decode()
 
 
-async def test_unary_other_alias(gateway: Any, upstream: FakeUpstream, sdk: SdkFactory) -> None:
+async def test_unary_other_alias(gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory) -> None:
     client, _, creds = gateway
     completion = await sdk(client, creds.key).chat.completions.create(
         model="smart", messages=MESSAGES, max_tokens=20
@@ -104,7 +63,7 @@ async def test_unary_other_alias(gateway: Any, upstream: FakeUpstream, sdk: SdkF
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_with_include_usage(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     stream = await sdk(client, creds.key, project).chat.completions.create(
@@ -113,8 +72,8 @@ async def test_stream_with_include_usage(
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "Hello there"
+    chunks = await collect(stream)
+    assert text_of(chunks) == "Hello there"
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].id.startswith("chatcmpl_")
     assert {c.model for c in chunks} == {"default"}
@@ -134,14 +93,14 @@ async def test_stream_with_include_usage(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_without_include_usage_has_no_usage_chunk(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     stream = await sdk(client, creds.key, project).chat.completions.create(
         model="default", messages=MESSAGES, stream=True
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "Hello there"
+    chunks = await collect(stream)
+    assert text_of(chunks) == "Hello there"
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
     # The gateway still asked the upstream for usage, and kept it to itself.
@@ -150,7 +109,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_recorded_openai_fixture(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_chat_text_include_usage.sse")))
@@ -160,8 +119,8 @@ async def test_stream_recorded_openai_fixture(
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = await _collect(stream)
-    assert _text(chunks) == "The capital of the UK is London."
+    chunks = await collect(stream)
+    assert text_of(chunks) == "The capital of the UK is London."
     assert len(chunks) == 11
     usage = chunks[-1].usage
     assert usage is not None
@@ -173,7 +132,9 @@ async def test_stream_recorded_openai_fixture(
 
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
-async def test_stream_helper_final_completion(gateway: Any, sdk: SdkFactory, project: str) -> None:
+async def test_stream_helper_final_completion(
+    gateway: Gateway, sdk: SdkFactory, project: str
+) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.key, project)
     deltas: list[str] = []
@@ -195,7 +156,7 @@ async def test_stream_helper_final_completion(gateway: Any, sdk: SdkFactory, pro
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_stream_helper_recorded_tool_call(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_chat_tool_call_include_usage.sse")))
@@ -240,7 +201,7 @@ async def test_stream_helper_recorded_tool_call(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_midstream_provider_error_event_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     upstream.script(Reply(sse=fixture("openai_compat_groq_midstream_error_event.sse")))
@@ -249,7 +210,7 @@ async def test_midstream_provider_error_event_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
     # The provider's text is never relayed (it can quote the key): its code is.
     assert info.value.message == "the provider reported an error (tool_use_failed)"
@@ -258,7 +219,7 @@ async def test_midstream_provider_error_event_raises_api_error(
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_upstream_connection_cut_midstream_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     body = openai_stream(["The", " capital", " of", " the", " UK", " is", " London."])
@@ -269,16 +230,16 @@ async def test_upstream_connection_cut_midstream_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
     assert len(received) == 2  # the role chunk and "The" arrived whole before the cut
-    assert _text(received) == "The"
+    assert text_of(received) == "The"
     assert all(c.usage is None for c in received)  # no usage chunk after a failure
 
 
 @pytest.mark.parametrize("project", ["alpha", "beta"], ids=PROJECT_IDS)
 async def test_upstream_stream_ending_early_raises_api_error(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, project: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, project: str
 ) -> None:
     client, _, creds = gateway
     body = openai_stream(["The", " capital", " of"])
@@ -290,16 +251,16 @@ async def test_upstream_stream_ending_early_raises_api_error(
     )
     received: list[Any] = []
     with pytest.raises(openai.APIError) as info:
-        await _drain(stream, received)
+        await collect(stream, received)
     assert type(info.value) is openai.APIError
-    assert _text(received) == "The capital"
+    assert text_of(received) == "The capital"
 
 
 # --------------------------------------------------------------------------- HTTP errors
 
 
 async def test_budget_exhausted_is_402(
-    make_gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 10}}}}}
@@ -322,7 +283,7 @@ async def test_budget_exhausted_is_402(
 
 
 async def test_session_token_as_api_key(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.session("alpha", sub="end-user-7"))
@@ -341,7 +302,7 @@ async def test_session_token_as_api_key(
 
 
 async def test_session_token_for_another_project_is_403(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     api = sdk(client, creds.session("beta"), "alpha")
@@ -353,7 +314,7 @@ async def test_session_token_for_another_project_is_403(
 
 @pytest.mark.parametrize("bad", ["kt_live_" + "A" * 32, "not-a-token", "sk-proj-abc"])
 async def test_bad_credential_is_401(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory, bad: str
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory, bad: str
 ) -> None:
     client, _, _ = gateway
     with pytest.raises(openai.AuthenticationError) as info:
@@ -363,7 +324,9 @@ async def test_bad_credential_is_401(
     assert upstream.requests == []
 
 
-async def test_unknown_alias_is_404(gateway: Any, upstream: FakeUpstream, sdk: SdkFactory) -> None:
+async def test_unknown_alias_is_404(
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
+) -> None:
     client, _, creds = gateway
     with pytest.raises(openai.NotFoundError) as info:
         await sdk(client, creds.key).chat.completions.create(model="gpt-5", messages=MESSAGES)
@@ -372,7 +335,7 @@ async def test_unknown_alias_is_404(gateway: Any, upstream: FakeUpstream, sdk: S
 
 
 async def test_validation_error_is_422(
-    gateway: Any, upstream: FakeUpstream, sdk: SdkFactory
+    gateway: Gateway, upstream: FakeUpstream, sdk: SdkFactory
 ) -> None:
     client, _, creds = gateway
     with pytest.raises(openai.UnprocessableEntityError) as info:

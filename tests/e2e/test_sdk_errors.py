@@ -10,23 +10,20 @@ and finds no message in: their reason is in the body only (README, Errors).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
-from tests.fakeupstream import FakeUpstream, Reply, openai_error
-from tests.harness import free_port, provider_entry
+from tests.support.harness import Gateway, GatewayFactory, SdkFactory, provider_entry
+from tests.support.ports import free_port
+from tests.support.upstream import FakeUpstream, Reply, openai_error
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello"}]
 PROFILES = ["karta", "openai"]
 # Statuses whose karta body cannot put its reason in the SDK's exception text.
 KARTA_BODY_ONLY = {402, 422}
-
-Gateway = tuple[TestClient[Any, Any], Any, Any]
-GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
 def projects(profile: str) -> dict[str, dict[str, Any]]:
@@ -57,25 +54,6 @@ async def gw(make_gateway: GatewayFactory, upstream: FakeUpstream, profile: str)
             "providers": {"upstream": provider_entry(upstream.base_url, total=0.5)},
         },
     )
-
-
-@pytest.fixture
-async def sdk() -> AsyncIterator[Callable[..., openai.AsyncOpenAI]]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(client: TestClient[Any, Any], key: str, project: str = "main") -> openai.AsyncOpenAI:
-        api = openai.AsyncOpenAI(
-            base_url=str(client.make_url(f"/v1/projects/{project}")),
-            api_key=key,
-            max_retries=0,
-            timeout=15,
-        )
-        clients.append(api)
-        return api
-
-    yield make
-    for api in clients:
-        await api.close()
 
 
 async def refused(call: Awaitable[Any]) -> openai.APIStatusError:
@@ -113,15 +91,15 @@ def create(api: openai.AsyncOpenAI, **extra: Any) -> Awaitable[Any]:
     return api.chat.completions.create(model="default", messages=MESSAGES, **extra)
 
 
-async def test_401(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_401(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, _ = gw
-    exc = await refused(create(sdk(client, "kt_live_" + "A" * 32)))
+    exc = await refused(create(sdk(client, "kt_live_" + "A" * 32, "main")))
     assert isinstance(exc, openai.AuthenticationError)
     assert_reads(exc, 401, "Authorization: Bearer", profile)
 
 
 async def test_402_says_which_max_tokens_fits_and_that_one_does(
-    gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream
+    gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream
 ) -> None:
     client, _, creds = gw
     api = sdk(client, creds.key, "capped")
@@ -141,61 +119,61 @@ async def test_402_says_which_max_tokens_fits_and_that_one_does(
     assert done.choices[0].message.content
 
 
-async def test_403(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_403(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
-    exc = await refused(create(sdk(client, creds.read_key)))
+    exc = await refused(create(sdk(client, creds.read_key, "main")))
     assert isinstance(exc, openai.PermissionDeniedError)
     assert_reads(exc, 403, "lacks the 'write' scope", profile)
 
 
-async def test_404_unknown_project_and_model(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_404_unknown_project_and_model(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.key, "nowhere")))
     assert isinstance(exc, openai.NotFoundError)
     assert_reads(exc, 404, "project not found", profile)
     exc = await refused(
-        sdk(client, creds.key).chat.completions.create(model="nope", messages=MESSAGES)
+        sdk(client, creds.key, "main").chat.completions.create(model="nope", messages=MESSAGES)
     )
     assert_reads(exc, 404, "model 'nope' is not configured", profile)
 
 
 async def test_404_unknown_endpoint_names_the_served_ones(
-    gw: Gateway, sdk: Any, profile: str
+    gw: Gateway, sdk: SdkFactory, profile: str
 ) -> None:
     client, _, creds = gw
-    api = sdk(client, creds.key)
+    api = sdk(client, creds.key, "main")
     exc = await refused(api.post("/no-such-endpoint", cast_to=object, body={}))
     assert_reads(exc, 404, "this gateway has no such endpoint", profile)
     assert "POST /v1/projects/{project_ref}/chat/completions" in str(exc)
     assert "no-such-endpoint" not in str(exc)  # nothing of the request is echoed
 
 
-async def test_409(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_409(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     exc = await refused(create(sdk(client, creds.key, "off")))
     assert isinstance(exc, openai.ConflictError)
     assert_reads(exc, 409, "project is disabled", profile)
 
 
-async def test_413(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_413(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
-    big = [{"role": "user", "content": "x" * 8000}]
+    big: list[Any] = [{"role": "user", "content": "x" * 8000}]
     exc = await refused(
-        sdk(client, creds.key).chat.completions.create(model="default", messages=big)
+        sdk(client, creds.key, "main").chat.completions.create(model="default", messages=big)
     )
     assert_reads(exc, 413, "over 4096 bytes (limits.max_body_bytes)", profile)
 
 
-async def test_422(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_422(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
-    exc = await refused(create(sdk(client, creds.key), temperature=7))
+    exc = await refused(create(sdk(client, creds.key, "main"), temperature=7))
     assert isinstance(exc, openai.UnprocessableEntityError)
     assert_reads(exc, 422, "temperature", profile)
     if profile == "openai":
         assert exc.param == "temperature"
 
 
-async def test_429(gw: Gateway, sdk: Any, profile: str) -> None:
+async def test_429(gw: Gateway, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = gw
     api = sdk(client, creds.key, "limited")
     await create(api)
@@ -205,27 +183,27 @@ async def test_429(gw: Gateway, sdk: Any, profile: str) -> None:
     assert exc.response.headers["Retry-After"]
 
 
-async def test_502(gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream) -> None:
+async def test_502(gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream) -> None:
     client, _, creds = gw
     upstream.script(Reply(status=500, json=openai_error(500, "boom")))
-    exc = await refused(create(sdk(client, creds.key)))
+    exc = await refused(create(sdk(client, creds.key, "main")))
     assert isinstance(exc, openai.InternalServerError)
     assert_reads(exc, 502, "provider upstream failed", profile)
 
 
-async def test_504(gw: Gateway, sdk: Any, profile: str, upstream: FakeUpstream) -> None:
+async def test_504(gw: Gateway, sdk: SdkFactory, profile: str, upstream: FakeUpstream) -> None:
     client, _, creds = gw
     upstream.script(Reply(json={"late": True}, delay_before_headers=2.0))
-    exc = await refused(create(sdk(client, creds.key)))
+    exc = await refused(create(sdk(client, creds.key, "main")))
     assert_reads(exc, 504, "provider upstream timed out", profile)
 
 
-async def test_503(make_gateway: GatewayFactory, sdk: Any, profile: str) -> None:
+async def test_503(make_gateway: GatewayFactory, sdk: SdkFactory, profile: str) -> None:
     client, _, creds = await make_gateway(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         projects=projects(profile),
         gateway={"wire_profile": profile},
     )
-    exc = await refused(create(sdk(client, creds.key)))
+    exc = await refused(create(sdk(client, creds.key, "main")))
     assert_reads(exc, 503, "budget store unavailable", profile)
     assert exc.response.headers["Retry-After"]

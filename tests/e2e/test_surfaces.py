@@ -12,21 +12,12 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from gateway.config import Config
-from tests.fakeupstream import FakeUpstream, Reply, openai_completion, openai_stream
-from tests.harness import bearer, wait_released, window_ids
-
-Gateway = tuple[TestClient[Any, Any], Config, Any]
-
-
-async def used(redis: Redis, config: Config) -> dict[str, int]:
-    prefix = config.gateway.redis.key_prefix
-    key = f"{prefix}:{{prj:prj_alpha}}:p:{(await window_ids(redis))['lifetime']}"
-    return await wait_released(redis, key)
+from tests.support.harness import Gateway, GatewayFactory, bearer
+from tests.support.redis import settled
+from tests.support.upstream import FakeUpstream, Reply, openai_completion, openai_stream
 
 
 def tokens(state: dict[str, int]) -> tuple[int, int]:
@@ -34,14 +25,8 @@ def tokens(state: dict[str, int]) -> tuple[int, int]:
 
 
 @pytest.fixture
-async def gw(make_gateway: Any) -> Gateway:
-    client, config, creds = await make_gateway()
-    return client, config, creds
-
-
-@pytest.fixture
-async def oai(gw: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    client, _, creds = gw
+async def oai(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    client, _, creds = gateway
     api = openai.AsyncOpenAI(
         base_url=str(client.make_url("/v1/projects/alpha")), api_key=creds.key, max_retries=0
     )
@@ -50,8 +35,8 @@ async def oai(gw: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
 
 
 @pytest.fixture
-async def claude(gw: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client, _, creds = gw
+async def claude(gateway: Gateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client, _, creds = gateway
     api = anthropic.AsyncAnthropic(
         base_url=str(client.make_url("/v1/projects/alpha")), api_key=creds.key, max_retries=0
     )
@@ -76,7 +61,8 @@ def tool_call_completion(name: str, arguments: dict[str, Any]) -> dict[str, Any]
     return completion
 
 
-WEATHER = {
+# A Responses function tool (its parameters serve the Messages tool as well).
+WEATHER: Any = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city",
@@ -92,29 +78,30 @@ WEATHER = {
 
 
 async def test_responses_create_is_billed_what_the_upstream_reported(
-    gw: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
 ) -> None:
-    _, config, _ = gw
+    _, config, _ = gateway
     upstream.script(Reply(json=openai_completion("Paris.", prompt_tokens=21, completion_tokens=4)))
     response = await oai.responses.create(
         model="default", input="Capital of France?", instructions="Be terse.", max_output_tokens=50
     )
     assert response.output_text == "Paris."
     assert response.model == "default"
+    assert response.usage is not None
     assert (response.usage.input_tokens, response.usage.output_tokens) == (21, 4)
     sent = upstream.last.json()
     assert sent["model"] == "gpt-4o-mini"
     assert sent["messages"][0] == {"role": "system", "content": "Be terse."}
     assert sent["max_completion_tokens"] == 50
-    assert tokens(await used(redis, config)) == (21, 4)
+    assert tokens(await settled(redis, config)) == (21, 4)
     stored = await oai.responses.retrieve(response.id)
     assert stored.output_text == "Paris."
 
 
 async def test_responses_stream_helper_and_final_response(
-    gw: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
 ) -> None:
-    _, config, _ = gw
+    _, config, _ = gateway
     sse = openai_stream(["Hel", "lo ", "there"], prompt_tokens=15, completion_tokens=3)
     upstream.script(Reply(sse=sse))
     deltas: list[str] = []
@@ -127,15 +114,15 @@ async def test_responses_stream_helper_and_final_response(
     assert final.output_text == "Hello there"
     assert final.usage is not None
     assert (final.usage.input_tokens, final.usage.output_tokens) == (15, 3)
-    assert tokens(await used(redis, config)) == (15, 3)
+    assert tokens(await settled(redis, config)) == (15, 3)
 
 
 async def test_responses_function_call_then_continuation(
-    gw: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream, redis: Redis
 ) -> None:
     """A function call, then its output sent with previous_response_id: the second
     upstream call carries the stored turns (and the input bound counted them)."""
-    _, config, _ = gw
+    _, config, _ = gateway
     upstream.script(
         Reply(json=tool_call_completion("get_weather", {"city": "Paris"})),
         Reply(json=openai_completion("Sunny.", prompt_tokens=40, completion_tokens=2)),
@@ -143,7 +130,7 @@ async def test_responses_function_call_then_continuation(
     first = await oai.responses.create(
         model="default",
         input="Weather in Paris?",
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     (call,) = [item for item in first.output if item.type == "function_call"]
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
@@ -151,7 +138,7 @@ async def test_responses_function_call_then_continuation(
         model="default",
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     assert second.output_text == "Sunny."
     messages = upstream.last.json()["messages"]
@@ -159,7 +146,7 @@ async def test_responses_function_call_then_continuation(
     assert messages[0]["content"] == "Weather in Paris?"
     assert messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert messages[2] == {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}
-    assert tokens(await used(redis, config)) == (30 + 40, 12 + 2)
+    assert tokens(await settled(redis, config)) == (30 + 40, 12 + 2)
 
 
 async def test_responses_parse_with_a_pydantic_model(
@@ -183,7 +170,7 @@ async def test_responses_refusals_in_openais_error_shape(
             model="default", input="x", tools=[{"type": "web_search_preview"}]
         )
     assert "priced by the provider" in str(refused.value)
-    assert refused.value.param == "tools[0].type"  # type: ignore[attr-defined]
+    assert refused.value.param == "tools[0].type"
     with pytest.raises(openai.NotFoundError) as missing:
         await oai.responses.create(model="default", input="x", previous_response_id="resp_nope")
     assert "resp_nope" in str(missing.value)
@@ -191,9 +178,9 @@ async def test_responses_refusals_in_openais_error_shape(
 
 
 async def test_a_stored_response_is_another_credentials_404(
-    gw: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream
+    gateway: Gateway, oai: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    client, _, creds = gw
+    client, _, creds = gateway
     response = await oai.responses.create(model="default", input="Hi")
     url = f"/v1/projects/alpha/responses/{response.id}"
     own = await client.get(url, headers=bearer(creds.key))
@@ -204,7 +191,7 @@ async def test_a_stored_response_is_another_credentials_404(
 
 
 async def test_responses_budget_refusal_is_a_402_before_anything_is_sent(
-    make_gateway: Any, upstream: FakeUpstream
+    make_gateway: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     client, _, creds = await make_gateway(
         projects={"alpha": {"budgets": {"project": {"day": {"total_tokens": 50}}}}}
@@ -226,9 +213,9 @@ async def test_responses_budget_refusal_is_a_402_before_anything_is_sent(
 
 
 async def test_messages_create_with_x_api_key_is_billed_what_the_upstream_reported(
-    gw: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
 ) -> None:
-    _, config, _ = gw
+    _, config, _ = gateway
     upstream.script(
         Reply(json=openai_completion("Bonjour.", prompt_tokens=18, completion_tokens=3))
     )
@@ -239,20 +226,22 @@ async def test_messages_create_with_x_api_key_is_billed_what_the_upstream_report
         messages=[{"role": "user", "content": "Hello"}],
     )
     assert [block.type for block in message.content] == ["text"]
-    assert message.content[0].text == "Bonjour."  # type: ignore[union-attr]
+    [block] = message.content
+    assert block.type == "text"
+    assert block.text == "Bonjour."
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (18, 3)
     sent = upstream.last.json()
     assert sent["messages"][0] == {"role": "system", "content": "Answer in French."}
     assert sent["max_completion_tokens"] == 64
     assert "x-api-key" not in {k.lower() for k in upstream.last.headers}
-    assert tokens(await used(redis, config)) == (18, 3)
+    assert tokens(await settled(redis, config)) == (18, 3)
 
 
 async def test_messages_stream_and_final_message(
-    gw: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
 ) -> None:
-    _, config, _ = gw
+    _, config, _ = gateway
     upstream.script(Reply(sse=openai_stream(["Hi", " you"], prompt_tokens=9, completion_tokens=2)))
     async with claude.messages.stream(
         model="default", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
@@ -261,7 +250,7 @@ async def test_messages_stream_and_final_message(
         final = await stream.get_final_message()
     assert text == "Hi you"
     assert final.usage.output_tokens == 2
-    assert tokens(await used(redis, config)) == (9, 2)
+    assert tokens(await settled(redis, config)) == (9, 2)
 
 
 async def test_messages_tool_use(claude: anthropic.AsyncAnthropic, upstream: FakeUpstream) -> None:
@@ -273,7 +262,7 @@ async def test_messages_tool_use(claude: anthropic.AsyncAnthropic, upstream: Fak
             {
                 "name": "get_weather",
                 "description": "The weather",
-                "input_schema": WEATHER["parameters"],  # type: ignore[typeddict-item]
+                "input_schema": WEATHER["parameters"],
             }
         ],
         messages=[{"role": "user", "content": "Weather in Oslo?"}],
@@ -285,8 +274,10 @@ async def test_messages_tool_use(claude: anthropic.AsyncAnthropic, upstream: Fak
     assert upstream.last.json()["tools"][0]["function"]["name"] == "get_weather"
 
 
-async def test_messages_errors_in_anthropics_shape(gw: Gateway, upstream: FakeUpstream) -> None:
-    client, _, _ = gw
+async def test_messages_errors_in_anthropics_shape(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    client, _, _ = gateway
     bad = anthropic.AsyncAnthropic(
         base_url=str(client.make_url("/v1/projects/alpha")), api_key="kt_live_nope", max_retries=0
     )
@@ -295,20 +286,21 @@ async def test_messages_errors_in_anthropics_shape(gw: Gateway, upstream: FakeUp
             await bad.messages.create(
                 model="default", max_tokens=8, messages=[{"role": "user", "content": "x"}]
             )
-        assert refused.value.body["type"] == "error"  # type: ignore[index]
-        assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        body: Any = refused.value.body  # the SDK types an error body as object
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "authentication_error"
     finally:
         await bad.close()
     assert not upstream.requests
 
 
 async def test_count_tokens_is_an_upper_bound_and_not_billed(
-    gw: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
+    gateway: Gateway, claude: anthropic.AsyncAnthropic, upstream: FakeUpstream, redis: Redis
 ) -> None:
-    _, config, _ = gw
+    _, config, _ = gateway
     counted = await claude.messages.count_tokens(
         model="default", messages=[{"role": "user", "content": "Hello there"}]
     )
     assert counted.input_tokens >= len("Hello there")
     assert not upstream.requests
-    assert tokens(await used(redis, config)) == (0, 0)
+    assert tokens(await settled(redis, config)) == (0, 0)

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config
-from tests.fuzz.test_upstream_fuzz import json_values, shaped
-from tests.harness import write_config
+from tests.support.harness import write_config
+from tests.support.strategies import json_values, shaped
 
 amounts = shaped(
     {

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.credentials import TokenInvalid, looks_like_key, match_key, verify_session_token
-from tests.fuzz.test_upstream_fuzz import json_values, shaped
+from tests.support.strategies import json_values, shaped
 
 SECRET = "fuzz-session-secret-" + "0123456789abcdef" * 3  # 48+ bytes: fine for HS384
 

@@ -12,10 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.sse import SSEParser
-from tests.fakeupstream import FakeUpstream, Reply
-from tests.fuzz.test_request_fuzz import body_like
-from tests.fuzz.test_upstream_fuzz import chunk_like, json_values
-from tests.harness import bearer
+from tests.support.harness import Gateway, GatewayFactory, bearer
+from tests.support.strategies import body_like, chunk_like, json_values
+from tests.support.upstream import FakeUpstream, Reply
 
 VALID = b'{"messages": [{"role": "user", "content": "hi"}], "stream": false}'
 STREAM = b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
@@ -65,7 +64,7 @@ raw_bodies = (
 @example(VALID, "application/json", "", "none", 401)
 @example(VALID, "application/json", "", "broken", 401)
 async def test_any_request_gets_a_documented_status_and_a_json_body(
-    gateway: Any, raw: bytes, content_type: str, request_id: str, auth: str, expect: int | None
+    gateway: Gateway, raw: bytes, content_type: str, request_id: str, auth: str, expect: int | None
 ) -> None:
     client, _, creds = gateway
     headers: dict[str, str] = {}
@@ -90,7 +89,7 @@ async def test_any_request_gets_a_documented_status_and_a_json_body(
 
 
 @pytest.fixture
-async def tolerant_gateway(make_gateway: Any) -> Any:
+async def tolerant_gateway(make_gateway: GatewayFactory) -> Any:
     """A gateway whose circuit breaker never opens: every example reaches the relay
     (a run of failures before the first byte would otherwise answer 503 for 30 s)."""
     return await make_gateway(gateway={"resilience": {"breaker": {"failure_threshold": 10**6}}})

@@ -25,65 +25,10 @@ from gateway.providers.base import UpstreamStreamError
 from gateway.providers.openai import OpenAIStreamTranslator, check_completion
 from gateway.proxy import _Relay
 from gateway.wire import PROFILES
+from tests.support.strategies import choice_like, chunk_like, json_values, shaped, usage_like
 
-# Any JSON value.
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def shaped(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
-    """Objects with these keys (each optional), their values of the right shape or any."""
-    return st.fixed_dictionaries({}, optional={k: v | json_values for k, v in fields.items()})
-
-
-usage_like = shaped(
-    {
-        "prompt_tokens": st.integers(0, 10**6),
-        "completion_tokens": st.integers(0, 10**6),
-        "total_tokens": st.integers(0, 10**6),
-        "prompt_tokens_details": shaped({"cached_tokens": st.integers(0, 10**6)}),
-        "completion_tokens_details": shaped({"reasoning_tokens": st.integers(0, 10**6)}),
-    }
-)
-delta_like = shaped(
-    {
-        "role": st.just("assistant"),
-        "content": st.text(max_size=8),
-        "tool_calls": st.lists(json_values, max_size=2),
-        "refusal": st.text(max_size=4),
-    }
-)
-choice_like = shaped(
-    {
-        "index": st.integers(0, 3),
-        "delta": delta_like,
-        "message": shaped({"role": st.just("assistant"), "content": st.text(max_size=8)}),
-        "finish_reason": st.sampled_from(["stop", "length", "tool_calls"]),
-        "logprobs": st.none(),
-    }
-)
-chunk_like = shaped(
-    {
-        "id": st.text(max_size=8),
-        "object": st.just("chat.completion.chunk"),
-        "created": st.integers(0, 2**40),
-        "model": st.text(max_size=8),
-        "choices": st.lists(choice_like, max_size=3),
-        "usage": usage_like,
-        "x_groq": shaped({"usage": usage_like}),
-    }
-)
-
-CALL = types.SimpleNamespace(
+# The attributes of a call the relay reads, and no more.
+CALL: Any = types.SimpleNamespace(
     alias="default",
     first_token_at=None,
     chat=types.SimpleNamespace(include_usage=True, n=1),
@@ -94,7 +39,7 @@ CALL = types.SimpleNamespace(
 
 def _openai_relay(frames: list[bytes], profile: str) -> None:
     translator = OpenAIStreamTranslator()
-    relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])  # type: ignore[arg-type]
+    relay = _Relay(CALL, "chatcmpl_fuzz", PROFILES[profile])
     try:
         for frame in [*frames, None]:
             batch = translator.feed(frame) if frame is not None else translator.close()

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.cli import main as cli_main
 from gateway.config import Cap, ConfigError, InputLimits, load_config, usd_to_nano
-from tests.harness import Credentials, write_config
+from tests.support.harness import Credentials, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 # write_config only writes these URLs into YAML; nothing connects to them here.
@@ -146,8 +146,9 @@ def test_input_limits_are_computed_at_load_and_read_only(tmp_path: Path) -> None
         "both": InputLimits(30_000, 64_000),  # the most of each over the targets
         "play": InputLimits(48_169, None),  # unpriced: limits.image_token_bound, no window
     }
+    read_only: Any = one.input_limits  # typed read-only too: the point is the runtime refusal
     with pytest.raises(TypeError):
-        one.input_limits["default"] = InputLimits(1, 1)  # type: ignore[index]
+        read_only["default"] = InputLimits(1, 1)
 
 
 def test_empty_project_dir_and_keys_dir_are_fine(tmp_path: Path) -> None:

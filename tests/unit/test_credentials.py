@@ -239,7 +239,7 @@ def _reason_leeway(token: str, leeway: int) -> str:
     return info.value.reason
 
 
-def _kw() -> dict[str, str]:
+def _kw() -> dict[str, Any]:
     return {"org_id": "acme", "project_id": "prj_alpha", "project_slug": "alpha"}
 
 

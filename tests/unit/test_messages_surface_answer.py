@@ -22,6 +22,7 @@ from gateway.surfaces.messages import (
     unary_message,
 )
 from gateway.usage import Usage
+from tests.support.upstream import choice, chunk
 
 USAGE = Usage(
     input_tokens=1000,
@@ -106,18 +107,6 @@ def accumulate(data: bytes) -> dict[str, Any]:
             raise AssertionError(f"unexpected event {kind}")
     assert message is not None
     return message
-
-
-def chunk(
-    delta: dict[str, Any] | None = None, finish: str | None = None, **choice: Any
-) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, **choice}],
-    }
 
 
 def tool(
@@ -386,11 +375,15 @@ def test_stop_reason_helper_on_non_strings() -> None:
 
 
 def test_a_matched_stop_sequence_from_servers_that_name_it() -> None:
-    message = accumulate(run([chunk({"content": "1, 2, 3"}), chunk({}, "stop", stop_reason="END")]))
+    message = accumulate(
+        run([chunk({"content": "1, 2, 3"}), chunk(choices=[choice({}, "stop", stop_reason="END")])])
+    )
     assert message["stop_reason"] == "stop_sequence"
     assert message["stop_sequence"] == "END"
     # vLLM names a stop token by its id: no sequence.
-    message = accumulate(run([chunk({"content": "x"}), chunk({}, "stop", stop_reason=128001)]))
+    message = accumulate(
+        run([chunk({"content": "x"}), chunk(choices=[choice({}, "stop", stop_reason=128001)])])
+    )
     assert message["stop_reason"] == "end_turn"
 
 

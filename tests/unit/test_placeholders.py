@@ -12,7 +12,7 @@ from gateway.cli import main as cli_main
 from gateway.config import ConfigError, load_config
 from gateway.http import admin
 from gateway.placeholders import OPERATOR_TOKEN_ENV, is_placeholder
-from tests.harness import Credentials, write_config
+from tests.support.harness import Credentials, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -14,28 +14,21 @@ from gateway.providers.base import StreamEvent
 from gateway.proxy import _Relay
 from gateway.usage import Usage
 from gateway.wire import PROFILES
+from tests.support.upstream import chunk
 
 CEILING = 100
 
 
 def relay() -> _Relay:
-    call = types.SimpleNamespace(
+    # The attributes of a call the relay reads, and no more.
+    call: Any = types.SimpleNamespace(
         alias="default",
         first_token_at=None,
         chat=types.SimpleNamespace(include_usage=True, n=1),
         input_bound=50,
         output_ceiling=CEILING,
     )
-    return _Relay(call, "chatcmpl_test", PROFILES["openai"])  # type: ignore[arg-type]
-
-
-def chunk(content: str | None = None, finish: str | None = None) -> dict[str, Any]:
-    delta = {} if content is None else {"content": content}
-    return {
-        "id": "up",
-        "created": 1,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+    return _Relay(call, "chatcmpl_test", PROFILES["openai"])
 
 
 def relayed(data: bytes) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter
 from gateway.sse import SSEParser
 from gateway.surfaces.responses import ResponsesStream, parse_request
 from gateway.usage import Usage
+from tests.support.upstream import chunk
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 USAGE = Usage(input_tokens=78, output_tokens=9, cached_input_tokens=5, reasoning_tokens=2)
@@ -61,8 +62,8 @@ def new_stream(**body: Any) -> ResponsesStream:
 
 def encode(stream: ResponsesStream, chunks: list[dict[str, Any]], usage: Usage = USAGE) -> bytes:
     out = stream.start()
-    for chunk in chunks:
-        out += stream.feed(chunk)
+    for piece in chunks:
+        out += stream.feed(piece)
     return out + stream.finish(usage)
 
 
@@ -91,14 +92,6 @@ def accumulate(payloads: list[dict[str, Any]], text_format: Any = omit) -> Any:
     for event in validated(payloads):
         state.handle_event(event)
     return state._completed_response
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
-    }
 
 
 def tool_delta(index: int, **fields: Any) -> dict[str, Any]:

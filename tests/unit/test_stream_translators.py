@@ -6,7 +6,6 @@ typed Usage event wherever the provider put it, whatever the byte splits.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from gateway.providers.anthropic import AnthropicStreamTranslator
 from gateway.providers.base import StreamEvent, StreamTranslator, UpstreamStreamError
 from gateway.providers.openai import OpenAIStreamTranslator, translate_response
 from gateway.usage import Usage
+from tests.support.upstream import chunk, sse
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 OPENAI_TEXT = (DATA_DIR / "openai_chat_text_include_usage.sse").read_bytes()
@@ -87,27 +87,6 @@ def text_of(events: list[StreamEvent]) -> str:
         for chunk in chunks_of(events)
         for choice in chunk["choices"]
     )
-
-
-def sse(*frames: dict[str, Any] | str, event: str | None = None) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    return b"".join(
-        (head + "data: " + (f if isinstance(f, str) else json.dumps(f)) + "\n\n").encode()
-        for f in frames
-    )
-
-
-def chunk(
-    content: str | None = None, finish: str | None = None, index: int = 0, **extra: Any
-) -> dict[str, Any]:
-    delta = {} if content is None else {"content": content}
-    choice = {"index": index, "delta": delta, "finish_reason": finish}
-    return {
-        "id": "up",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "choices": [choice],
-    } | extra
 
 
 # --------------------------------------------------------------------------- recordings

@@ -273,7 +273,10 @@ def test_output_ceiling_default_n() -> None:
 
 
 def _price(input_usd: str, output_usd: str, cached_usd: str | None = None) -> PriceConfig:
-    return PriceConfig(input=input_usd, output=output_usd, cached_input=cached_usd)  # type: ignore[arg-type]
+    # USD strings: the model's validator turns them into the int nano-USD fields.
+    return PriceConfig.model_validate(
+        {"input": input_usd, "output": output_usd, "cached_input": cached_usd}
+    )
 
 
 def test_price_is_nano_usd_per_million() -> None:

@@ -87,7 +87,8 @@ def _fails(body: Any) -> ValidationFailed:
 
 
 def _param(body: Any) -> str | None:
-    return _fails(body).body["param"]
+    param: str | None = _fails(body).body["param"]
+    return param
 
 
 def _with(**fields: Any) -> dict[str, Any]:
