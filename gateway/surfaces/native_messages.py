@@ -248,7 +248,55 @@ def _generated(data: dict[str, Any], kind: str) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-class NativeMessagesStream:
+class NativeSSEStream:
+    """What both native streams share: SSE bytes in any splits to ``feed``, ``close`` at
+    the end of the body, a NativeOut from each; a failure kept in ``error`` (the bytes
+    before it still out) and raised by ``check()`` and any later call. Subclasses give
+    ``_events`` (the events' bytes and output deltas), ``_out`` and ``_ended`` (what a
+    body that ended without the stream's end marker means)."""
+
+    parser: SSEParser
+    done: bool
+    error: UpstreamStreamError | None
+
+    def check(self) -> None:
+        """Raise the failure the input carried, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def feed(self, data: bytes) -> NativeOut:
+        self.check()
+        if self.done:
+            return self._out([], 0)
+        try:
+            events = self.parser.feed(data)
+        except EventTooLarge as exc:  # the events before it still count
+            out, deltas = self._events(exc.events)
+            if self.error is None:
+                self.error = _invalid(str(exc))
+            return self._out(out, deltas)
+        return self._out(*self._events(events))
+
+    def close(self) -> NativeOut:
+        self.check()
+        if self.done:
+            return self._out([], 0)
+        out, deltas = self._events(self.parser.close())
+        if self.error is None and not self.done:
+            self._ended(out)
+        return self._out(out, deltas)
+
+    def _ended(self, out: list[bytes]) -> None:
+        self.error = UpstreamStreamError("upstream_error", "the provider stream ended early")
+
+    def _events(self, events: list[SSEEvent]) -> tuple[list[bytes], int]:
+        raise NotImplementedError
+
+    def _out(self, out: list[bytes], deltas: int) -> NativeOut:
+        raise NotImplementedError
+
+
+class NativeMessagesStream(NativeSSEStream):
     """An Anthropic Messages stream relayed as it is (pure, incremental): upstream SSE
     bytes in any splits to ``feed``, ``close`` at the end of the body; each returns a
     :class:`NativeOut`.
@@ -278,38 +326,12 @@ class NativeMessagesStream:
         self._counts = _Counts()
         self._final = False  # a message_delta carried the output count
 
-    def check(self) -> None:
-        """Raise the failure the input carried, if any."""
-        if self.error is not None:
-            raise self.error
-
-    def feed(self, data: bytes) -> NativeOut:
-        self.check()
-        if self.done:
-            return self._out([], 0)
-        try:
-            events = self.parser.feed(data)
-        except EventTooLarge as exc:  # the events before it still count
-            out, deltas = self._events(exc.events)
-            if self.error is None:
-                self.error = _invalid(str(exc))
-            return self._out(out, deltas)
-        return self._out(*self._events(events))
-
-    def close(self) -> NativeOut:
-        self.check()
-        if self.done:
-            return self._out([], 0)
-        out, deltas = self._events(self.parser.close())
-        if self.error is None and not self.done:
-            if self.finished:
-                self.done = True
-                out.append(_STOP_EVENT)
-            else:
-                self.error = UpstreamStreamError(
-                    "upstream_error", "the provider stream ended early"
-                )
-        return self._out(out, deltas)
+    def _ended(self, out: list[bytes]) -> None:
+        if self.finished:  # whole but for its message_stop: added
+            self.done = True
+            out.append(_STOP_EVENT)
+        else:
+            super()._ended(out)
 
     def _out(self, out: list[bytes], deltas: int) -> NativeOut:
         found = self._counts.usage()

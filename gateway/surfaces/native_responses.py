@@ -25,8 +25,8 @@ import orjson
 
 from gateway.providers.base import UpstreamStreamError
 from gateway.providers.errortext import provider_code, with_code
-from gateway.sse import EventTooLarge, SSEEvent, SSEParser, encode_event
-from gateway.surfaces.native_messages import NativeOut
+from gateway.sse import SSEEvent, SSEParser, encode_event
+from gateway.surfaces.native_messages import NativeOut, NativeSSEStream
 from gateway.usage import MAX_REPORTED_TOKENS, Usage
 
 __all__ = [
@@ -124,7 +124,7 @@ def _invalid(what: str) -> UpstreamStreamError:
     return UpstreamStreamError("upstream_error", f"the provider sent {what}")
 
 
-class NativeResponsesStream:
+class NativeResponsesStream(NativeSSEStream):
     """A Responses stream relayed as it is (pure, incremental): upstream SSE bytes in any
     splits to ``feed``, ``close`` at the end of the body; each returns a
     :class:`~gateway.surfaces.native_messages.NativeOut`.
@@ -151,33 +151,6 @@ class NativeResponsesStream:
         self.error: UpstreamStreamError | None = None
         self.usage: Usage | None = None
         self._held: list[bytes] = []
-
-    def check(self) -> None:
-        """Raise the failure the input carried, if any."""
-        if self.error is not None:
-            raise self.error
-
-    def feed(self, data: bytes) -> NativeOut:
-        self.check()
-        if self.done:
-            return self._out([], 0)
-        try:
-            events = self.parser.feed(data)
-        except EventTooLarge as exc:  # the events before it still count
-            out, deltas = self._events(exc.events)
-            if self.error is None:
-                self.error = _invalid(str(exc))
-            return self._out(out, deltas)
-        return self._out(*self._events(events))
-
-    def close(self) -> NativeOut:
-        self.check()
-        if self.done:
-            return self._out([], 0)
-        out, deltas = self._events(self.parser.close())
-        if self.error is None and not self.done:
-            self.error = UpstreamStreamError("upstream_error", "the provider stream ended early")
-        return self._out(out, deltas)
 
     def _out(self, out: list[bytes], deltas: int) -> NativeOut:
         return NativeOut(
