@@ -252,8 +252,8 @@ class NativeSSEStream:
     """What both native streams share: SSE bytes in any splits to ``feed``, ``close`` at
     the end of the body, a NativeOut from each; a failure kept in ``error`` (the bytes
     before it still out) and raised by ``check()`` and any later call. Subclasses give
-    ``_events`` (the events' bytes and output deltas), ``_out`` and ``_ended`` (what a
-    body that ended without the stream's end marker means)."""
+    ``_event`` (one event relayed, 1 if it carried generated output), ``_out`` and
+    ``_ended`` (what a body that ended without the stream's end marker means)."""
 
     parser: SSEParser
     done: bool
@@ -290,6 +290,21 @@ class NativeSSEStream:
         self.error = UpstreamStreamError("upstream_error", "the provider stream ended early")
 
     def _events(self, events: list[SSEEvent]) -> tuple[list[bytes], int]:
+        """Each event relayed into the bytes out until the end or a failure (kept in
+        ``error``); the count of generated-output events."""
+        out: list[bytes] = []
+        deltas = 0
+        for event in events:
+            if self.done:
+                break
+            try:
+                deltas += self._event(event, out)
+            except UpstreamStreamError as exc:
+                self.error = exc
+                break
+        return out, deltas
+
+    def _event(self, event: SSEEvent, out: list[bytes]) -> int:
         raise NotImplementedError
 
     def _out(self, out: list[bytes], deltas: int) -> NativeOut:
@@ -345,19 +360,6 @@ class NativeMessagesStream(NativeSSEStream):
             cache_write_1h_tokens=0 if found is None else found[1],
             error=self.error,
         )
-
-    def _events(self, events: list[SSEEvent]) -> tuple[list[bytes], int]:
-        out: list[bytes] = []
-        deltas = 0
-        for event in events:
-            if self.done:
-                break
-            try:
-                deltas += self._event(event, out)
-            except UpstreamStreamError as exc:
-                self.error = exc
-                break
-        return out, deltas
 
     def _event(self, event: SSEEvent, out: list[bytes]) -> int:
         """Relay one event into ``out``; the number of generated-output events (0 or 1)."""

@@ -163,19 +163,6 @@ class NativeResponsesStream(NativeSSEStream):
             error=self.error,
         )
 
-    def _events(self, events: list[SSEEvent]) -> tuple[list[bytes], int]:
-        out: list[bytes] = []
-        deltas = 0
-        for event in events:
-            if self.done:
-                break
-            try:
-                deltas += self._event(event, out)
-            except UpstreamStreamError as exc:
-                self.error = exc
-                break
-        return out, deltas
-
     def _fail(self, error: Any) -> UpstreamStreamError:
         code = provider_code(error, self.secret)
         return UpstreamStreamError(
